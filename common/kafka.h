@@ -1,0 +1,67 @@
+/*
+ * Kafka helpers shared by every daemon: configuration objects built the same
+ * way everywhere (one partitioner, idempotent producers), the topic names,
+ * and the dead-letter path.
+ */
+#ifndef FLASHSALE_KAFKA_H
+#define FLASHSALE_KAFKA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <librdkafka/rdkafka.h>
+
+#define FS_TOPIC_INTENTS "flashsale.intents"
+#define FS_TOPIC_LEDGER "flashsale.ledger"
+#define FS_TOPIC_DEADLETTER "flashsale.deadletter"
+/* Fixed: changing it would move SKUs between partitions mid-sale. */
+#define FS_PARTITIONS 12
+
+/* Keys every daemon shares; embed in the daemon's cf_key table with KAFKA_CF_KEYS. */
+struct kafka_cfg {
+	char *bootstrap;     /* kafka.bootstrap: "host:port,host:port" */
+	char *settings;      /* kafka.settings: extra "prop=value,prop=value" for librdkafka */
+	long long produce_timeout_ms; /* kafka.produce_timeout_ms: message.timeout.ms */
+};
+
+#define KAFKA_CF_KEYS(kc) \
+	{ "kafka.bootstrap", CF_STR, &(kc).bootstrap, "127.0.0.1:9092", 0, 0, \
+	  "Kafka bootstrap servers, comma separated" }, \
+	{ "kafka.settings", CF_STR, &(kc).settings, "", 0, 0, \
+	  "Extra librdkafka properties, \"prop=value,prop=value\" (TLS, SASL, tuning)" }, \
+	{ "kafka.produce_timeout_ms", CF_INT, &(kc).produce_timeout_ms, "5000", 100, 300000, \
+	  "How long a produced message may wait for acknowledgement before it fails" }
+
+enum kafka_role {
+	KAFKA_PRODUCER,   /* acks=all, idempotent, murmur2_random, small linger */
+	KAFKA_CONSUMER,   /* group member, manual offset store, auto commit of stored offsets */
+};
+
+/*
+ * Build a librdkafka configuration for the role: bootstrap, client.id,
+ * kafka.settings applied last. For KAFKA_CONSUMER, group_id names the group
+ * (must not be NULL). Returns NULL with a reason in err.
+ */
+rd_kafka_conf_t *kafka_conf_new(const struct kafka_cfg *kc, enum kafka_role role,
+				const char *client_id, const char *group_id,
+				char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Set one property, with the reason in err on failure. */
+int kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
+		   char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/*
+ * Produce the message m (as consumed) to the dead-letter topic wrapped in a
+ * DeadLetter with the reason, without blocking. -1 if it could not be
+ * enqueued; the caller decides whether to retry (it must not drop silently).
+ */
+int kafka_deadletter(rd_kafka_t *producer, const rd_kafka_message_t *m,
+		     const char *consumer, const char *reason,
+		     char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/*
+ * Flush the producer until every enqueued message was delivered or failed,
+ * at most timeout_ms. Returns 0 when the out-queue is empty.
+ */
+int kafka_flush(rd_kafka_t *producer, int timeout_ms) __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,50 @@
+/*
+ * Redis helpers: one address syntax for every daemon, script loading, and
+ * the key layout that the deductor, gateway and reconciler share.
+ *
+ * Key layout (one Redis instance; every key of a SKU carries the SKU):
+ *   fs:ready          string  epoch of the loaded state; absent = state lost:
+ *                             the deductor must not sell (it waits)
+ *   fs:promos         set     SKUs that have a promotion loaded
+ *   fs:promo:<sku>    hash    initial remaining held sold limit start_ms
+ *                             end_ms hold_ms
+ *   fs:users:<sku>    hash    user_id -> units held or paid by that user
+ *   fs:holds:<sku>    zset    request_id scored by payment deadline (ms)
+ *   fs:req:<rid>      hash    sku user qty o(first outcome) st(state) dl(deadline ms)
+ *                             ts(ms of last change) rs(release intent sent, reconciler)
+ * States in fs:req st (the API's words): queued reserved paid cancelled
+ * expired sold_out limit_reached not_started ended unknown_sku
+ */
+#ifndef FLASHSALE_REDISX_H
+#define FLASHSALE_REDISX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+
+struct event_base;
+
+#define REDIS_CF_KEYS(addrvar) \
+	{ "redis.address", CF_STR, &(addrvar), "unix:/run/flashsale/redis.sock", 0, 0, \
+	  "Redis address: unix:/path/to/socket or host:port" }
+
+/*
+ * Connect (blocking, start-up or worker threads only) to "unix:/path" or
+ * "host:port" with a connect/command timeout. NULL with a reason in err.
+ */
+redisContext *redisx_connect(const char *address, int timeout_ms,
+			     char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Same address syntax, non-blocking, attached to base (libevent adapter). */
+redisAsyncContext *redisx_connect_async(struct event_base *base, const char *address,
+					char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* SCRIPT LOAD src and write its 40-hex sha1 plus NUL into sha. */
+int redisx_script_load(redisContext *c, const char *src, char sha[41],
+		       char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Redis TIME in milliseconds: the one clock every deadline uses. -1 on error. */
+long long redisx_time_ms(redisContext *c, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,68 @@
+-- flashsale durable state. Applied at start-up by the order-writer and by
+-- `reconciler` (idempotent). The constraints make impossible states
+-- impossible: the writers may be wrong, the table may not.
+
+CREATE TABLE IF NOT EXISTS promotions (
+    sku            text PRIMARY KEY CHECK (sku ~ '^[A-Za-z0-9._:-]{1,64}$'),
+    stock          integer NOT NULL CHECK (stock >= 0),
+    per_user_limit integer NOT NULL CHECK (per_user_limit >= 1),
+    starts_at      timestamptz NOT NULL,
+    ends_at        timestamptz NOT NULL,
+    hold_seconds   integer NOT NULL CHECK (hold_seconds >= 1),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    CHECK (ends_at > starts_at)
+);
+
+-- One row per accepted purchase (a purchase that got units). State moves
+-- only forward: held -> paid | cancelled | expired.
+CREATE TABLE IF NOT EXISTS orders (
+    request_id  text PRIMARY KEY CHECK (request_id ~ '^[A-Za-z0-9_-]{1,64}$'),
+    sku         text NOT NULL REFERENCES promotions (sku),
+    user_id     text NOT NULL CHECK (length(user_id) BETWEEN 1 AND 64),
+    qty         integer NOT NULL CHECK (qty >= 1),
+    state       text NOT NULL CHECK (state IN ('held', 'paid', 'cancelled', 'expired')),
+    deadline    timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_sku_state ON orders (sku, state);
+
+-- One row per refused purchase (nothing deducted), for counting and support.
+CREATE TABLE IF NOT EXISTS refusals (
+    request_id  text PRIMARY KEY,
+    sku         text NOT NULL,
+    user_id     text NOT NULL,
+    qty         integer NOT NULL CHECK (qty >= 0),
+    reason      text NOT NULL CHECK (reason IN ('sold_out', 'limit_reached', 'not_started',
+                                                'ended', 'unknown_sku', 'qty_invalid')),
+    at          timestamptz NOT NULL
+);
+
+-- Every ledger event applied, once (event_id is deterministic, replays
+-- collapse). The audit trail and the base that `reconciler rebuild` folds.
+CREATE TABLE IF NOT EXISTS ledger_events (
+    event_id     text PRIMARY KEY,
+    kind         text NOT NULL CHECK (kind IN ('reserved', 'paid', 'cancelled', 'expired',
+                                               'refused', 'transition_refused')),
+    request_id   text NOT NULL,
+    sku          text NOT NULL,
+    user_id      text NOT NULL,
+    qty          integer NOT NULL CHECK (qty >= 0),
+    state        text NOT NULL,
+    reason       text NOT NULL,
+    deadline_ms  bigint NOT NULL,
+    at_ms        bigint NOT NULL,
+    remaining    bigint NOT NULL CHECK (remaining >= 0),
+    held         bigint NOT NULL CHECK (held >= 0),
+    sold         bigint NOT NULL CHECK (sold >= 0),
+    ledger_partition integer NOT NULL,
+    ledger_offset    bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_events_request ON ledger_events (request_id);
+
+-- Next ledger offset to read per partition, committed in the same transaction
+-- as the rows it covers: PostgreSQL holds exactly the ledger prefix below it.
+CREATE TABLE IF NOT EXISTS ledger_offsets (
+    ledger_partition integer PRIMARY KEY CHECK (ledger_partition >= 0),
+    next_offset      bigint NOT NULL CHECK (next_offset >= 0)
+);

@@ -1,0 +1,26 @@
+/* Small things every daemon needs: clocks, identifiers, validation. */
+#ifndef FLASHSALE_UTIL_H
+#define FLASHSALE_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define FS_ID_MAX 64   /* longest request_id, sku or user_id */
+
+/* Wall clock in ms since the epoch (informational only: deadlines use Redis TIME). */
+int64_t now_ms(void);
+/* Monotonic clock in microseconds, for latencies and timeouts. */
+int64_t mono_us(void);
+
+/* 1..64 chars of [A-Za-z0-9_-] */
+bool valid_request_id(const char *s);
+/* 1..64 chars of [A-Za-z0-9._:-] */
+bool valid_sku(const char *s);
+/* 1..64 chars of [A-Za-z0-9._:@-] */
+bool valid_user_id(const char *s);
+
+/* Write a new random request id (26 chars, Crockford base32, time-ordered) + NUL. */
+void request_id_new(char out[27]);
+
+#endif
