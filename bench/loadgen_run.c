@@ -1,0 +1,1049 @@
+/*
+ * Buyers as small state machines on one event loop.
+ *
+ * Each buyer has at most one call outstanding: it is waiting for its
+ * arrival, waiting on a timer (poll interval, retry backoff), queued for a
+ * free connection, or in flight. The FIFO of buyers wanting a connection is
+ * a linked list through the buyer array, so a run allocates nothing per
+ * request beyond what libevent does.
+ *
+ * Purchase latency is measured from the buyer's scheduled arrival, so time
+ * spent queued inside the generator (all connections busy) counts against
+ * the gateway: a slow gateway cannot make the generator send less and hide
+ * its own slowness (coordinated omission).
+ */
+#include "loadgen_run.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include <cJSON.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+enum lg_job {
+	JOB_NONE = 0,
+	JOB_PURCHASE,
+	JOB_POLL,
+	JOB_PAY,
+	JOB_CANCEL,
+};
+
+enum lg_plan {
+	PLAN_EXPIRE = 0,
+	PLAN_PAY,
+	PLAN_CANCEL,
+};
+
+enum lg_phase {
+	PH_ARRIVING = 0,
+	PH_PURCHASE,		/* first send, its retries */
+	PH_DUPLICATE,		/* second send, its retries */
+	PH_FOLLOW,		/* accepted: polling, paying, cancelling */
+	PH_DONE,
+};
+
+#define LG_NO_BUYER (-1)
+#define LG_BODY_MAX (64 * 1024)
+#define LG_BACKOFF_BASE_US 50000
+#define LG_BACKOFF_MAX_US 1000000
+
+struct lg_run;
+
+struct lg_buyer {
+	struct lg_run *run;
+	int32_t next;			/* ready-queue link */
+	uint32_t user;
+	uint16_t sku;
+	uint16_t qty;
+	uint8_t phase;
+	uint8_t job;			/* the call it wants or has in flight */
+	uint8_t plan;
+	bool dup;			/* sends its purchase twice */
+	bool accepted;
+	bool first_answered;
+	bool action_done;		/* pay/cancel settled (202 or given up) */
+	uint8_t tries;			/* retries of the current call */
+	int first_status;
+	char first_reason[LG_NAME_MAX];
+	int64_t sched_us;		/* scheduled arrival */
+	int64_t accepted_us;
+};
+
+struct lg_slot {
+	struct lg_run *run;
+	struct evhttp_connection *conn;
+	int32_t buyer;			/* LG_NO_BUYER when idle */
+	bool broken;			/* replace the connection before reuse */
+	int64_t sent_us;
+};
+
+struct lg_run {
+	const struct lg_config *cf;
+	struct lg_result *res;
+	struct event_base *base;
+	struct evhttp_uri *uri;
+	const char *host;
+	int port;
+	char host_header[300];
+	char prefix[256];		/* path prefix from the URL, no trailing '/' */
+
+	struct lg_buyer *buyers;
+	uint32_t released;		/* buyers whose arrival came */
+	uint32_t done;
+
+	struct lg_slot *slots;
+	uint32_t *idle;			/* stack of idle slot indexes */
+	uint32_t nidle;
+
+	int32_t qhead, qtail;
+
+	struct event *pump_ev;
+	struct event *arrive_ev;
+	struct event *progress_ev;
+	struct event *sigint_ev;
+	struct event *sigterm_ev;
+	bool stopping;
+
+	int64_t t0_us;
+	int64_t first_send_us;
+	int64_t last_done_us;
+	uint64_t rng;			/* backoff jitter */
+	struct timeval timeout_tv;
+
+	int64_t prog_last_us;
+	uint64_t prog_last_sent;
+};
+
+static const char *const final_states[] = {
+	"paid", "cancelled", "expired", "sold_out", "limit_reached",
+	"not_started", "ended", "unknown_sku",
+};
+
+static int64_t
+mono_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* splitmix64: tiny, seedable, good enough for decisions and jitter. */
+static uint64_t
+rng_next(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static double
+rng_unit(uint64_t *s)
+{
+	return (double)(rng_next(s) >> 11) / 9007199254740992.0;
+}
+
+static uint32_t
+rng_below(uint64_t *s, uint32_t n)
+{
+	return n ? (uint32_t)(rng_next(s) % n) : 0;
+}
+
+static uint32_t
+buyer_index(const struct lg_run *r, const struct lg_buyer *b)
+{
+	return (uint32_t)(b - r->buyers);
+}
+
+static void
+schedule_pump(struct lg_run *r)
+{
+	if (!r->stopping && !event_pending(r->pump_ev, EV_TIMEOUT, NULL))
+		event_active(r->pump_ev, EV_TIMEOUT, 0);
+}
+
+static void
+queue_push(struct lg_run *r, struct lg_buyer *b)
+{
+	int32_t i = (int32_t)buyer_index(r, b);
+
+	b->next = LG_NO_BUYER;
+	if (r->qtail == LG_NO_BUYER)
+		r->qhead = i;
+	else
+		r->buyers[r->qtail].next = i;
+	r->qtail = i;
+	schedule_pump(r);
+}
+
+/* For a reaction to an answer (a client retry, a pay): no waiting in line. */
+static void
+queue_push_front(struct lg_run *r, struct lg_buyer *b)
+{
+	int32_t i = (int32_t)buyer_index(r, b);
+
+	b->next = r->qhead;
+	r->qhead = i;
+	if (r->qtail == LG_NO_BUYER)
+		r->qtail = i;
+	schedule_pump(r);
+}
+
+static struct lg_buyer *
+queue_pop(struct lg_run *r)
+{
+	struct lg_buyer *b;
+
+	if (r->qhead == LG_NO_BUYER)
+		return NULL;
+	b = &r->buyers[r->qhead];
+	r->qhead = b->next;
+	if (r->qhead == LG_NO_BUYER)
+		r->qtail = LG_NO_BUYER;
+	return b;
+}
+
+static void
+buyer_done(struct lg_run *r, struct lg_buyer *b)
+{
+	b->phase = PH_DONE;
+	b->job = JOB_NONE;
+	r->done++;
+	r->last_done_us = mono_now_us();
+	if (r->done == r->cf->buyers)
+		event_base_loopexit(r->base, NULL);
+}
+
+static void buyer_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+/* Run `job` for b after delay_us (0: queue it now). */
+static void
+buyer_after(struct lg_run *r, struct lg_buyer *b, enum lg_job job, int64_t delay_us)
+{
+	struct timeval tv;
+
+	b->job = (uint8_t)job;
+	if (delay_us <= 0) {
+		queue_push_front(r, b);
+		return;
+	}
+	tv.tv_sec = (time_t)(delay_us / 1000000);
+	tv.tv_usec = (suseconds_t)(delay_us % 1000000);
+	if (event_base_once(r->base, -1, EV_TIMEOUT, buyer_timer_cb, b, &tv) < 0)
+		queue_push(r, b);	/* no timer: go now rather than stall */
+}
+
+static int64_t
+backoff_us(struct lg_run *r, unsigned attempt)
+{
+	int64_t d = LG_BACKOFF_BASE_US << (attempt > 5 ? 5 : attempt);
+
+	if (d > LG_BACKOFF_MAX_US)
+		d = LG_BACKOFF_MAX_US;
+	/* jitter so a burst of 503s does not come back as one burst */
+	return d / 2 + (int64_t)rng_below(&r->rng, (uint32_t)(d / 2 + 1));
+}
+
+static bool
+follow_timed_out(struct lg_run *r, struct lg_buyer *b)
+{
+	return mono_now_us() - b->accepted_us >=
+		(int64_t)r->cf->final_timeout_s * 1000000;
+}
+
+static void
+schedule_poll(struct lg_run *r, struct lg_buyer *b, int64_t delay_us)
+{
+	if (follow_timed_out(r, b)) {
+		r->res->unfinished++;
+		buyer_done(r, b);
+		return;
+	}
+	b->tries = 0;
+	buyer_after(r, b, JOB_POLL, delay_us);
+}
+
+static void
+buyer_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct lg_buyer *b = arg;
+	struct lg_run *r = b->run;
+
+	if (r->stopping)
+		return;
+	if (b->job == JOB_POLL && follow_timed_out(r, b)) {
+		r->res->unfinished++;
+		buyer_done(r, b);
+		return;
+	}
+	queue_push(r, b);
+}
+
+/* ---- sending ---- */
+
+static int
+slot_connect(struct lg_run *r, struct lg_slot *s)
+{
+	s->conn = evhttp_connection_base_new(r->base, NULL, r->host,
+		(unsigned short)r->port);
+	if (s->conn == NULL)
+		return -1;
+	evhttp_connection_set_timeout_tv(s->conn, &r->timeout_tv);
+	evhttp_connection_set_retries(s->conn, 0);
+	s->broken = false;
+	return 0;
+}
+
+static void on_response(struct evhttp_request *req, void *arg);
+static void handle_answer(struct lg_run *r, struct lg_buyer *b, int code,
+	const char *body);
+
+static void
+count_send(struct lg_run *r, struct lg_buyer *b)
+{
+	struct lg_result *res = r->res;
+
+	res->sent++;
+	if (b->tries > 0) {
+		res->sent_retry++;
+		return;
+	}
+	switch (b->job) {
+	case JOB_PURCHASE:
+		if (b->phase == PH_DUPLICATE)
+			res->sent_duplicate++;
+		else
+			res->sent_purchase++;
+		break;
+	case JOB_POLL:
+		res->sent_poll++;
+		break;
+	case JOB_PAY:
+		res->sent_pay++;
+		break;
+	case JOB_CANCEL:
+		res->sent_cancel++;
+		break;
+	default:
+		break;
+	}
+}
+
+/* Start b's call on slot s. Returns -1 if libevent refused the request. */
+static int
+slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
+{
+	const struct lg_config *cf = r->cf;
+	uint32_t bi = buyer_index(r, b);
+	struct evhttp_request *req;
+	struct evkeyvalq *h;
+	enum evhttp_cmd_type cmd = EVHTTP_REQ_POST;
+	char path[512], body[512];
+	int blen = -1;
+
+	switch (b->job) {
+	case JOB_PURCHASE:
+		snprintf(path, sizeof(path), "%s/v1/purchases", r->prefix);
+		blen = snprintf(body, sizeof(body),
+			"{\"sku\":\"%s\",\"user_id\":\"%s%u\",\"qty\":%u,"
+			"\"request_id\":\"%s-%u\"}",
+			cf->skus[b->sku], cf->user_prefix, b->user,
+			(unsigned)b->qty, cf->run_id, bi);
+		break;
+	case JOB_POLL:
+		cmd = EVHTTP_REQ_GET;
+		snprintf(path, sizeof(path), "%s/v1/purchases/%s-%u",
+			r->prefix, cf->run_id, bi);
+		break;
+	case JOB_PAY:
+	case JOB_CANCEL:
+		snprintf(path, sizeof(path), "%s/v1/purchases/%s-%u/%s",
+			r->prefix, cf->run_id, bi,
+			b->job == JOB_PAY ? "pay" : "cancel");
+		blen = snprintf(body, sizeof(body), "{}");
+		break;
+	default:
+		return -1;
+	}
+
+	req = evhttp_request_new(on_response, s);
+	if (req == NULL)
+		return -1;
+	h = evhttp_request_get_output_headers(req);
+	evhttp_add_header(h, "Host", r->host_header);
+	evhttp_add_header(h, "Connection", "keep-alive");
+	evhttp_add_header(h, "Accept", "application/json");
+	if (blen >= 0) {
+		evhttp_add_header(h, "Content-Type", "application/json");
+		evbuffer_add(evhttp_request_get_output_buffer(req), body,
+			(size_t)blen);
+	}
+
+	count_send(r, b);
+	s->buyer = (int32_t)bi;
+	s->sent_us = mono_now_us();
+	if (r->first_send_us == 0)
+		r->first_send_us = s->sent_us;
+	if (evhttp_make_request(s->conn, req, cmd, path) != 0) {
+		/*
+		 * libevent could not even start connecting (no fd?). It may
+		 * already have reported the failure through on_response, in
+		 * which case the slot is idle again; else we own the error.
+		 */
+		if (s->buyer == (int32_t)bi) {
+			s->buyer = LG_NO_BUYER;
+			s->broken = true;
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void
+pump_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct lg_run *r = arg;
+
+	while (!r->stopping && r->nidle > 0 && r->qhead != LG_NO_BUYER) {
+		uint32_t si = r->idle[--r->nidle];
+		struct lg_slot *s = &r->slots[si];
+		struct lg_buyer *b = queue_pop(r);
+
+		if (s->broken) {
+			/* outside libevent's callbacks, so freeing is safe */
+			if (s->conn != NULL)
+				evhttp_connection_free(s->conn);
+			s->conn = NULL;
+			if (slot_connect(r, s) != 0) {
+				r->idle[r->nidle++] = si;
+				s->broken = true;
+				handle_answer(r, b, 0, NULL);
+				break;
+			}
+		}
+		if (slot_send(r, s, b) != 0) {
+			r->idle[r->nidle++] = si;
+			handle_answer(r, b, 0, NULL);
+		}
+	}
+}
+
+/* Copy the answer's body as a NUL-terminated string (NULL if none). */
+static char *
+body_copy(struct evhttp_request *req)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	size_t len = in ? evbuffer_get_length(in) : 0;
+	char *s;
+
+	if (len == 0)
+		return NULL;
+	if (len > LG_BODY_MAX)
+		len = LG_BODY_MAX;
+	s = malloc(len + 1);
+	if (s == NULL)
+		return NULL;
+	evbuffer_copyout(in, s, len);
+	s[len] = '\0';
+	return s;
+}
+
+static void
+on_response(struct evhttp_request *req, void *arg)
+{
+	struct lg_slot *s = arg;
+	struct lg_run *r = s->run;
+	struct lg_buyer *b;
+	int code = req ? evhttp_request_get_response_code(req) : 0;
+	char *body;
+
+	if (s->buyer == LG_NO_BUYER || r->stopping)
+		return;
+	b = &r->buyers[s->buyer];
+	s->buyer = LG_NO_BUYER;
+	if (code <= 0 || code >= 600) {
+		code = 0;
+		s->broken = true;
+	}
+	r->idle[r->nidle++] = (uint32_t)(s - r->slots);
+	lg_samples_add(&r->res->request_lat, mono_now_us() - s->sent_us);
+	body = code ? body_copy(req) : NULL;
+	handle_answer(r, b, code, body);
+	free(body);
+	schedule_pump(r);
+}
+
+/* ---- answers ---- */
+
+/* The "error" or "state" member of a JSON body, into out; false if absent. */
+static bool
+body_field(const char *body, const char *field, char *out, size_t outlen)
+{
+	cJSON *doc, *v;
+	bool ok = false;
+	size_t i;
+
+	out[0] = '\0';
+	if (body == NULL || (doc = cJSON_Parse(body)) == NULL)
+		return false;
+	v = cJSON_GetObjectItemCaseSensitive(doc, field);
+	if (cJSON_IsString(v) && v->valuestring[0] != '\0' &&
+	    strlen(v->valuestring) < outlen) {
+		ok = true;
+		/* keep report keys tame whatever the server says */
+		for (i = 0; v->valuestring[i] != '\0'; i++) {
+			char c = v->valuestring[i];
+
+			if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			    (c >= '0' && c <= '9') || c == '_' || c == '-')) {
+				ok = false;
+				break;
+			}
+		}
+		if (ok)
+			strcpy(out, v->valuestring);
+	}
+	cJSON_Delete(doc);
+	return ok;
+}
+
+static void
+answer_reason(int code, const char *body, char *out, size_t outlen)
+{
+	if (!body_field(body, "error", out, outlen))
+		snprintf(out, outlen, "http_%d", code);
+}
+
+static bool
+is_final_state(const char *st)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(final_states) / sizeof(final_states[0]); i++)
+		if (strcmp(st, final_states[i]) == 0)
+			return true;
+	return false;
+}
+
+static void
+buyer_accepted(struct lg_run *r, struct lg_buyer *b)
+{
+	b->accepted = true;
+	b->accepted_us = mono_now_us();
+	r->res->accepted++;
+	r->res->per_sku[b->sku].accepted++;
+}
+
+/* The purchase (and its duplicate, if any) is settled: move on. */
+static void
+purchase_settled(struct lg_run *r, struct lg_buyer *b)
+{
+	struct lg_result *res = r->res;
+
+	if (!b->accepted) {
+		if (b->first_answered) {
+			res->refused++;
+			lg_counts_add(&res->refused_by, b->first_reason, 1);
+		} else {
+			res->purchase_failed++;
+		}
+		buyer_done(r, b);
+		return;
+	}
+	b->phase = PH_FOLLOW;
+	schedule_poll(r, b, (int64_t)r->cf->poll_ms * 1000);
+}
+
+static void
+on_purchase_answer(struct lg_run *r, struct lg_buyer *b, int code,
+	const char *body)
+{
+	struct lg_result *res = r->res;
+	bool transient = code == 0 || code >= 500;
+	char reason[LG_NAME_MAX];
+
+	if (transient && b->tries < r->cf->retries) {
+		b->tries++;
+		buyer_after(r, b, JOB_PURCHASE, backoff_us(r, b->tries));
+		return;
+	}
+	if (code == 0 || (code >= 500 && code != 503)) {
+		/*
+		 * No answer that says anything about the purchase: a failed
+		 * first send leaves the buyer failed, a failed duplicate
+		 * leaves the first answer standing.
+		 */
+		res->retries_exhausted++;
+		purchase_settled(r, b);
+		return;
+	}
+	if (code == 503)
+		res->retries_exhausted++;
+	if (code != 202)
+		answer_reason(code, body, reason, sizeof(reason));
+	else
+		strcpy(reason, "accepted");
+	if (code != 202 && !(code >= 400 && code < 500) && code != 503)
+		res->http_errors++;	/* 2xx/3xx we do not expect */
+
+	if (b->phase == PH_PURCHASE) {
+		lg_samples_add(&res->purchase_lat, mono_now_us() - b->sched_us);
+		b->first_answered = true;
+		b->first_status = code;
+		snprintf(b->first_reason, sizeof(b->first_reason), "%s", reason);
+		if (code == 202)
+			buyer_accepted(r, b);
+		if (b->dup) {
+			/* a client retry right after the first answer */
+			b->phase = PH_DUPLICATE;
+			b->tries = 0;
+			buyer_after(r, b, JOB_PURCHASE, 0);
+			return;
+		}
+	} else {
+		if (code != b->first_status ||
+		    strcmp(reason, b->first_reason) != 0)
+			res->duplicate_mismatch++;
+		if (code == 202 && !b->accepted)
+			buyer_accepted(r, b);
+	}
+	purchase_settled(r, b);
+}
+
+static void
+on_poll_answer(struct lg_run *r, struct lg_buyer *b, int code,
+	const char *body)
+{
+	struct lg_result *res = r->res;
+	int64_t poll_us = (int64_t)r->cf->poll_ms * 1000;
+	char st[LG_NAME_MAX];
+
+	if (code == 404) {
+		/* the result may not be visible yet right after the 202 */
+		res->poll_unknown++;
+		schedule_poll(r, b, poll_us);
+		return;
+	}
+	if (code != 200 || !body_field(body, "state", st, sizeof(st))) {
+		if (code != 503)
+			res->http_errors += code != 0;	/* transport counted already */
+		schedule_poll(r, b, poll_us);
+		return;
+	}
+	if (is_final_state(st)) {
+		int64_t now = mono_now_us();
+
+		res->final++;
+		lg_counts_add(&res->final_by, st, 1);
+		if (strcmp(st, "paid") == 0) {
+			res->paid++;
+			res->per_sku[b->sku].paid++;
+		} else if (strcmp(st, "cancelled") == 0) {
+			res->cancelled++;
+		} else if (strcmp(st, "expired") == 0) {
+			res->expired++;
+		}
+		lg_samples_add(&res->final_lat, now - b->sched_us);
+		buyer_done(r, b);
+		return;
+	}
+	if (strcmp(st, "reserved") == 0 && b->plan == PLAN_EXPIRE &&
+	    !r->cf->wait_final) {
+		/* --no-wait-final: a hold left to expire is not waited for */
+		res->not_waited++;
+		buyer_done(r, b);
+		return;
+	}
+	if (strcmp(st, "reserved") == 0 && !b->action_done &&
+	    b->plan != PLAN_EXPIRE) {
+		b->tries = 0;
+		buyer_after(r, b, b->plan == PLAN_PAY ? JOB_PAY : JOB_CANCEL, 0);
+		return;
+	}
+	/* queued, reserved and waiting, or a state we do not know */
+	schedule_poll(r, b, poll_us);
+}
+
+static void
+on_action_answer(struct lg_run *r, struct lg_buyer *b, int code,
+	const char *body)
+{
+	struct lg_result *res = r->res;
+	int64_t poll_us = (int64_t)r->cf->poll_ms * 1000;
+	char reason[LG_NAME_MAX];
+
+	if (code == 202) {
+		b->action_done = true;
+		if (b->job == JOB_PAY)
+			res->pay_accepted++;
+		else
+			res->cancel_accepted++;
+	} else if (code == 0 || code >= 500) {
+		if (b->tries < r->cf->retries && !follow_timed_out(r, b)) {
+			b->tries++;
+			buyer_after(r, b, (enum lg_job)b->job,
+				backoff_us(r, b->tries));
+			return;
+		}
+		res->retries_exhausted++;
+		b->action_done = true;
+	} else {
+		answer_reason(code, body, reason, sizeof(reason));
+		if (code == 409 && strcmp(reason, "not_reserved_yet") == 0) {
+			/* poll until reserved shows, then try again */
+			res->not_reserved_yet++;
+		} else {
+			res->action_refused++;
+			b->action_done = true;
+		}
+	}
+	schedule_poll(r, b, poll_us);
+}
+
+static void
+handle_answer(struct lg_run *r, struct lg_buyer *b, int code, const char *body)
+{
+	struct lg_result *res = r->res;
+
+	res->status[code]++;
+	if (code == 0)
+		res->http_errors++;
+	else
+		res->responses++;
+
+	switch (b->job) {
+	case JOB_PURCHASE:
+		on_purchase_answer(r, b, code, body);
+		break;
+	case JOB_POLL:
+		on_poll_answer(r, b, code, body);
+		break;
+	case JOB_PAY:
+	case JOB_CANCEL:
+		on_action_answer(r, b, code, body);
+		break;
+	default:
+		break;
+	}
+}
+
+/* ---- arrivals, progress, signals ---- */
+
+static void
+arrive_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct lg_run *r = arg;
+	int64_t now = mono_now_us();
+	struct timeval tv;
+	int64_t wait;
+
+	while (r->released < r->cf->buyers &&
+	    r->buyers[r->released].sched_us <= now) {
+		struct lg_buyer *b = &r->buyers[r->released++];
+
+		b->phase = PH_PURCHASE;
+		b->job = JOB_PURCHASE;
+		queue_push(r, b);
+	}
+	if (r->released == r->cf->buyers)
+		return;
+	wait = r->buyers[r->released].sched_us - now;
+	tv.tv_sec = (time_t)(wait / 1000000);
+	tv.tv_usec = (suseconds_t)(wait % 1000000);
+	evtimer_add(r->arrive_ev, &tv);
+}
+
+static void
+progress_line(struct lg_run *r, bool last)
+{
+	struct lg_result *res = r->res;
+	int64_t now = mono_now_us();
+	double dt = (double)(now - r->prog_last_us) / 1e6;
+	double rate = dt > 0 ? (double)(res->sent - r->prog_last_sent) / dt : 0;
+
+	if (last) {
+		double all = (double)(now - r->t0_us) / 1e6;
+
+		rate = all > 0 ? (double)res->sent / all : 0;
+	}
+	fprintf(stderr, "\r%7.1fs sent=%llu accepted=%llu refused=%llu "
+		"final=%llu done=%u/%u rate=%.0f/s   ",
+		(double)(now - r->t0_us) / 1e6,
+		(unsigned long long)res->sent,
+		(unsigned long long)res->accepted,
+		(unsigned long long)res->refused,
+		(unsigned long long)res->final,
+		r->done, r->cf->buyers, rate);
+	if (last)
+		fputc('\n', stderr);
+	fflush(stderr);
+	r->prog_last_us = now;
+	r->prog_last_sent = res->sent;
+}
+
+static void
+progress_cb(evutil_socket_t fd, short what, void *arg)
+{
+	progress_line(arg, false);
+}
+
+static void
+signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct lg_run *r = arg;
+
+	r->res->interrupted = true;
+	event_base_loopbreak(r->base);
+}
+
+/* ---- set-up and tear-down ---- */
+
+static int
+run_parse_url(struct lg_run *r, char *err, size_t errlen)
+{
+	const struct lg_config *cf = r->cf;
+	const char *scheme, *path;
+	size_t n;
+
+	r->uri = evhttp_uri_parse(cf->url);
+	if (r->uri == NULL) {
+		snprintf(err, errlen, "cannot parse url %s", cf->url);
+		return -1;
+	}
+	scheme = evhttp_uri_get_scheme(r->uri);
+	if (scheme == NULL || strcasecmp(scheme, "http") != 0) {
+		snprintf(err, errlen, "url must be http://host[:port]: %s",
+			cf->url);
+		return -1;
+	}
+	r->host = evhttp_uri_get_host(r->uri);
+	if (r->host == NULL || r->host[0] == '\0') {
+		snprintf(err, errlen, "url has no host: %s", cf->url);
+		return -1;
+	}
+	r->port = evhttp_uri_get_port(r->uri);
+	if (r->port <= 0)
+		r->port = 80;
+	path = evhttp_uri_get_path(r->uri);
+	snprintf(r->prefix, sizeof(r->prefix), "%s", path ? path : "");
+	n = strlen(r->prefix);
+	while (n > 0 && r->prefix[n - 1] == '/')
+		r->prefix[--n] = '\0';
+	if (cf->host_header != NULL)
+		snprintf(r->host_header, sizeof(r->host_header), "%s",
+			cf->host_header);
+	else if (strchr(r->host, ':') != NULL)
+		snprintf(r->host_header, sizeof(r->host_header), "[%s]:%d",
+			r->host, r->port);
+	else
+		snprintf(r->host_header, sizeof(r->host_header), "%s:%d",
+			r->host, r->port);
+	return 0;
+}
+
+/* Decide every buyer up front from the seed, so runs are reproducible. */
+static void
+run_plan_buyers(struct lg_run *r)
+{
+	const struct lg_config *cf = r->cf;
+	uint64_t urng = cf->seed ^ 0x5eedu;
+	uint32_t i;
+
+	for (i = 0; i < cf->buyers; i++) {
+		struct lg_buyer *b = &r->buyers[i];
+		uint64_t s = cf->seed * 0x100000001b3ULL + i;
+		double u;
+
+		(void)rng_next(&s);
+		b->run = r;
+		b->next = LG_NO_BUYER;
+		b->user = i % cf->users;
+		b->sku = (uint16_t)rng_below(&s, (uint32_t)cf->nskus);
+		b->qty = (uint16_t)(1 + rng_below(&s, cf->qty_max));
+		b->dup = rng_unit(&s) < cf->dup_ratio;
+		u = rng_unit(&s);
+		if (u < cf->pay_ratio)
+			b->plan = PLAN_PAY;
+		else if (u < cf->pay_ratio + cf->cancel_ratio)
+			b->plan = PLAN_CANCEL;
+		else
+			b->plan = PLAN_EXPIRE;
+		b->sched_us = cf->buyers > 1 ?
+			(int64_t)cf->ramp_ms * 1000 * i / cf->buyers : 0;
+	}
+	/*
+	 * Users are dealt round-robin (each gets buyers/users +-1 buyers) and
+	 * then shuffled, so --users == --buyers means one buyer per user and
+	 * fewer users share buyers evenly in a random order.
+	 */
+	for (i = cf->buyers; i > 1; i--) {
+		uint32_t j = rng_below(&urng, i);
+		uint32_t t = r->buyers[i - 1].user;
+
+		r->buyers[i - 1].user = r->buyers[j].user;
+		r->buyers[j].user = t;
+	}
+	for (i = 0; i < cf->buyers; i++) {
+		r->res->per_sku[r->buyers[i].sku].buyers++;
+		switch (r->buyers[i].plan) {
+		case PLAN_PAY:
+			r->res->plan_pay++;
+			break;
+		case PLAN_CANCEL:
+			r->res->plan_cancel++;
+			break;
+		default:
+			r->res->plan_expire++;
+			break;
+		}
+	}
+}
+
+static void
+raise_fd_limit(uint32_t need)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return;
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)need + 64) {
+		rl.rlim_cur = rl.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static void
+run_free(struct lg_run *r)
+{
+	uint32_t i;
+
+	r->stopping = true;
+	if (r->slots != NULL)
+		for (i = 0; i < r->cf->concurrency; i++)
+			if (r->slots[i].conn != NULL)
+				evhttp_connection_free(r->slots[i].conn);
+	if (r->pump_ev)
+		event_free(r->pump_ev);
+	if (r->arrive_ev)
+		event_free(r->arrive_ev);
+	if (r->progress_ev)
+		event_free(r->progress_ev);
+	if (r->sigint_ev)
+		event_free(r->sigint_ev);
+	if (r->sigterm_ev)
+		event_free(r->sigterm_ev);
+	if (r->base)
+		event_base_free(r->base);	/* also frees pending once-timers */
+	if (r->uri)
+		evhttp_uri_free(r->uri);
+	free(r->slots);
+	free(r->idle);
+	free(r->buyers);
+}
+
+int
+lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
+	size_t errlen)
+{
+	struct lg_run run, *r = &run;
+	struct timeval quarter = { 0, 250000 };
+	uint32_t i;
+	int64_t end_us;
+
+	memset(r, 0, sizeof(*r));
+	r->cf = cf;
+	r->res = res;
+	r->qhead = r->qtail = LG_NO_BUYER;
+	r->rng = cf->seed ^ 0xbac0ffULL;
+	r->timeout_tv.tv_sec = (time_t)(cf->timeout_ms / 1000);
+	r->timeout_tv.tv_usec = (suseconds_t)(cf->timeout_ms % 1000) * 1000;
+	res->buyers = cf->buyers;
+
+	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit(cf->concurrency);
+	if (run_parse_url(r, err, errlen) != 0)
+		goto fail;
+	res->per_sku = calloc(cf->nskus, sizeof(*res->per_sku));
+	r->buyers = calloc(cf->buyers ? cf->buyers : 1, sizeof(*r->buyers));
+	r->slots = calloc(cf->concurrency, sizeof(*r->slots));
+	r->idle = calloc(cf->concurrency, sizeof(*r->idle));
+	r->base = event_base_new();
+	if (res->per_sku == NULL || r->buyers == NULL || r->slots == NULL ||
+	    r->idle == NULL || r->base == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	r->pump_ev = event_new(r->base, -1, 0, pump_cb, r);
+	r->arrive_ev = evtimer_new(r->base, arrive_cb, r);
+	r->progress_ev = event_new(r->base, -1, EV_PERSIST, progress_cb, r);
+	r->sigint_ev = evsignal_new(r->base, SIGINT, signal_cb, r);
+	r->sigterm_ev = evsignal_new(r->base, SIGTERM, signal_cb, r);
+	if (!r->pump_ev || !r->arrive_ev || !r->progress_ev ||
+	    !r->sigint_ev || !r->sigterm_ev) {
+		snprintf(err, errlen, "cannot create events");
+		goto fail;
+	}
+	for (i = 0; i < cf->concurrency; i++) {
+		r->slots[i].run = r;
+		r->slots[i].buyer = LG_NO_BUYER;
+		if (slot_connect(r, &r->slots[i]) != 0) {
+			snprintf(err, errlen, "cannot create connection %u", i);
+			goto fail;
+		}
+		/* hand out low slots first: the pool warms up from the bottom */
+		r->idle[r->nidle++] = cf->concurrency - 1 - i;
+	}
+	run_plan_buyers(r);
+
+	evsignal_add(r->sigint_ev, NULL);
+	evsignal_add(r->sigterm_ev, NULL);
+	if (cf->progress)
+		evtimer_add(r->progress_ev, &quarter);
+
+	r->t0_us = mono_now_us();
+	r->prog_last_us = r->t0_us;
+	for (i = 0; i < cf->buyers; i++)
+		r->buyers[i].sched_us += r->t0_us;
+	if (cf->buyers > 0) {
+		arrive_cb(-1, EV_TIMEOUT, r);
+		event_base_dispatch(r->base);
+	}
+	end_us = mono_now_us();
+
+	if (cf->progress)
+		progress_line(r, true);
+	/* an interrupted run: whoever is not done did not finish */
+	if (r->done < cf->buyers)
+		res->unfinished += cf->buyers - r->done;
+	res->run_us = end_us - r->t0_us;
+	res->first_to_done_us = r->first_send_us && r->last_done_us ?
+		r->last_done_us - r->first_send_us : 0;
+	run_free(r);
+	return 0;
+fail:
+	run_free(r);
+	return -1;
+}
+
+void
+lg_result_free(struct lg_result *res)
+{
+	lg_counts_free(&res->refused_by);
+	lg_counts_free(&res->final_by);
+	lg_samples_free(&res->purchase_lat);
+	lg_samples_free(&res->request_lat);
+	lg_samples_free(&res->final_lat);
+	free(res->per_sku);
+	res->per_sku = NULL;
+}

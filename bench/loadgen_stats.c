@@ -1,0 +1,138 @@
+#include "loadgen_stats.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void
+lg_samples_add(struct lg_samples *s, int64_t us)
+{
+	if (s->n == s->cap) {
+		size_t ncap = s->cap ? s->cap * 2 : 1024;
+		int64_t *nv = realloc(s->v, ncap * sizeof(*nv));
+
+		if (nv == NULL) {
+			s->dropped++;
+			return;
+		}
+		s->v = nv;
+		s->cap = ncap;
+	}
+	s->v[s->n++] = us < 0 ? 0 : us;
+	s->sorted = false;
+}
+
+static int
+cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+void
+lg_samples_sort(struct lg_samples *s)
+{
+	if (!s->sorted && s->n > 1)
+		qsort(s->v, s->n, sizeof(*s->v), cmp_i64);
+	s->sorted = true;
+}
+
+int64_t
+lg_samples_pct(const struct lg_samples *s, double p)
+{
+	size_t rank;
+
+	if (s->n == 0)
+		return 0;
+	if (p <= 0)
+		return s->v[0];
+	/* nearest rank: the smallest sample with at least p of them at or below */
+	rank = (size_t)((double)s->n * p);
+	if ((double)rank < (double)s->n * p)
+		rank++;
+	if (rank < 1)
+		rank = 1;
+	if (rank > s->n)
+		rank = s->n;
+	return s->v[rank - 1];
+}
+
+int64_t
+lg_samples_max(const struct lg_samples *s)
+{
+	return s->n ? s->v[s->n - 1] : 0;
+}
+
+double
+lg_samples_mean(const struct lg_samples *s)
+{
+	double sum = 0;
+	size_t i;
+
+	if (s->n == 0)
+		return 0;
+	for (i = 0; i < s->n; i++)
+		sum += (double)s->v[i];
+	return sum / (double)s->n;
+}
+
+void
+lg_samples_free(struct lg_samples *s)
+{
+	free(s->v);
+	memset(s, 0, sizeof(*s));
+}
+
+static struct lg_count *
+counts_find(struct lg_counts *t, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < t->n; i++)
+		if (strcmp(t->c[i].name, name) == 0)
+			return &t->c[i];
+	return NULL;
+}
+
+void
+lg_counts_add(struct lg_counts *t, const char *name, uint64_t by)
+{
+	struct lg_count *c;
+
+	if (strlen(name) >= LG_NAME_MAX || t->n >= 64)
+		name = "other";
+	c = counts_find(t, name);
+	if (c == NULL) {
+		if (t->n == t->cap) {
+			size_t ncap = t->cap ? t->cap * 2 : 8;
+			struct lg_count *nc = realloc(t->c, ncap * sizeof(*nc));
+
+			if (nc == NULL)
+				return;
+			t->c = nc;
+			t->cap = ncap;
+		}
+		c = &t->c[t->n++];
+		memset(c, 0, sizeof(*c));
+		strcpy(c->name, name);
+	}
+	c->n += by;
+}
+
+uint64_t
+lg_counts_get(const struct lg_counts *t, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < t->n; i++)
+		if (strcmp(t->c[i].name, name) == 0)
+			return t->c[i].n;
+	return 0;
+}
+
+void
+lg_counts_free(struct lg_counts *t)
+{
+	free(t->c);
+	memset(t, 0, sizeof(*t));
+}

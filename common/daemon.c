@@ -1,0 +1,221 @@
+#include "daemon.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "log.h"
+#include "metrics.h"
+
+/* Copies: callers may pass hooks that live on main()'s stack. */
+static struct daemon_hooks signal_hooks;
+static struct daemon_hooks http_hooks;
+static int draining;
+/* Kept for the process lifetime (reachable, so leak checkers stay quiet). */
+static struct event *signal_events[3];
+
+bool daemon_draining(void)
+{
+	return __atomic_load_n(&draining, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* Runs in the event loop, not in a signal handler: exit() is safe here. */
+static void daemon_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	(void)arg;
+	if (sig == SIGHUP) {
+		if (signal_hooks.on_reload != NULL) {
+			log_info("reload", "signal=HUP");
+			signal_hooks.on_reload(signal_hooks.arg);
+		} else {
+			log_info("reload_unsupported", "signal=HUP msg=\"reload is not supported; restart to apply configuration\"");
+		}
+		return;
+	}
+	if (__atomic_exchange_n(&draining, 1, __ATOMIC_ACQ_REL) != 0) {
+		log_warn("exit_now", "signal=%s msg=\"second signal while draining\"",
+			 sig == SIGTERM ? "TERM" : "INT");
+		exit(1);
+	}
+	log_info("draining", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
+	daemon_notify_stopping();
+	if (signal_hooks.on_drain != NULL)
+		signal_hooks.on_drain(signal_hooks.arg);
+}
+
+void daemon_signals(struct event_base *base, const struct daemon_hooks *hooks)
+{
+	static const int sigs[] = { SIGTERM, SIGINT, SIGHUP };
+
+	if (hooks != NULL)
+		signal_hooks = *hooks;
+	/* A peer closing a socket must be an error return, not our death. */
+	signal(SIGPIPE, SIG_IGN);
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+		struct event *ev;
+
+		ev = evsignal_new(base, sigs[i], daemon_signal_cb, NULL);
+		if (ev == NULL || evsignal_add(ev, NULL) < 0)
+			die("signal_setup", "signal=%d msg=\"cannot install signal event\"", sigs[i]);
+		signal_events[i] = ev;
+	}
+}
+
+static bool daemon_get_only(struct evhttp_request *req)
+{
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+
+	if (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD)
+		return true;
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+	evhttp_send_error(req, 405, "Method Not Allowed");
+	return false;
+}
+
+/* Append s as a JSON string body (without quotes), escaping what JSON needs. */
+static void json_escape_add(struct evbuffer *b, const char *s)
+{
+	for (; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			evbuffer_add_printf(b, "\\%c", c);
+		else if (c < 0x20)
+			evbuffer_add_printf(b, "\\u%04x", c);
+		else
+			evbuffer_add(b, &c, 1);
+	}
+}
+
+static void daemon_healthz_cb(struct evhttp_request *req, void *arg)
+{
+	struct evbuffer *b;
+	char detail[2048] = "";
+	bool ok = true;
+	size_t dl;
+	(void)arg;
+
+	if (!daemon_get_only(req))
+		return;
+	if (http_hooks.health != NULL)
+		ok = http_hooks.health(http_hooks.arg, detail, sizeof(detail));
+	detail[sizeof(detail) - 1] = '\0';
+	b = evbuffer_new();
+	if (b == NULL) {
+		evhttp_send_error(req, 500, "Internal Server Error");
+		return;
+	}
+	evbuffer_add_printf(b, "{\"status\":\"%s\"", ok ? "ok" : "unhealthy");
+	/* detail is a JSON object: merge its members into ours. */
+	dl = strlen(detail);
+	while (dl > 0 && (detail[dl - 1] == '\n' || detail[dl - 1] == ' '))
+		detail[--dl] = '\0';
+	if (dl >= 2 && detail[0] == '{' && detail[dl - 1] == '}') {
+		const char *inner = detail + 1;
+		size_t il = dl - 2;
+
+		while (il > 0 && (*inner == ' ' || *inner == '\n')) {
+			inner++;
+			il--;
+		}
+		if (il > 0) {
+			evbuffer_add(b, ",", 1);
+			evbuffer_add(b, inner, il);
+		}
+	} else if (dl > 0) {
+		evbuffer_add_printf(b, ",\"detail\":\"");
+		json_escape_add(b, detail);
+		evbuffer_add(b, "\"", 1);
+	}
+	evbuffer_add(b, "}\n", 2);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "application/json");
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
+	evhttp_send_reply(req, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", b);
+	evbuffer_free(b);
+}
+
+static void daemon_metrics_cb(struct evhttp_request *req, void *arg)
+{
+	struct evbuffer *b;
+	(void)arg;
+
+	if (!daemon_get_only(req))
+		return;
+	b = evbuffer_new();
+	if (b == NULL) {
+		evhttp_send_error(req, 500, "Internal Server Error");
+		return;
+	}
+	metrics_render(b);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "text/plain; version=0.0.4");
+	evhttp_send_reply(req, 200, "OK", b);
+	evbuffer_free(b);
+}
+
+struct evhttp *daemon_http(struct event_base *base, struct evhttp *http,
+			   const char *host, int port, const struct daemon_hooks *hooks)
+{
+	if (hooks != NULL)
+		http_hooks = *hooks;
+	if (http == NULL) {
+		if (port == 0)
+			return NULL;
+		http = evhttp_new(base);
+		if (http == NULL)
+			die("http_setup", "msg=\"evhttp_new failed\"");
+		if (evhttp_bind_socket_with_handle(http, host, (ev_uint16_t)port) == NULL) {
+			int e = errno;
+
+			evhttp_free(http);
+			die("http_bind", "host=%s port=%d err=\"%s\"", host, port, strerror(e));
+		}
+		log_info("http_listening", "host=%s port=%d", host, port);
+	}
+	if (evhttp_set_cb(http, "/healthz", daemon_healthz_cb, NULL) != 0 ||
+	    evhttp_set_cb(http, "/metrics", daemon_metrics_cb, NULL) != 0)
+		die("http_setup", "msg=\"cannot register /healthz or /metrics (already set?)\"");
+	return http;
+}
+
+void daemon_notify_ready(void)
+{
+#ifdef HAVE_SYSTEMD
+	(void)sd_notify(0, "READY=1");
+#endif
+}
+
+void daemon_notify_stopping(void)
+{
+#ifdef HAVE_SYSTEMD
+	(void)sd_notify(0, "STOPPING=1");
+#endif
+}
+
+void daemon_notify_status(const char *fmt, ...)
+{
+#ifdef HAVE_SYSTEMD
+	char buf[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	(void)sd_notifyf(0, "STATUS=%s", buf);
+#else
+	(void)fmt;
+#endif
+}

@@ -1,0 +1,199 @@
+#include "kafka.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flashsale.pb-c.h"
+#include "log.h"
+#include "util.h"
+
+int kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
+		   char *err, size_t errlen)
+{
+	char rerr[512];
+
+	if (rd_kafka_conf_set(conf, name, value, rerr, sizeof(rerr)) != RD_KAFKA_CONF_OK) {
+		snprintf(err, errlen, "kafka property %s=%s: %s", name, value, rerr);
+		return -1;
+	}
+	return 0;
+}
+
+/* librdkafka's internal logs, through our logger (called from its threads). */
+static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	enum log_level lvl;
+	char quoted[1024];
+
+	/* syslog levels: 0..3 error, 4 warning, 5..6 info, 7 debug */
+	if (level <= 3)
+		lvl = LOG_LEVEL_ERROR;
+	else if (level == 4)
+		lvl = LOG_LEVEL_WARN;
+	else if (level <= 6)
+		lvl = LOG_LEVEL_INFO;
+	else
+		lvl = LOG_LEVEL_DEBUG;
+	log_at(lvl, "kafka_log", "client=%s fac=%s msg=\"%s\"",
+	       rd_kafka_name(rk), fac, log_quote(quoted, sizeof(quoted), buf));
+}
+
+static void kafka_error_cb(rd_kafka_t *rk, int errcode, const char *reason, void *opaque)
+{
+	char quoted[1024];
+	char fatal[512];
+
+	log_quote(quoted, sizeof(quoted), reason);
+	if (errcode == RD_KAFKA_RESP_ERR__FATAL) {
+		rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
+		char fq[600];
+
+		log_error("kafka_error", "client=%s fatal=true err=%s msg=\"%s\" cause=\"%s\"",
+			  rd_kafka_name(rk), rd_kafka_err2name(orig), quoted,
+			  log_quote(fq, sizeof(fq), fatal));
+		return;
+	}
+	log_warn("kafka_error", "client=%s err=%s msg=\"%s\"", rd_kafka_name(rk),
+		 rd_kafka_err2name((rd_kafka_resp_err_t)errcode), quoted);
+}
+
+/* Apply "prop=value,prop=value" (empty entries ignored). */
+static int kafka_apply_settings(rd_kafka_conf_t *conf, const char *settings,
+				char *err, size_t errlen)
+{
+	char *copy, *save = NULL, *tok;
+	int rc = 0;
+
+	if (settings == NULL || settings[0] == '\0')
+		return 0;
+	copy = strdup(settings);
+	if (copy == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for (tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+		char *eq;
+
+		while (*tok == ' ' || *tok == '\t')
+			tok++;
+		if (*tok == '\0')
+			continue;
+		eq = strchr(tok, '=');
+		if (eq == NULL || eq == tok) {
+			snprintf(err, errlen, "kafka.settings: '%s' is not prop=value", tok);
+			rc = -1;
+			break;
+		}
+		*eq = '\0';
+		if (kafka_conf_set(conf, tok, eq + 1, err, errlen) < 0) {
+			rc = -1;
+			break;
+		}
+	}
+	free(copy);
+	return rc;
+}
+
+rd_kafka_conf_t *kafka_conf_new(const struct kafka_cfg *kc, enum kafka_role role,
+				const char *client_id, const char *group_id,
+				char *err, size_t errlen)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char timeout[32];
+
+	if (conf == NULL) {
+		snprintf(err, errlen, "rd_kafka_conf_new failed");
+		return NULL;
+	}
+	if (kafka_conf_set(conf, "bootstrap.servers", kc->bootstrap ? kc->bootstrap : "",
+			   err, errlen) < 0 ||
+	    kafka_conf_set(conf, "client.id", client_id ? client_id : "flashsale", err, errlen) < 0)
+		goto fail;
+
+	switch (role) {
+	case KAFKA_PRODUCER:
+		snprintf(timeout, sizeof(timeout), "%lld", kc->produce_timeout_ms);
+		if (kafka_conf_set(conf, "acks", "all", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "enable.idempotence", "true", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "partitioner", "murmur2_random", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "linger.ms", "5", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "message.timeout.ms", timeout, err, errlen) < 0)
+			goto fail;
+		break;
+	case KAFKA_CONSUMER:
+		if (group_id == NULL) {
+			snprintf(err, errlen, "kafka consumer needs a group id");
+			goto fail;
+		}
+		if (kafka_conf_set(conf, "group.id", group_id, err, errlen) < 0 ||
+		    kafka_conf_set(conf, "enable.auto.offset.store", "false", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "enable.auto.commit", "true", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "auto.commit.interval.ms", "500", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "auto.offset.reset", "earliest", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "session.timeout.ms", "6000", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "heartbeat.interval.ms", "1000", err, errlen) < 0)
+			goto fail;
+		break;
+	default:
+		snprintf(err, errlen, "unknown kafka role %d", (int)role);
+		goto fail;
+	}
+	if (kafka_apply_settings(conf, kc->settings, err, errlen) < 0)
+		goto fail;
+	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+	rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
+	return conf;
+fail:
+	rd_kafka_conf_destroy(conf);
+	return NULL;
+}
+
+int kafka_deadletter(rd_kafka_t *producer, const rd_kafka_message_t *m,
+		     const char *consumer, const char *reason,
+		     char *err, size_t errlen)
+{
+	Flashsale__DeadLetter dl = FLASHSALE__DEAD_LETTER__INIT;
+	rd_kafka_resp_err_t rerr;
+	uint8_t *buf;
+	size_t len, keylen;
+
+	dl.topic = (char *)(m->rkt != NULL ? rd_kafka_topic_name(m->rkt) : "");
+	dl.partition = m->partition;
+	dl.offset = m->offset;
+	dl.key.data = m->key;
+	dl.key.len = m->key != NULL ? m->key_len : 0;
+	dl.value.data = m->payload;
+	dl.value.len = m->payload != NULL ? m->len : 0;
+	dl.reason = (char *)(reason != NULL ? reason : "");
+	dl.consumer = (char *)(consumer != NULL ? consumer : "");
+	dl.at_ms = now_ms();
+
+	len = flashsale__dead_letter__get_packed_size(&dl);
+	buf = malloc(len > 0 ? len : 1);
+	if (buf == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	flashsale__dead_letter__pack(&dl, buf);
+	/* RD_KAFKA_V_KEY casts its length unparenthesised: pass a plain variable. */
+	keylen = dl.key.len;
+	rerr = rd_kafka_producev(producer,
+				 RD_KAFKA_V_TOPIC(FS_TOPIC_DEADLETTER),
+				 RD_KAFKA_V_KEY(m->key, keylen),
+				 RD_KAFKA_V_VALUE(buf, len),
+				 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+				 RD_KAFKA_V_END);
+	free(buf);
+	if (rerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		snprintf(err, errlen, "dead-letter produce: %s", rd_kafka_err2str(rerr));
+		return -1;
+	}
+	return 0;
+}
+
+int kafka_flush(rd_kafka_t *producer, int timeout_ms)
+{
+	(void)rd_kafka_flush(producer, timeout_ms);
+	return rd_kafka_outq_len(producer) == 0 ? 0 : -1;
+}

@@ -1,0 +1,118 @@
+#include "util.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* 1..FS_ID_MAX characters, each alphanumeric or in extra. */
+static bool valid_id(const char *s, const char *extra)
+{
+	size_t i;
+
+	if (s == NULL)
+		return false;
+	for (i = 0; s[i] != '\0'; i++) {
+		char c = s[i];
+
+		if (i >= FS_ID_MAX)
+			return false;
+		if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+			continue;
+		if (strchr(extra, c) == NULL)
+			return false;
+	}
+	return i >= 1;
+}
+
+bool valid_request_id(const char *s)
+{
+	return valid_id(s, "_-");
+}
+
+bool valid_sku(const char *s)
+{
+	return valid_id(s, "._:-");
+}
+
+bool valid_user_id(const char *s)
+{
+	return valid_id(s, "._:@-");
+}
+
+static void random_bytes(unsigned char *buf, size_t len)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t n = getrandom(buf + got, len - got, 0);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		got += (size_t)n;
+	}
+	if (got < len) {
+		/* getrandom cannot really fail here; keep ids unique-ish anyway. */
+		struct timespec ts;
+		uint64_t x;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)getpid() << 48;
+		for (; got < len; got++) {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			buf[got] = (unsigned char)x;
+		}
+	}
+}
+
+/*
+ * ULID layout: 48-bit ms timestamp (10 chars) then 80 random bits (16 chars),
+ * Crockford base32, so ids sort by creation time.
+ */
+void request_id_new(char out[27])
+{
+	static const char alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+	unsigned char bytes[16];
+	uint64_t t = (uint64_t)now_ms() & 0xFFFFFFFFFFFFULL;
+	int bit, i;
+
+	for (i = 0; i < 6; i++)
+		bytes[i] = (unsigned char)(t >> (8 * (5 - i)));
+	random_bytes(bytes + 6, 10);
+	/* 128 bits -> 26 chars of 5 bits; the first char holds the top 3 bits. */
+	for (i = 0; i < 26; i++) {
+		unsigned v = 0;
+		int first = i == 0 ? 0 : 3 + (i - 1) * 5;
+		int width = i == 0 ? 3 : 5;
+
+		for (bit = 0; bit < width; bit++) {
+			int b = first + bit;
+
+			v = (v << 1) | ((bytes[b / 8] >> (7 - b % 8)) & 1u);
+		}
+		out[i] = alphabet[v];
+	}
+	out[26] = '\0';
+}

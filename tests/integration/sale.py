@@ -1,0 +1,89 @@
+"""Scenario helpers shared by the integration tests: drive buyers with
+flashsale-loadgen, run the audit, and read the invariants back from
+PostgreSQL and Redis."""
+import json
+import os
+import subprocess
+import tempfile
+
+
+def buyers(stack, sku, n, *, concurrency=128, dup_ratio=0.2, pay_ratio=0.5,
+           cancel_ratio=0.0, users=None, qty_max=1, wait_final=True, seed=1,
+           final_timeout_s=120, ramp_ms=0, background=False):
+    """Run the load generator against the stack's gateway.
+
+    Returns the parsed JSON report, or the Popen (with .report_path) when
+    background is true."""
+    fd, report = tempfile.mkstemp(prefix='loadgen-', suffix='.json')
+    os.close(fd)
+    cmd = [stack.bin('flashsale-loadgen'), '--url', stack.url, '--sku', sku,
+           '--buyers', str(n), '--concurrency', str(concurrency),
+           '--dup-ratio', str(dup_ratio), '--pay-ratio', str(pay_ratio),
+           '--cancel-ratio', str(cancel_ratio), '--users', str(users or n),
+           '--qty-max', str(qty_max), '--seed', str(seed), '--json', report,
+           '--final-timeout-s', str(final_timeout_s), '--poll-ms', '100',
+           '--ramp-ms', str(ramp_ms)]
+    if not wait_final:
+        cmd.append('--no-wait-final')
+    if background:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        p.report_path = report
+        return p
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=final_timeout_s + 120)
+    assert r.returncode == 0, 'loadgen failed (%d):\n%s\n%s' % (r.returncode, r.stdout, r.stderr)
+    return json.load(open(report))
+
+
+def finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, 'loadgen failed (%d):\n%s' % (proc.returncode, out)
+    return json.load(open(proc.report_path))
+
+
+def audit(stack, wait_drain=90):
+    """Run `flashsale-reconciler audit`; returns (exit code, output)."""
+    r = subprocess.run([stack.bin('flashsale-reconciler'), 'audit',
+                        '--wait-drain', str(wait_drain)],
+                       capture_output=True, text=True, env=stack.env, timeout=wait_drain + 60)
+    return r.returncode, r.stdout + r.stderr
+
+
+def assert_audit_clean(stack, wait_drain=90):
+    code, out = audit(stack, wait_drain)
+    assert code == 0, 'audit found violations:\n' + out
+    assert 'verdict=ok' in out, out
+    return out
+
+
+def orders_by_state(stack, sku):
+    rows = stack.psql("SELECT state, count(*), coalesce(sum(qty),0) FROM orders "
+                      "WHERE sku = '%s' GROUP BY state" % sku)
+    return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+
+def promo(stack, sku):
+    flat = stack.redis('HGETALL', 'fs:promo:' + sku).split('\n')
+    h = dict(zip(flat[0::2], flat[1::2]))
+    return {k: int(v) for k, v in h.items()}
+
+
+def assert_invariants(stack, sku, initial):
+    """The DEVELOPERS.md invariants for one SKU, from both stores."""
+    p = promo(stack, sku)
+    assert p['remaining'] >= 0, p
+    assert p['remaining'] + p['held'] + p['sold'] == initial, p
+    st = orders_by_state(stack, sku)
+    assert st.get('held', (0, 0))[1] == p['held'], (st, p)
+    assert st.get('paid', (0, 0))[1] == p['sold'], (st, p)
+    # No user above the limit, in PostgreSQL.
+    limit = p['limit']
+    over = stack.psql("SELECT user_id, sum(qty) FROM orders WHERE sku = '%s' AND state IN "
+                      "('held','paid') GROUP BY user_id HAVING sum(qty) > %d" % (sku, limit))
+    assert over == [], over
+    # No order without a deduction: every order's request is known to Redis
+    # in the same state.
+    rows = stack.psql("SELECT request_id, state FROM orders WHERE sku = '%s'" % sku)
+    want = {'held': 'reserved', 'paid': 'paid', 'cancelled': 'cancelled', 'expired': 'expired'}
+    for rid, state in rows:
+        assert stack.redis('HGET', 'fs:req:' + rid, 'st') == want[state], (rid, state)
+    return p, st

@@ -1,0 +1,108 @@
+"""The HTTP API end to end: validation answers 4xx with a reason, the
+purchase lifecycle (reserve, pay, cancel), promotion info, time, health and
+metrics of every daemon."""
+import time
+import urllib.request
+
+
+def wait_state(stack, rid, want, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        code, body = stack.http('GET', '/v1/purchases/' + rid)
+        if code == 200 and body['state'] in want:
+            return body
+        time.sleep(0.05)
+    raise AssertionError('request %s never reached %s (last %s %s)' % (rid, want, code, body))
+
+
+def test_malformed_requests_get_4xx_with_reason(stack):
+    stack.create_promotion('api-1', stock=5, per_user_limit=2, hold_seconds=600)
+    bad = [
+        ('{not json', 400),
+        ('[1,2]', 400),
+        ('{"user_id":"u1","qty":1}', 400),                    # no sku
+        ('{"sku":7,"user_id":"u1","qty":1}', 400),            # wrong type
+        ('{"sku":"api-1","user_id":"u1","qty":0}', 400),      # qty < 1
+        ('{"sku":"api-1","user_id":"u1","qty":1.5}', 400),
+        ('{"sku":"api-1","user_id":"u1","qty":"1"}', 400),
+        ('{"sku":"api-1","user_id":"bad user","qty":1}', 400),
+        ('{"sku":"api-1","user_id":"u1","qty":1,"request_id":"has space"}', 400),
+        ('{"sku":"nope","user_id":"u1","qty":1}', 404),       # unknown SKU
+        ('{"sku":"api-1","user_id":"u1","qty":3}', 409),      # above per-user limit
+    ]
+    for body, want in bad:
+        code, resp = stack.http('POST', '/v1/purchases', body)
+        assert code == want, (body, code, resp)
+        assert resp.get('error') and resp.get('reason'), (body, resp)
+    # Nothing was deducted by any of them.
+    assert stack.redis('HGET', 'fs:promo:api-1', 'remaining') == '5'
+
+
+def test_purchase_pay_cancel_lifecycle(stack):
+    stack.create_promotion('api-2', stock=3, per_user_limit=1, hold_seconds=600)
+    code, body = stack.http('POST', '/v1/purchases',
+                            {'sku': 'api-2', 'user_id': 'alice', 'qty': 1, 'request_id': 'req-a'})
+    assert code == 202 and body['request_id'] == 'req-a', body
+    got = wait_state(stack, 'req-a', {'reserved'})
+    assert got['deadline_ms'] > 0
+    # A retry with the same request id is answered, not deducted again.
+    code, body = stack.http('POST', '/v1/purchases',
+                            {'sku': 'api-2', 'user_id': 'alice', 'qty': 1, 'request_id': 'req-a'})
+    assert code in (202, 409), body
+    code, body = stack.http('POST', '/v1/purchases/req-a/pay')
+    assert code == 202, body
+    wait_state(stack, 'req-a', {'paid'})
+
+    # Generated request id; cancel gives the unit back.
+    code, body = stack.http('POST', '/v1/purchases', {'sku': 'api-2', 'user_id': 'bob', 'qty': 1})
+    assert code == 202, body
+    rid = body['request_id']
+    assert len(rid) >= 10
+    wait_state(stack, rid, {'reserved'})
+    assert stack.redis('HGET', 'fs:promo:api-2', 'remaining') == '1'
+    code, body = stack.http('POST', '/v1/purchases/%s/cancel' % rid)
+    assert code == 202, body
+    wait_state(stack, rid, {'cancelled'})
+    assert stack.redis('HGET', 'fs:promo:api-2', 'remaining') == '2'
+
+    # The same user is at their limit: refused by the deductor with a reason.
+    code, body = stack.http('POST', '/v1/purchases',
+                            {'sku': 'api-2', 'user_id': 'alice', 'qty': 1, 'request_id': 'req-a2'})
+    if code == 202:
+        wait_state(stack, 'req-a2', {'limit_reached'})
+    else:
+        assert code == 409 and body['error'] == 'limit_reached', body
+
+    code, body = stack.http('GET', '/v1/purchases/no-such-request')
+    assert code == 404, body
+    code, body = stack.http('GET', '/v1/promotions/api-2')
+    assert code == 200 and body['stock'] == 3, body
+
+
+def test_admin_needs_token(stack):
+    body = {'sku': 'adm-1', 'stock': 1, 'per_user_limit': 1, 'hold_seconds': 60}
+    code, _ = stack.http('POST', '/admin/promotions', body)
+    assert code == 401
+    code, _ = stack.http('POST', '/admin/promotions', body, token='wrong')
+    assert code == 401
+    code, _ = stack.http('POST', '/admin/promotions', body, token=stack.admin_token)
+    assert code in (200, 201)
+    # Idempotent when identical, refused when different.
+    code, _ = stack.http('POST', '/admin/promotions', body, token=stack.admin_token)
+    assert code in (200, 201)
+    body['stock'] = 2
+    code, _ = stack.http('POST', '/admin/promotions', body, token=stack.admin_token)
+    assert code == 409
+    rows = stack.psql("SELECT stock FROM promotions WHERE sku = 'adm-1'")
+    assert rows == [['1']], rows
+
+
+def test_time_health_metrics(stack):
+    code, body = stack.http('GET', '/v1/time')
+    assert code == 200 and abs(body['now_ms'] - time.time() * 1000) < 5000, body
+    for name, port in stack.ports.items():
+        with urllib.request.urlopen('http://127.0.0.1:%d/healthz' % port, timeout=5) as r:
+            assert r.status == 200, name
+        with urllib.request.urlopen('http://127.0.0.1:%d/metrics' % port, timeout=5) as r:
+            text = r.read().decode()
+            assert '# TYPE flashsale_' in text, (name, text[:300])

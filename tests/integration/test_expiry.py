@@ -1,0 +1,28 @@
+"""Holds left unpaid past their deadline come back and are sold again."""
+import time
+
+from sale import assert_audit_clean, assert_invariants, buyers, orders_by_state
+
+
+def test_unpaid_holds_expire_and_resell(stack):
+    stack.create_promotion('exp-1', stock=20, per_user_limit=1, hold_seconds=2)
+    first = buyers(stack, 'exp-1', 60, concurrency=32, dup_ratio=0.0, pay_ratio=0.0,
+                   seed=7, wait_final=True, final_timeout_s=60)
+    # Nobody paid: every hold must have expired on its own.
+    assert first['final_states'].get('expired', 0) == 20, first
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        st = orders_by_state(stack, 'exp-1')
+        if st.get('expired', (0, 0))[0] == 20:
+            break
+        time.sleep(0.2)
+    assert st == {'expired': (20, 20)}, st
+
+    # The released units are for sale again, and a late payment is refused.
+    second = buyers(stack, 'exp-1', 40, concurrency=32, dup_ratio=0.0, pay_ratio=1.0,
+                    seed=8, wait_final=True, final_timeout_s=60)
+    assert second['final_states'].get('paid', 0) == 20, second
+    assert_audit_clean(stack)
+    p, st = assert_invariants(stack, 'exp-1', 20)
+    assert p['sold'] == 20 and p['remaining'] == 0 and p['held'] == 0, p
+    assert st['expired'] == (20, 20) and st['paid'] == (20, 20), st

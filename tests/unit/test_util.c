@@ -1,0 +1,160 @@
+/* Unit tests for common/util.c: identifier rules, request ids, clocks. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <cmocka.h>
+
+#include "util.h"
+
+static void fill(char *buf, size_t n, char c)
+{
+	memset(buf, c, n);
+	buf[n] = '\0';
+}
+
+static void test_id_lengths(void **state)
+{
+	char buf[80];
+	(void)state;
+
+	fill(buf, 1, 'a');
+	assert_true(valid_request_id(buf));
+	assert_true(valid_sku(buf));
+	assert_true(valid_user_id(buf));
+	fill(buf, 64, 'a');
+	assert_true(valid_request_id(buf));
+	assert_true(valid_sku(buf));
+	assert_true(valid_user_id(buf));
+	fill(buf, 65, 'a');
+	assert_false(valid_request_id(buf));
+	assert_false(valid_sku(buf));
+	assert_false(valid_user_id(buf));
+	assert_false(valid_request_id(""));
+	assert_false(valid_sku(""));
+	assert_false(valid_user_id(""));
+	assert_false(valid_request_id(NULL));
+	assert_false(valid_sku(NULL));
+	assert_false(valid_user_id(NULL));
+}
+
+static void test_id_charsets(void **state)
+{
+	(void)state;
+	assert_true(valid_request_id("AZaz09_-"));
+	assert_false(valid_request_id("a.b"));
+	assert_false(valid_request_id("a:b"));
+	assert_false(valid_request_id("a@b"));
+	assert_false(valid_request_id("a b"));
+
+	assert_true(valid_sku("AZaz09._:-"));
+	assert_false(valid_sku("a@b"));
+	assert_true(valid_sku("a_b"));
+	assert_false(valid_sku("a,b"));
+	assert_false(valid_sku("a/b"));
+
+	assert_true(valid_user_id("user.name:x@example-1"));
+	assert_true(valid_user_id("a_b"));
+	assert_false(valid_user_id("a+b"));
+	assert_false(valid_user_id("a b"));
+	assert_false(valid_user_id("\xc3\xa9t\xc3\xa9"));
+	assert_false(valid_user_id("a\nb"));
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void test_request_id_new(void **state)
+{
+	enum { N = 10000 };
+	static const char alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+	char **ids = calloc(N, sizeof(*ids));
+	char prev_time[11] = "";
+	(void)state;
+
+	assert_non_null(ids);
+	for (int i = 0; i < N; i++) {
+		char id[27];
+
+		memset(id, 'x', sizeof(id));
+		request_id_new(id);
+		assert_int_equal(strlen(id), 26);
+		for (int j = 0; j < 26; j++)
+			assert_non_null(strchr(alphabet, id[j]));
+		/* 48-bit time in 10 chars of 5 bits: the first holds 3 bits. */
+		assert_true(id[0] <= '7');
+		assert_true(valid_request_id(id));
+		/* Time-ordered prefix never goes backwards. */
+		assert_true(strncmp(prev_time, id, 10) <= 0);
+		memcpy(prev_time, id, 10);
+		ids[i] = strdup(id);
+		assert_non_null(ids[i]);
+	}
+	qsort(ids, N, sizeof(*ids), cmp_str);
+	for (int i = 1; i < N; i++)
+		assert_string_not_equal(ids[i - 1], ids[i]);
+	for (int i = 0; i < N; i++)
+		free(ids[i]);
+	free(ids);
+}
+
+static void test_request_id_time(void **state)
+{
+	static const char alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+	char id[27];
+	int64_t before, after;
+	uint64_t t = 0;
+	(void)state;
+
+	before = now_ms();
+	request_id_new(id);
+	after = now_ms();
+	for (int i = 0; i < 10; i++)
+		t = t * 32 + (uint64_t)(strchr(alphabet, id[i]) - alphabet);
+	assert_true((int64_t)t >= before);
+	assert_true((int64_t)t <= after);
+}
+
+static void test_clocks(void **state)
+{
+	int64_t a, b, w;
+	(void)state;
+
+	w = now_ms();
+	/* After 2020-01-01 and before 2100. */
+	assert_true(w > 1577836800000LL);
+	assert_true(w < 4102444800000LL);
+	a = mono_us();
+	for (int i = 0; i < 1000; i++) {
+		b = mono_us();
+		assert_true(b >= a);
+		a = b;
+	}
+	a = mono_us();
+	{
+		struct timespec ts = { 0, 2 * 1000 * 1000 };
+
+		nanosleep(&ts, NULL);
+	}
+	b = mono_us();
+	assert_true(b - a >= 2000);
+	assert_true(b - a < 10 * 1000 * 1000);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_id_lengths),
+		cmocka_unit_test(test_id_charsets),
+		cmocka_unit_test(test_request_id_new),
+		cmocka_unit_test(test_request_id_time),
+		cmocka_unit_test(test_clocks),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
