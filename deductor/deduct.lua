@@ -19,6 +19,13 @@
 -- remaining >= 0, with users[u] == units u holds or bought.
 -- Time is Redis TIME: one clock for every deadline, whatever host runs us.
 
+local kinds = {purchase = true, pay = true, cancel = true, release = true}
+if not kinds[ARGV[1]] then
+    -- Checked first: an unknown kind would otherwise fall through to the
+    -- pay/cancel/release branch and be answered like an unknown request.
+    return redis.error_reply('deduct.lua: unknown kind ' .. tostring(ARGV[1]))
+end
+
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
     return {'not_ready'}
@@ -33,13 +40,14 @@ local p = redis.call('HMGET', KEYS[2], 'initial', 'remaining', 'held', 'sold',
                      'limit', 'start_ms', 'end_ms', 'hold_ms')
 local initial, remaining, held, sold = tonumber(p[1]), tonumber(p[2]),
                                        tonumber(p[3]), tonumber(p[4])
-local r = redis.call('HMGET', KEYS[5], 'o', 'st', 'user', 'qty', 'dl')
+local r = redis.call('HMGET', KEYS[5], 'o', 'st', 'user', 'qty', 'dl', 'sku')
 local o, st, ruser, rqty, dl = r[1], r[2], r[3], tonumber(r[4]), tonumber(r[5])
+local rsku = r[6]
 
 local function reply(ev, state, reason, u, q, deadline, changed)
     return {'ok', ev, state, reason, u or '', q or 0, deadline or 0, now,
             remaining or 0, held or 0, sold or 0, initial or 0,
-            tonumber(epoch), changed}
+            tonumber(epoch) or 0, changed}
 end
 
 -- Record a purchase outcome the first time it is decided.
@@ -96,6 +104,11 @@ if kind == 'purchase' then
 end
 
 -- pay / cancel / release act on an existing purchase.
+if o and rsku and rsku ~= sku then
+    -- The purchase belongs to another SKU: acting on it here would move
+    -- this SKU's counters for units held on the other one.
+    return reply('transition_refused', 'unknown', 'unknown_request', user, 0, 0, 0)
+end
 if o ~= 'reserved' then
     local why = o and 'not_reserved' or 'unknown_request'
     return reply('transition_refused', st or 'unknown', why, ruser or user, rqty, 0, 0)

@@ -1,0 +1,59 @@
+#include "ledger.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "flashsale.pb-c.h"
+
+int ledger_event_id(char *out, size_t n, const char *request_id, int event_kind,
+		    const char *reason)
+{
+	const char *kind = step_event_name(event_kind);
+	int len;
+
+	if (event_kind == FLASHSALE__LEDGER_EVENT__KIND__REFUSED ||
+	    event_kind == FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED)
+		len = snprintf(out, n, "%s:%s:%s", request_id, kind, reason ? reason : "");
+	else
+		len = snprintf(out, n, "%s:%s", request_id, kind);
+	return (len < 0 || (size_t)len >= n) ? -1 : 0;
+}
+
+int ledger_build(struct ledger_out *out, const fs_intent *in, const struct step_result *res,
+		 int32_t partition, int64_t offset, char *err, size_t errlen)
+{
+	fs_ledger_event *ev = &out->ev;
+
+	if (res->status != STEP_OK) {
+		snprintf(err, errlen, "no event for a step that did not answer ok");
+		return -1;
+	}
+	if (ledger_event_id(out->event_id, sizeof(out->event_id), in->request_id,
+			    res->event_kind, res->reason) < 0) {
+		snprintf(err, errlen, "event id too long");
+		return -1;
+	}
+	flashsale__ledger_event__init(ev);
+	ev->kind = (Flashsale__LedgerEvent__Kind)res->event_kind;
+	ev->event_id = out->event_id;
+	ev->request_id = in->request_id;
+	ev->sku = in->sku;
+	/* The purchase's buyer as Redis recorded it; a pay/cancel/release may
+	 * come without one. */
+	ev->user_id = (char *)(res->user_id[0] != '\0' ? res->user_id :
+			       (in->user_id != NULL ? in->user_id : ""));
+	ev->qty = res->qty;
+	ev->state = (char *)res->state;
+	ev->reason = (char *)res->reason;
+	ev->deadline_ms = res->deadline_ms;
+	ev->at_ms = res->at_ms;
+	ev->remaining = res->remaining;
+	ev->held = res->held;
+	ev->sold = res->sold;
+	ev->initial = res->initial;
+	ev->intent_kind = in->kind;
+	ev->intent_partition = partition;
+	ev->intent_offset = offset;
+	ev->epoch = res->epoch;
+	return 0;
+}

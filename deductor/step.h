@@ -1,0 +1,98 @@
+/*
+ * The Redis step: one EVALSHA of deduct.lua per intent, pipelined per batch.
+ * Building the command and parsing its reply are pure so that they can be
+ * tested without a server; step_run does the I/O.
+ */
+#ifndef DEDUCTOR_STEP_H
+#define DEDUCTOR_STEP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <hiredis/hiredis.h>
+
+#include "intent.h"
+#include "util.h"
+
+/* deductor/deduct.lua, embedded at build time. */
+extern const char fs_deduct_lua[];
+
+#define STEP_MUSTCHECK __attribute__((warn_unused_result))
+
+/* EVALSHA sha 5 k1..k5 kind rid sku user qty ttl */
+#define STEP_ARGC 14
+
+struct step_cmd {
+	const char *argv[STEP_ARGC];
+	size_t argvlen[STEP_ARGC];
+	char promo[16 + FS_ID_MAX];
+	char users[16 + FS_ID_MAX];
+	char holds[16 + FS_ID_MAX];
+	char req[16 + FS_ID_MAX];
+	char qty[16];
+	char ttl[24];
+};
+
+enum step_status {
+	STEP_PENDING = 0,   /* not run (yet) */
+	STEP_OK,            /* the step answered an event */
+	STEP_NOT_READY,     /* fs:ready absent: Redis state lost, nothing applied */
+	STEP_FAILED,        /* the script failed for this intent: error holds why */
+};
+
+#define STEP_WORD_MAX 32
+
+struct step_result {
+	enum step_status status;
+	int event_kind;                 /* FLASHSALE__LEDGER_EVENT__KIND__* */
+	char state[STEP_WORD_MAX];
+	char reason[STEP_WORD_MAX];
+	char user_id[FS_ID_MAX + 1];
+	uint32_t qty;
+	int64_t deadline_ms;
+	int64_t at_ms;
+	int64_t remaining, held, sold, initial;
+	int64_t epoch;
+	bool changed;
+	char error[256];
+};
+
+/*
+ * Fill cmd with the EVALSHA of the intent (validated: ids are short and
+ * plain). The argv points into cmd and into the intent's strings, which must
+ * outlive the command's use.
+ */
+void step_cmd_build(struct step_cmd *cmd, const char *sha, const fs_intent *in,
+		    long long record_ttl_s);
+
+/* True when the reply says the script is not in Redis' cache. */
+bool step_reply_noscript(const redisReply *r);
+
+/*
+ * Turn one EVALSHA reply into a result. A script error reply or a malformed
+ * reply gives status STEP_FAILED with the text in error; never -1 on a
+ * reply, so the call cannot fail.
+ */
+void step_parse(const redisReply *r, struct step_result *out);
+
+/* Event kind from the script's word ("reserved" ...); 0 when unknown. */
+int step_event_kind(const char *word);
+/* The script's word for an event kind ("reserved" ...); "unknown" if none. */
+const char *step_event_name(int kind);
+
+enum step_run_status {
+	STEP_RUN_OK = 0,
+	STEP_RUN_NOSCRIPT = 1, /* load the script and run the batch again */
+	STEP_RUN_IO = -1,      /* connection lost or timed out: reconnect and redo */
+};
+
+/*
+ * Run the step for every non-NULL intents[i] in one pipeline and fill
+ * results[i] (results of NULL intents are left STEP_PENDING). Every reply is
+ * read even after a NOSCRIPT so that the connection stays in step.
+ */
+int step_run(redisContext *c, const char *sha, long long record_ttl_s,
+	     fs_intent *const *intents, struct step_result *results, size_t n,
+	     char *err, size_t errlen) STEP_MUSTCHECK;
+
+#endif

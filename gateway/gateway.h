@@ -1,0 +1,61 @@
+/*
+ * flashsale-gateway: the asynchronous HTTP front door. One libevent loop
+ * runs everything; every module below keeps its state in struct gateway and
+ * nothing blocks the loop after start-up.
+ */
+#ifndef GATEWAY_H
+#define GATEWAY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kafka.h"
+#include "request.h"
+#include "ratelimit.h"
+#include "store.h"
+#include "promo.h"
+#include "producer.h"
+#include "adminpg.h"
+#include "routes.h"
+
+struct event_base;
+struct evhttp;
+struct event;
+
+struct gw_config {
+	struct kafka_cfg kafka;
+	char *redis_address;
+	char *pg_conninfo;
+	char *http_host;
+	long long http_port;
+	char *log_level;
+	char *admin_token;          /* "" = admin API disabled */
+	long long max_inflight;
+	long long user_rate_per_s;
+	long long user_burst;
+	long long refresh_ms;
+	long long cache_max_age_ms;
+	long long record_ttl_s;
+	long long drain_timeout_ms;
+	long long max_body;
+};
+
+struct gateway {
+	struct event_base *base;
+	struct evhttp *http;
+	struct gw_config cfg;
+	struct store store;
+	struct promo_cache promo;
+	struct producer prod;
+	struct ratelimit rl;
+	struct adminpg pg;
+	bool draining;
+	int64_t drain_start_us;
+	struct event *drain_ev;     /* drain progress timer */
+	struct event *tick_ev;      /* 100 ms: gauges */
+};
+
+/* The gateway clock corrected to the Redis clock (ms): the one clock of deadlines. */
+int64_t gateway_now_ms(const struct gateway *gw);
+
+#endif

@@ -1,0 +1,210 @@
+/*
+ * flashsale-gateway: the HTTP front door. Start-up connects nothing
+ * blocking: Redis, Kafka and PostgreSQL all come up in the background and
+ * /healthz says when the gateway is ready to take purchases.
+ */
+#include "gateway.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "pg.h"
+#include "log.h"
+#include "flashsale_config.h"
+
+#define APP "gateway"
+/* Let the last answers leave their sockets before the listener goes. */
+#define DRAIN_LINGER_MS 200
+/* Rate-limit table: 64 Ki slots of 24 bytes. */
+#define RL_SLOTS 65536
+
+static struct gateway gw;
+
+static struct cf_key keys[] = {
+	KAFKA_CF_KEYS(gw.cfg.kafka),
+	REDIS_CF_KEYS(gw.cfg.redis_address),
+	PG_CF_KEYS(gw.cfg.pg_conninfo),
+	HTTP_CF_KEYS(gw.cfg.http_host, gw.cfg.http_port, "8080"),
+	{ "log.level", CF_STR, &gw.cfg.log_level, "info", 0, 0,
+	  "Log level: error, warn, info or debug" },
+	{ "gateway.admin_token", CF_STR, &gw.cfg.admin_token, "", 0, 0,
+	  "Bearer token of POST /admin/promotions (empty disables the admin API)" },
+	{ "gateway.max_inflight", CF_INT, &gw.cfg.max_inflight, "20000", 1, 10000000,
+	  "Intents awaiting Kafka acknowledgement before purchases get 503 busy" },
+	{ "gateway.user_rate_per_s", CF_INT, &gw.cfg.user_rate_per_s, "5", 1, 1000000,
+	  "Purchase attempts per second per user (token bucket refill)" },
+	{ "gateway.user_burst", CF_INT, &gw.cfg.user_burst, "10", 1, 1000000,
+	  "Purchase attempts a user may make at once (token bucket size)" },
+	{ "gateway.refresh_ms", CF_INT, &gw.cfg.refresh_ms, "500", 50, 60000,
+	  "How often the promotion cache and the Redis clock offset are refreshed" },
+	{ "gateway.cache_max_age_ms", CF_INT, &gw.cfg.cache_max_age_ms, "5000", 100, 3600000,
+	  "Oldest promotion cache purchases may be filtered with (older: 503 busy)" },
+	{ "gateway.record_ttl_s", CF_INT, &gw.cfg.record_ttl_s, "604800", 60, 31536000,
+	  "Lifetime of the \"queued\" request record in Redis, seconds" },
+	{ "gateway.drain_timeout_ms", CF_INT, &gw.cfg.drain_timeout_ms, "10000", 0, 600000,
+	  "On SIGTERM, how long to wait for in-flight produces before failing them" },
+	{ "gateway.max_body", CF_INT, &gw.cfg.max_body, "4096", 256, 1048576,
+	  "Largest accepted request body, bytes" },
+	{ NULL, 0, NULL, NULL, 0, 0, NULL },
+};
+
+static struct cf_table table = {
+	.app = APP,
+	.usage = NULL,
+	.keys = keys,
+};
+
+static bool gw_health(void *arg, char *detail, size_t n)
+{
+	struct gateway *g = arg;
+	bool redis = store_ready(&g->store);
+	bool cache = promo_fresh(&g->promo);
+	bool kafka = !g->prod.all_brokers_down;
+	int64_t age = promo_age_ms(&g->promo);
+
+	snprintf(detail, n,
+		 "{\"redis\":%s,\"cache_fresh\":%s,\"cache_age_ms\":%" PRId64 ",\"kafka\":%s,"
+		 "\"postgres\":%s,\"inflight\":%lld,\"draining\":%s}",
+		 redis ? "true" : "false", cache ? "true" : "false",
+		 age == INT64_MAX ? -1 : age, kafka ? "true" : "false",
+		 adminpg_ready(&g->pg) ? "true" : "false", g->prod.inflight,
+		 g->draining ? "true" : "false");
+	return redis && cache && kafka && !g->draining;
+}
+
+static void gw_linger_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct gateway *g = arg;
+
+	log_info("drained", "msg=\"stopping the loop\"");
+	event_base_loopbreak(g->base);
+}
+
+/* Producer done: close everything that answers late, then linger and stop. */
+static void gw_drain_finish(struct gateway *g)
+{
+	struct timeval tv = { 0, DRAIN_LINGER_MS * 1000 };
+
+	event_free(g->drain_ev);
+	g->drain_ev = NULL;
+	producer_close(&g->prod, 1000);
+	store_close(&g->store);
+	adminpg_free(&g->pg);
+	if (event_base_once(g->base, -1, EV_TIMEOUT, gw_linger_cb, g, &tv) < 0)
+		event_base_loopbreak(g->base);
+}
+
+static void gw_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct gateway *g = arg;
+	int64_t waited = (mono_us() - g->drain_start_us) / 1000;
+
+	if (g->prod.inflight > 0 && waited < g->cfg.drain_timeout_ms)
+		return;
+	if (g->prod.inflight > 0) {
+		log_warn("drain_timeout", "inflight=%lld waited_ms=%" PRId64, g->prod.inflight, waited);
+		producer_purge(&g->prod);
+	}
+	gw_drain_finish(g);
+}
+
+static void gw_drain(void *arg)
+{
+	struct gateway *g = arg;
+	struct timeval tv = { 0, 20 * 1000 };
+
+	if (g->draining)
+		return;
+	g->draining = true;
+	g->drain_start_us = mono_us();
+	daemon_notify_stopping();
+	log_info("draining", "inflight=%lld timeout_ms=%lld", g->prod.inflight,
+		 g->cfg.drain_timeout_ms);
+	g->drain_ev = event_new(g->base, -1, EV_PERSIST, gw_drain_tick, g);
+	if (g->drain_ev == NULL || event_add(g->drain_ev, &tv) < 0)
+		event_base_loopbreak(g->base);
+}
+
+int main(int argc, char **argv)
+{
+	struct daemon_hooks hooks = {
+		.on_drain = gw_drain,
+		.on_reload = NULL,
+		.health = gw_health,
+		.arg = &gw,
+	};
+	char err[512];
+	int first_arg;
+	size_t max_req;
+
+	cf_parse_args(&table, argc, argv, &first_arg);
+	log_init(APP);
+	if (!log_set_level(gw.cfg.log_level))
+		die("bad_config", "msg=\"log.level must be error, warn, info or debug\"");
+	if (first_arg < argc)
+		die("bad_usage", "msg=\"unexpected argument %s\"", argv[first_arg]);
+	if (gw.cfg.http_port == 0)
+		die("bad_config", "msg=\"http.port must not be 0: it serves the API\"");
+
+	gw.base = event_base_new();
+	if (gw.base == NULL)
+		die("startup_failed", "msg=\"event_base_new\"");
+	routes_metrics_register();
+	if (ratelimit_init(&gw.rl, RL_SLOTS, (double)gw.cfg.user_rate_per_s,
+			   (double)gw.cfg.user_burst) < 0)
+		die("startup_failed", "msg=\"rate-limit table\"");
+	if (store_init(&gw.store, gw.base, gw.cfg.redis_address) < 0)
+		die("startup_failed", "msg=\"redis\"");
+	if (producer_init(&gw.prod, &gw, err, sizeof(err)) < 0)
+		die("startup_failed", "msg=\"kafka: %s\"", err);
+	if (promo_init(&gw) < 0)
+		die("startup_failed", "msg=\"promotion cache\"");
+	/* Admin disabled: no PostgreSQL connection at all. */
+	if (gw.cfg.admin_token[0] != '\0' &&
+	    adminpg_init(&gw.pg, gw.base, gw.cfg.pg_conninfo) < 0)
+		die("startup_failed", "msg=\"postgres\"");
+
+	gw.http = evhttp_new(gw.base);
+	if (gw.http == NULL)
+		die("startup_failed", "msg=\"evhttp_new\"");
+	/* Slightly too large bodies get our JSON 400; huge ones evhttp's 413, unbuffered. */
+	max_req = (size_t)gw.cfg.max_body * 4;
+	evhttp_set_max_body_size(gw.http, (ev_ssize_t)(max_req < 65536 ? 65536 : max_req));
+	evhttp_set_timeout(gw.http, 30);
+	evhttp_set_allowed_methods(gw.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
+	evhttp_set_gencb(gw.http, routes_handle, &gw);
+	if (evhttp_bind_socket(gw.http, gw.cfg.http_host, (ev_uint16_t)gw.cfg.http_port) < 0)
+		die("startup_failed", "msg=\"cannot listen on %s:%lld\"", gw.cfg.http_host,
+		    gw.cfg.http_port);
+	daemon_http(gw.base, gw.http, NULL, 0, &hooks);
+	daemon_signals(gw.base, &hooks);
+	log_info("listening", "host=%s port=%lld version=%s", gw.cfg.http_host, gw.cfg.http_port,
+		 FLASHSALE_VERSION);
+	daemon_notify_ready();
+
+	event_base_dispatch(gw.base);
+
+	/* Loop stopped: free everything (second signal exits without this). */
+	if (gw.drain_ev != NULL) {
+		event_free(gw.drain_ev);
+		gw.drain_ev = NULL;
+	}
+	/* Late Redis/PostgreSQL callbacks answer while the requests still exist. */
+	producer_close(&gw.prod, 0);
+	store_free(&gw.store);
+	adminpg_free(&gw.pg);
+	evhttp_free(gw.http);
+	promo_free(&gw);
+	ratelimit_free(&gw.rl);
+	event_base_free(gw.base);
+	log_info("stopped", "msg=\"bye\"");
+	cf_free(&table);
+	return 0;
+}

@@ -1,0 +1,70 @@
+/*
+ * The promotion cache: every refresh_ms the gateway reads Redis TIME, the
+ * set of SKUs and each promotion hash (pipelined) and swaps in a new sorted
+ * table, plus the offset between its clock and the Redis clock. Filters read
+ * the table without any I/O. Counters may be up to one refresh stale: the
+ * cache only turns away what is certainly hopeless, the deductor decides.
+ * If Redis is away the table keeps its last content and ages; past
+ * cache_max_age_ms purchases are refused with 503.
+ *
+ * Also the admin "create promotion" flow: PostgreSQL first (the durable
+ * record), then Redis (gateway/promo_load.lua), then the cache.
+ */
+#ifndef GATEWAY_PROMO_H
+#define GATEWAY_PROMO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+struct gateway;
+struct evhttp_request;
+struct event;
+struct promo_refresh;
+
+struct promo {
+	char sku[FS_ID_MAX + 1];
+	int64_t initial, remaining, held, sold, limit, start_ms, end_ms, hold_ms;
+	int64_t added_us;           /* mono time an admin call added it locally, else 0 */
+};
+
+struct promo_cache {
+	struct promo *items;        /* sorted by sku */
+	size_t n;
+	int64_t clock_offset_ms;    /* Redis clock - local wall clock */
+	bool state_lost;            /* last refresh found fs:ready absent */
+	int64_t refreshed_us;       /* mono time of the last complete refresh, 0 = never */
+	struct event *timer;
+	struct promo_refresh *cur;  /* the refresh under way, if any */
+	long long refresh_ms;
+	long long max_age_ms;
+};
+
+extern const char gw_promo_load_lua[];
+
+/* Start the refresh timer (first refresh after refresh_ms). Start-up only. */
+int promo_init(struct gateway *gw) __attribute__((warn_unused_result));
+void promo_free(struct gateway *gw);
+
+/* Binary search; NULL when the SKU is unknown. */
+const struct promo *promo_find(const struct promo_cache *c, const char *sku);
+
+/* Age of the content in ms (INT64_MAX when never refreshed). */
+int64_t promo_age_ms(const struct promo_cache *c);
+
+/* True when the content is young enough to filter purchases with. */
+bool promo_fresh(const struct promo_cache *c);
+
+/* "upcoming", "active", "sold_out" or "ended" at now (Redis clock, ms). */
+const char *promo_status(const struct promo *p, int64_t now);
+
+/* Insert or replace one entry (sorted insert). -1 on allocation failure. */
+int promo_put(struct promo_cache *c, const struct promo *p) __attribute__((warn_unused_result));
+
+/* POST /admin/promotions (authorization already checked by routes). */
+void promo_admin_create(struct gateway *gw, struct evhttp_request *req,
+			const char *body, size_t len);
+
+#endif

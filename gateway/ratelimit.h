@@ -1,0 +1,37 @@
+/*
+ * Per-user token buckets in a fixed table indexed by a hash of the user id:
+ * no allocation per user, so a flood of made-up ids costs no memory. Two
+ * users whose ids land in one slot do not share tokens: the slot keeps a
+ * fingerprint and a newcomer starts with a full bucket (a fairer mistake
+ * than refusing an innocent user; an abuser can invent ids anyway).
+ */
+#ifndef GATEWAY_RATELIMIT_H
+#define GATEWAY_RATELIMIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct rl_bucket {
+	uint32_t fingerprint;
+	double tokens;
+	int64_t last_us;
+};
+
+struct ratelimit {
+	struct rl_bucket *slots;
+	size_t nslots;            /* power of two */
+	double rate_per_us;
+	double burst;
+};
+
+/* Allocate nslots (rounded up to a power of two) buckets. */
+int ratelimit_init(struct ratelimit *rl, size_t nslots, double rate_per_s, double burst)
+	__attribute__((warn_unused_result));
+
+/* Take one token for user at now_us (monotonic); false when the bucket is empty. */
+bool ratelimit_take(struct ratelimit *rl, const char *user, int64_t now_us);
+
+void ratelimit_free(struct ratelimit *rl);
+
+#endif

@@ -1,0 +1,195 @@
+#include "request.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "util.h"
+
+/* Parse the body as one JSON object; NULL (code/err set) otherwise. */
+static cJSON *req_object(const char *body, size_t len, size_t max_body,
+			 const char **code, char *err, size_t errlen)
+{
+	cJSON *root;
+
+	if (len > max_body) {
+		*code = "body_too_large";
+		snprintf(err, errlen, "body is %zu bytes, the limit is %zu", len, max_body);
+		return NULL;
+	}
+	if (body == NULL || len == 0) {
+		*code = "invalid_json";
+		snprintf(err, errlen, "empty body: a JSON object is expected");
+		return NULL;
+	}
+	/* cJSON_ParseWithLength does not need a NUL; require_null_terminated
+	 * is not available with a length, so trailing garbage is checked via end. */
+	{
+		const char *end = NULL;
+
+		root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+		if (root != NULL && end != NULL) {
+			while (end < body + len && (*end == ' ' || *end == '\t' ||
+						    *end == '\r' || *end == '\n'))
+				end++;
+			if (end < body + len && *end != '\0') {
+				cJSON_Delete(root);
+				root = NULL;
+			}
+		}
+	}
+	if (root == NULL) {
+		*code = "invalid_json";
+		snprintf(err, errlen, "body is not valid JSON");
+		return NULL;
+	}
+	if (!cJSON_IsObject(root)) {
+		cJSON_Delete(root);
+		*code = "invalid_json";
+		snprintf(err, errlen, "body must be a JSON object");
+		return NULL;
+	}
+	return root;
+}
+
+/*
+ * Copy string field name into out (FS_ID_MAX + 1) if valid by check.
+ * 1 = copied, 0 = absent (only when optional), -1 = invalid.
+ */
+static int req_id_field(const cJSON *root, const char *name, bool (*check)(const char *),
+			bool optional, char *out, const char **code, char *err, size_t errlen)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, name);
+
+	*code = "invalid_field";
+	if (it == NULL || cJSON_IsNull(it)) {
+		if (optional)
+			return 0;
+		snprintf(err, errlen, "%s is required", name);
+		return -1;
+	}
+	if (!cJSON_IsString(it) || it->valuestring == NULL) {
+		snprintf(err, errlen, "%s must be a string", name);
+		return -1;
+	}
+	if (!check(it->valuestring)) {
+		snprintf(err, errlen, "%s must be 1..%d characters of the allowed set", name, FS_ID_MAX);
+		return -1;
+	}
+	memcpy(out, it->valuestring, strlen(it->valuestring) + 1);
+	return 1;
+}
+
+/*
+ * Integer field in [min, max]: a JSON number with no fractional part
+ * (1 and 1.0 are the same number to JSON; 1.5 and "1" are not integers).
+ * 1 = set, 0 = absent and optional, -1 = invalid.
+ */
+static int req_int_field(const cJSON *root, const char *name, long long min, long long max,
+			 bool optional, long long *out, const char **code, char *err, size_t errlen)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, name);
+	double d;
+
+	*code = "invalid_field";
+	if (it == NULL || cJSON_IsNull(it)) {
+		if (optional)
+			return 0;
+		snprintf(err, errlen, "%s is required", name);
+		return -1;
+	}
+	if (!cJSON_IsNumber(it)) {
+		snprintf(err, errlen, "%s must be an integer number", name);
+		return -1;
+	}
+	d = it->valuedouble;
+	if (!isfinite(d) || d != floor(d)) {
+		snprintf(err, errlen, "%s must be an integer number", name);
+		return -1;
+	}
+	if (d < (double)min || d > (double)max) {
+		snprintf(err, errlen, "%s must be between %lld and %lld", name, min, max);
+		return -1;
+	}
+	*out = (long long)d;
+	return 1;
+}
+
+int request_parse_purchase(const char *body, size_t len, size_t max_body,
+			   struct purchase_req *out, const char **code,
+			   char *err, size_t errlen)
+{
+	cJSON *root;
+	int rc = -1, r;
+
+	memset(out, 0, sizeof(*out));
+	root = req_object(body, len, max_body, code, err, errlen);
+	if (root == NULL)
+		return -1;
+	if (req_id_field(root, "sku", valid_sku, false, out->sku, code, err, errlen) < 0 ||
+	    req_id_field(root, "user_id", valid_user_id, false, out->user_id, code, err, errlen) < 0 ||
+	    req_int_field(root, "qty", 1, REQ_INT_MAX, false, &out->qty, code, err, errlen) < 0)
+		goto out;
+	r = req_id_field(root, "request_id", valid_request_id, true, out->request_id,
+			 code, err, errlen);
+	if (r < 0)
+		goto out;
+	if (r == 0) {
+		request_id_new(out->request_id);
+		out->generated_id = true;
+	}
+	rc = 0;
+out:
+	cJSON_Delete(root);
+	return rc;
+}
+
+int request_parse_promo(const char *body, size_t len, size_t max_body, int64_t now,
+			struct promo_req *out, const char **code,
+			char *err, size_t errlen)
+{
+	/* ms timestamps up to year ~2255: far beyond any sale, far below 2^53. */
+	const long long ts_max = 9000000000000LL;
+	cJSON *root;
+	int rc = -1, r;
+
+	memset(out, 0, sizeof(*out));
+	root = req_object(body, len, max_body, code, err, errlen);
+	if (root == NULL)
+		return -1;
+	if (req_id_field(root, "sku", valid_sku, false, out->sku, code, err, errlen) < 0 ||
+	    req_int_field(root, "stock", 0, REQ_INT_MAX, false, &out->stock, code, err, errlen) < 0 ||
+	    req_int_field(root, "per_user_limit", 1, REQ_INT_MAX, false, &out->per_user_limit,
+			  code, err, errlen) < 0)
+		goto out;
+	r = req_int_field(root, "start_ms", 0, ts_max, true, &out->start_ms, code, err, errlen);
+	if (r < 0)
+		goto out;
+	out->start_given = r == 1;
+	if (r == 0)
+		out->start_ms = now;
+	r = req_int_field(root, "end_ms", 0, ts_max, true, &out->end_ms, code, err, errlen);
+	if (r < 0)
+		goto out;
+	if (r == 0)
+		out->end_ms = out->start_ms + 3600000;
+	if (out->end_ms <= out->start_ms) {
+		*code = "invalid_field";
+		snprintf(err, errlen, "end_ms must be greater than start_ms");
+		goto out;
+	}
+	/* A hold longer than a week is a mistake, not a policy. */
+	r = req_int_field(root, "hold_seconds", 1, 7 * 86400, true, &out->hold_seconds,
+			  code, err, errlen);
+	if (r < 0)
+		goto out;
+	if (r == 0)
+		out->hold_seconds = 1200;
+	rc = 0;
+out:
+	cJSON_Delete(root);
+	return rc;
+}

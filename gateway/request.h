@@ -1,0 +1,56 @@
+/*
+ * Request bodies: pure parsing and validation of the JSON the API accepts,
+ * with no I/O, so that every rule is unit-tested. On failure the functions
+ * return -1, set *code to a short error code ("body_too_large",
+ * "invalid_json", "invalid_field") and put a human reason naming the field
+ * in err.
+ */
+#ifndef GATEWAY_REQUEST_H
+#define GATEWAY_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define REQ_MUSTCHECK __attribute__((warn_unused_result))
+
+/* Largest qty / stock / limit accepted: fits the wire (uint32) and PostgreSQL (integer). */
+#define REQ_INT_MAX 2147483647LL
+
+struct purchase_req {
+	char sku[FS_ID_MAX + 1];
+	char user_id[FS_ID_MAX + 1];
+	char request_id[FS_ID_MAX + 1];
+	long long qty;
+	bool generated_id;       /* request_id was absent and made here */
+};
+
+struct promo_req {
+	char sku[FS_ID_MAX + 1];
+	long long stock;
+	long long per_user_limit;
+	long long start_ms;
+	long long end_ms;
+	long long hold_seconds;
+	bool start_given;        /* start_ms was in the body (else now_ms) */
+};
+
+/*
+ * Parse POST /v1/purchases: {"sku", "user_id", "qty", "request_id"?}.
+ * body need not be NUL-terminated. request_id is generated when absent.
+ */
+int request_parse_purchase(const char *body, size_t len, size_t max_body,
+			   struct purchase_req *out, const char **code,
+			   char *err, size_t errlen) REQ_MUSTCHECK;
+
+/*
+ * Parse POST /admin/promotions. now is the default start (ms); the default
+ * end is start + 1 h, the default hold 1200 s.
+ */
+int request_parse_promo(const char *body, size_t len, size_t max_body, int64_t now,
+			struct promo_req *out, const char **code,
+			char *err, size_t errlen) REQ_MUSTCHECK;
+
+#endif

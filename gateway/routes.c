@@ -1,0 +1,615 @@
+#include "gateway.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "log.h"
+
+#define FRIENDLY "sorry, you didn't get it this time"
+#define FRIENDLY_RETRY "sorry, you didn't get it this time; retry with the same request_id"
+/* The gateway clock may differ from Redis's by the refresh jitter: let the deductor decide. */
+#define WINDOW_SLACK_MS 1000
+
+/* ---- metrics ---- */
+
+static const char *const route_names[ROUTE_N] = {
+	"purchase", "purchase_get", "pay", "cancel", "promotion_get", "promotion_admin",
+	"time", "other",
+};
+static const int codes[] = { 200, 201, 202, 400, 401, 403, 404, 405, 409, 429, 500, 503 };
+#define NCODES (sizeof(codes) / sizeof(codes[0]))
+static struct metric m_requests[ROUTE_N][NCODES + 1];   /* + "other" code */
+static char m_request_labels[ROUTE_N][NCODES + 1][64];
+
+enum refusal {
+	REF_INVALID, REF_UNKNOWN_SKU, REF_NOT_STARTED, REF_ENDED, REF_SOLD_OUT,
+	REF_LIMIT, REF_RATE_LIMITED, REF_BUSY, REF_STALE_CACHE, REF_DRAINING,
+	REF_QUEUE_UNAVAILABLE, REF_N
+};
+static const char *const refusal_names[REF_N] = {
+	"invalid", "unknown_sku", "not_started", "ended", "sold_out", "limit_reached",
+	"rate_limited", "busy", "stale_cache", "draining", "queue_unavailable",
+};
+static struct metric m_refusals[REF_N];
+static char m_refusal_labels[REF_N][48];
+
+struct metric gw_m_accepted = {
+	.name = "gateway_purchases_accepted_total",
+	.help = "Purchases acknowledged by Kafka and answered 202",
+	.type = METRIC_COUNTER,
+};
+struct metric gw_m_inflight = {
+	.name = "gateway_inflight",
+	.help = "Intents produced and not yet acknowledged",
+	.type = METRIC_GAUGE,
+};
+struct metric gw_m_produce_latency = {
+	.name = "gateway_produce_ack_seconds",
+	.help = "Time from produce to delivery report",
+	.type = METRIC_HISTOGRAM,
+};
+struct metric gw_m_cache_age = {
+	.name = "gateway_promo_cache_age_ms",
+	.help = "Age of the promotion cache in ms (-1 before the first refresh)",
+	.type = METRIC_GAUGE,
+};
+
+void routes_metrics_register(void)
+{
+	for (int r = 0; r < ROUTE_N; r++) {
+		for (size_t i = 0; i <= NCODES; i++) {
+			struct metric *m = &m_requests[r][i];
+
+			if (i < NCODES)
+				snprintf(m_request_labels[r][i], sizeof(m_request_labels[r][i]),
+					 "route=\"%s\",code=\"%d\"", route_names[r], codes[i]);
+			else
+				snprintf(m_request_labels[r][i], sizeof(m_request_labels[r][i]),
+					 "route=\"%s\",code=\"other\"", route_names[r]);
+			m->name = "gateway_requests_total";
+			m->help = "HTTP requests answered, by route and status code";
+			m->labels = m_request_labels[r][i];
+			m->type = METRIC_COUNTER;
+			metrics_register(m);
+		}
+	}
+	for (int i = 0; i < REF_N; i++) {
+		snprintf(m_refusal_labels[i], sizeof(m_refusal_labels[i]), "reason=\"%s\"",
+			 refusal_names[i]);
+		m_refusals[i].name = "gateway_refusals_total";
+		m_refusals[i].help = "Purchases refused by the gateway's filters, by reason";
+		m_refusals[i].labels = m_refusal_labels[i];
+		m_refusals[i].type = METRIC_COUNTER;
+		metrics_register(&m_refusals[i]);
+	}
+	metrics_register(&gw_m_accepted);
+	metrics_register(&gw_m_inflight);
+	metrics_register(&gw_m_produce_latency);
+	metrics_register(&gw_m_cache_age);
+}
+
+static void count_request(enum gw_route route, int code)
+{
+	size_t i;
+
+	for (i = 0; i < NCODES; i++)
+		if (codes[i] == code)
+			break;
+	metric_add(&m_requests[route][i], 1);
+}
+
+/* ---- replies ---- */
+
+/* Send body (taken) as the answer; close asks the client to go away. */
+static void http_send(struct evhttp_request *req, enum gw_route route, int code,
+		      cJSON *body, bool close)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	struct evbuffer *buf = evhttp_request_get_output_buffer(req);
+	char *text = body ? cJSON_PrintUnformatted(body) : NULL;
+
+	evhttp_add_header(h, "Content-Type", "application/json");
+	if (close)
+		evhttp_add_header(h, "Connection", "close");
+	if (text != NULL) {
+		evbuffer_add(buf, text, strlen(text));
+		evbuffer_add(buf, "\n", 1);
+	}
+	free(text);
+	cJSON_Delete(body);
+	count_request(route, code);
+	evhttp_send_reply(req, code, NULL, NULL);
+}
+
+static cJSON *error_body(const char *error, const char *reason)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(o, "error", error);
+	cJSON_AddStringToObject(o, "reason", reason);
+	return o;
+}
+
+static void send_error(struct evhttp_request *req, enum gw_route route, int code,
+		       const char *error, const char *reason, bool close)
+{
+	http_send(req, route, code, error_body(error, reason), close);
+}
+
+/*
+ * evhttp calls this when the connection goes away. On EOF while a request
+ * is unanswered, libevent 2.1 detaches the request (evcon = NULL) and leaves
+ * it to us: free it here. Otherwise evhttp frees it right after: forget it.
+ */
+static void call_closecb(struct evhttp_connection *evcon, void *arg)
+{
+	struct gw_call *c = arg;
+
+	c->dead = true;
+	c->evcon = NULL;
+	if (c->req != NULL && evhttp_request_get_connection(c->req) == NULL)
+		evhttp_request_free(c->req);
+	c->req = NULL;
+}
+
+void call_init(struct gw_call *c, struct gateway *gw, struct evhttp_request *req,
+	       enum gw_route route)
+{
+	c->gw = gw;
+	c->req = req;
+	c->route = route;
+	c->dead = false;
+	c->evcon = evhttp_request_get_connection(req);
+	if (c->evcon != NULL)
+		evhttp_connection_set_closecb(c->evcon, call_closecb, c);
+}
+
+void call_reply(struct gw_call *c, int code, cJSON *body)
+{
+	if (c->req == NULL) {
+		/* the client left: count what it would have got */
+		count_request(c->route, code);
+		cJSON_Delete(body);
+		return;
+	}
+	if (c->evcon != NULL)
+		evhttp_connection_set_closecb(c->evcon, NULL, NULL);
+	http_send(c->req, c->route, code, body, c->gw->draining);
+	c->req = NULL;
+	c->evcon = NULL;
+}
+
+void call_error(struct gw_call *c, int code, const char *error, const char *reason)
+{
+	call_reply(c, code, error_body(error, reason));
+}
+
+static cJSON *queue_unavailable_body(const char *request_id)
+{
+	cJSON *o = error_body("queue_unavailable", FRIENDLY_RETRY);
+
+	cJSON_AddStringToObject(o, "request_id", request_id);
+	return o;
+}
+
+static void refuse(struct evhttp_request *req, enum refusal why, int code,
+		   const char *error, const char *reason, bool close)
+{
+	metric_add(&m_refusals[why], 1);
+	send_error(req, ROUTE_PURCHASE, code, error, reason, close);
+}
+
+/* ---- handlers ---- */
+
+/* The body as a contiguous string, or NULL when too large (len still set). */
+static const char *body_of(struct gateway *gw, struct evhttp_request *req, size_t *len)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+
+	*len = evbuffer_get_length(in);
+	if (*len > (size_t)gw->cfg.max_body || *len == 0)
+		return NULL;
+	return (const char *)evbuffer_pullup(in, (ev_ssize_t)*len);
+}
+
+static void route_purchase(struct gateway *gw, struct evhttp_request *req)
+{
+	struct purchase_req pr;
+	const struct promo *p;
+	struct pending *pd;
+	const char *body, *code = NULL;
+	char err[256], *peer = NULL;
+	ev_uint16_t port = 0;
+	size_t len;
+	int64_t now;
+	fs_intent in = FLASHSALE__INTENT__INIT;
+
+	if (gw->draining) {
+		refuse(req, REF_DRAINING, 503, "busy", FRIENDLY, true);
+		return;
+	}
+	body = body_of(gw, req, &len);
+	if (request_parse_purchase(body, len, (size_t)gw->cfg.max_body, &pr, &code,
+				   err, sizeof(err)) < 0) {
+		refuse(req, REF_INVALID, 400, code, err, false);
+		return;
+	}
+	/* Cheapest first: nothing below does I/O until the produce. */
+	if (!promo_fresh(&gw->promo)) {
+		refuse(req, REF_STALE_CACHE, 503, "busy", FRIENDLY, false);
+		return;
+	}
+	p = promo_find(&gw->promo, pr.sku);
+	if (p == NULL) {
+		refuse(req, REF_UNKNOWN_SKU, 404, "unknown_sku", "no promotion for this sku", false);
+		return;
+	}
+	now = gateway_now_ms(gw);
+	if (now < p->start_ms - WINDOW_SLACK_MS) {
+		refuse(req, REF_NOT_STARTED, 409, "not_started", "the sale has not started yet", false);
+		return;
+	}
+	if (now >= p->end_ms + WINDOW_SLACK_MS) {
+		refuse(req, REF_ENDED, 409, "ended", "the sale has ended", false);
+		return;
+	}
+	if (p->remaining <= 0) {
+		refuse(req, REF_SOLD_OUT, 409, "sold_out", "sold out", false);
+		return;
+	}
+	if (pr.qty > p->limit) {
+		snprintf(err, sizeof(err), "qty is above the per-user limit of %" PRId64, p->limit);
+		refuse(req, REF_LIMIT, 409, "limit_reached", err, false);
+		return;
+	}
+	if (!ratelimit_take(&gw->rl, pr.user_id, mono_us())) {
+		refuse(req, REF_RATE_LIMITED, 429, "rate_limited", FRIENDLY, false);
+		return;
+	}
+	if (gw->prod.inflight >= gw->cfg.max_inflight) {
+		refuse(req, REF_BUSY, 503, "busy", FRIENDLY, false);
+		return;
+	}
+	pd = calloc(1, sizeof(*pd));
+	if (pd == NULL) {
+		refuse(req, REF_BUSY, 503, "busy", FRIENDLY, false);
+		return;
+	}
+	pd->kind = FLASHSALE__INTENT__KIND__PURCHASE;
+	strcpy(pd->request_id, pr.request_id);
+	strcpy(pd->sku, pr.sku);
+	strcpy(pd->user_id, pr.user_id);
+	if (evhttp_request_get_connection(req) != NULL)
+		evhttp_connection_get_peer(evhttp_request_get_connection(req), &peer, &port);
+	in.kind = FLASHSALE__INTENT__KIND__PURCHASE;
+	in.request_id = pd->request_id;
+	in.sku = pd->sku;
+	in.user_id = pd->user_id;
+	in.qty = (uint32_t)pr.qty;
+	in.client_ip = peer ? peer : (char *)"";
+	in.sent_at_ms = now_ms();
+	in.source = (char *)"gateway";
+	pd->produced_us = mono_us();
+	if (producer_send(&gw->prod, &in, pd, err, sizeof(err)) < 0) {
+		log_warn("produce_failed", "request_id=%s err=\"%s\"", pd->request_id, err);
+		free(pd);
+		metric_add(&m_refusals[REF_QUEUE_UNAVAILABLE], 1);
+		http_send(req, ROUTE_PURCHASE, 503, queue_unavailable_body(pr.request_id), false);
+		return;
+	}
+	call_init(&pd->call, gw, req, ROUTE_PURCHASE);
+}
+
+void routes_on_delivery(struct gateway *gw, struct pending *pd, rd_kafka_resp_err_t err)
+{
+	cJSON *o;
+
+	metric_observe_us(&gw_m_produce_latency, (uint64_t)(mono_us() - pd->produced_us));
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		log_warn("delivery_failed", "request_id=%s kind=%s err=%s", pd->request_id,
+			 intent_kind_name(pd->kind), rd_kafka_err2name(err));
+		if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE)
+			metric_add(&m_refusals[REF_QUEUE_UNAVAILABLE], 1);
+		call_reply(&pd->call, 503, queue_unavailable_body(pd->request_id));
+		free(pd);
+		return;
+	}
+	o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "request_id", pd->request_id);
+	if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE) {
+		/* The purchase is in Kafka: it will be decided whether or not the client stays. */
+		store_mark_queued(&gw->store, pd->request_id, gw->cfg.record_ttl_s);
+		metric_add(&gw_m_accepted, 1);
+		cJSON_AddStringToObject(o, "state", "queued");
+	} else {
+		cJSON_AddStringToObject(o, "state", pd->state);
+		cJSON_AddStringToObject(o, "requested",
+					pd->kind == FLASHSALE__INTENT__KIND__PAY ? "pay" : "cancel");
+	}
+	call_reply(&pd->call, 202, o);
+	free(pd);
+}
+
+/* Find field name in an HGETALL/HMGET-style flat reply of pairs. */
+static const char *pair_get(const redisReply *r, const char *name)
+{
+	for (size_t i = 0; i + 1 < r->elements; i += 2)
+		if (r->element[i]->type == REDIS_REPLY_STRING &&
+		    strcmp(r->element[i]->str, name) == 0 &&
+		    r->element[i + 1]->type == REDIS_REPLY_STRING)
+			return r->element[i + 1]->str;
+	return NULL;
+}
+
+static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	struct pending *pd = privdata;
+	redisReply *r = reply;
+	const char *v;
+	cJSON *o;
+
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+		call_error(&pd->call, 503, "store_unavailable", "Redis is unavailable; retry later");
+		free(pd);
+		return;
+	}
+	if (r->elements == 0 || pair_get(r, "st") == NULL) {
+		call_error(&pd->call, 404, "unknown_request", "no purchase with this request_id");
+		free(pd);
+		return;
+	}
+	o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "request_id", pd->request_id);
+	/* A "queued" marker has only st until the deductor writes the record. */
+	if ((v = pair_get(r, "sku")) != NULL)
+		cJSON_AddStringToObject(o, "sku", v);
+	if ((v = pair_get(r, "user")) != NULL)
+		cJSON_AddStringToObject(o, "user_id", v);
+	if ((v = pair_get(r, "qty")) != NULL)
+		cJSON_AddNumberToObject(o, "qty", (double)atoll(v));
+	cJSON_AddStringToObject(o, "state", pair_get(r, "st"));
+	if (strcmp(pair_get(r, "st"), "reserved") == 0 && (v = pair_get(r, "dl")) != NULL)
+		cJSON_AddNumberToObject(o, "deadline_ms", (double)atoll(v));
+	call_reply(&pd->call, 200, o);
+	free(pd);
+}
+
+/* HMGET fs:req:<rid> sku st user, then produce the PAY/CANCEL intent. */
+static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	struct pending *pd = privdata;
+	struct gateway *gw = pd->call.gw;
+	redisReply *r = reply;
+	const redisReply *sku, *st, *user;
+	char err[256];
+	fs_intent in = FLASHSALE__INTENT__INIT;
+
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+		call_error(&pd->call, 503, "store_unavailable", "Redis is unavailable; retry later");
+		free(pd);
+		return;
+	}
+	sku = r->element[0];
+	st = r->element[1];
+	user = r->element[2];
+	if (st->type != REDIS_REPLY_STRING) {
+		call_error(&pd->call, 404, "unknown_request", "no purchase with this request_id");
+		free(pd);
+		return;
+	}
+	if (strcmp(st->str, "queued") == 0 || sku->type != REDIS_REPLY_STRING ||
+	    !valid_sku(sku->str)) {
+		call_error(&pd->call, 409, "not_reserved_yet",
+			   "the purchase is still queued: poll until reserved");
+		free(pd);
+		return;
+	}
+	if (gw->draining || gw->prod.inflight >= gw->cfg.max_inflight) {
+		call_error(&pd->call, 503, "busy", "busy; retry shortly");
+		free(pd);
+		return;
+	}
+	strcpy(pd->sku, sku->str);
+	snprintf(pd->state, sizeof(pd->state), "%s", st->str);
+	if (user->type == REDIS_REPLY_STRING && valid_user_id(user->str))
+		strcpy(pd->user_id, user->str);
+	in.kind = pd->kind;
+	in.request_id = pd->request_id;
+	in.sku = pd->sku;
+	in.user_id = pd->user_id;
+	in.client_ip = (char *)"";
+	in.sent_at_ms = now_ms();
+	in.source = (char *)"gateway";
+	pd->produced_us = mono_us();
+	if (producer_send(&gw->prod, &in, pd, err, sizeof(err)) < 0) {
+		log_warn("produce_failed", "request_id=%s err=\"%s\"", pd->request_id, err);
+		call_reply(&pd->call, 503, queue_unavailable_body(pd->request_id));
+		free(pd);
+	}
+}
+
+/* GET /v1/purchases/{rid} and POST .../pay, .../cancel: a Redis read first. */
+static void route_request_op(struct gateway *gw, struct evhttp_request *req,
+			     enum gw_route route, const char *rid)
+{
+	struct pending *pd;
+	char key[FS_ID_MAX + 16];
+	const char *getall[] = { "HGETALL", key };
+	const char *hmget[] = { "HMGET", key, "sku", "st", "user" };
+	int rc;
+
+	if (!valid_request_id(rid)) {
+		send_error(req, route, 400, "invalid_field", "request_id is not valid", false);
+		return;
+	}
+	if (route != ROUTE_PURCHASE_GET && gw->draining) {
+		send_error(req, route, 503, "busy", "shutting down; retry shortly", true);
+		return;
+	}
+	if (!store_ready(&gw->store)) {
+		send_error(req, route, 503, "store_unavailable", "Redis is unavailable; retry later",
+			   false);
+		return;
+	}
+	pd = calloc(1, sizeof(*pd));
+	if (pd == NULL) {
+		send_error(req, route, 503, "busy", "out of memory", false);
+		return;
+	}
+	strcpy(pd->request_id, rid);
+	snprintf(key, sizeof(key), "fs:req:%s", rid);
+	if (route == ROUTE_PURCHASE_GET) {
+		rc = store_command_argv(&gw->store, purchase_get_cb, pd, 2, getall, NULL);
+	} else {
+		pd->kind = route == ROUTE_PAY ? FLASHSALE__INTENT__KIND__PAY :
+						FLASHSALE__INTENT__KIND__CANCEL;
+		rc = store_command_argv(&gw->store, transition_cb, pd, 5, hmget, NULL);
+	}
+	if (rc < 0) {
+		free(pd);
+		send_error(req, route, 503, "store_unavailable", "Redis is unavailable; retry later",
+			   false);
+		return;
+	}
+	call_init(&pd->call, gw, req, route);
+}
+
+static void route_promo_get(struct gateway *gw, struct evhttp_request *req, const char *sku)
+{
+	const struct promo *p = valid_sku(sku) ? promo_find(&gw->promo, sku) : NULL;
+	cJSON *o;
+
+	if (p == NULL) {
+		send_error(req, ROUTE_PROMO_GET, 404, "unknown_sku", "no promotion for this sku", false);
+		return;
+	}
+	/* Counters are as of the last refresh (at most refresh_ms old while Redis is up). */
+	o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "sku", p->sku);
+	cJSON_AddNumberToObject(o, "stock", (double)p->initial);
+	cJSON_AddNumberToObject(o, "remaining", (double)p->remaining);
+	cJSON_AddNumberToObject(o, "held", (double)p->held);
+	cJSON_AddNumberToObject(o, "sold", (double)p->sold);
+	cJSON_AddNumberToObject(o, "per_user_limit", (double)p->limit);
+	cJSON_AddNumberToObject(o, "start_ms", (double)p->start_ms);
+	cJSON_AddNumberToObject(o, "end_ms", (double)p->end_ms);
+	cJSON_AddNumberToObject(o, "hold_seconds", (double)(p->hold_ms / 1000));
+	cJSON_AddStringToObject(o, "status", promo_status(p, gateway_now_ms(gw)));
+	http_send(req, ROUTE_PROMO_GET, 200, o, false);
+}
+
+static void route_time(struct gateway *gw, struct evhttp_request *req)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddNumberToObject(o, "now_ms", (double)gateway_now_ms(gw));
+	http_send(req, ROUTE_TIME, 200, o, false);
+}
+
+/* Constant-time compare: the token must not leak through timing. */
+static bool token_equal(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	unsigned char d = la != lb;
+
+	for (size_t i = 0; i < la; i++)
+		d |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
+	return d == 0 && lb != 0;
+}
+
+static void route_promo_admin(struct gateway *gw, struct evhttp_request *req)
+{
+	const char *auth, *body;
+	size_t len;
+
+	if (gw->cfg.admin_token == NULL || gw->cfg.admin_token[0] == '\0') {
+		send_error(req, ROUTE_PROMO_ADMIN, 403, "admin_disabled",
+			   "the admin API is disabled (gateway.admin_token is empty)", false);
+		return;
+	}
+	auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	if (auth == NULL || strncmp(auth, "Bearer ", 7) != 0 ||
+	    !token_equal(auth + 7, gw->cfg.admin_token)) {
+		send_error(req, ROUTE_PROMO_ADMIN, 401, "unauthorized", "missing or wrong bearer token",
+			   false);
+		return;
+	}
+	if (gw->draining) {
+		send_error(req, ROUTE_PROMO_ADMIN, 503, "busy", "shutting down; retry shortly", true);
+		return;
+	}
+	body = body_of(gw, req, &len);
+	promo_admin_create(gw, req, body, len);
+}
+
+void routes_handle(struct evhttp_request *req, void *arg)
+{
+	struct gateway *gw = arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	enum evhttp_cmd_type m = evhttp_request_get_command(req);
+	const char *rest;
+	char id[FS_ID_MAX + 2];
+	size_t n;
+
+	if (path == NULL)
+		path = "";
+	if (strcmp(path, "/v1/purchases") == 0) {
+		if (m != EVHTTP_REQ_POST)
+			goto bad_method;
+		route_purchase(gw, req);
+		return;
+	}
+	if (strncmp(path, "/v1/purchases/", 14) == 0) {
+		rest = path + 14;
+		n = strcspn(rest, "/");
+		if (n == 0 || n > FS_ID_MAX) {
+			send_error(req, ROUTE_OTHER, 404, "not_found", "no such resource", false);
+			return;
+		}
+		memcpy(id, rest, n);
+		id[n] = '\0';
+		rest += n;
+		if (rest[0] == '\0') {
+			if (m != EVHTTP_REQ_GET)
+				goto bad_method;
+			route_request_op(gw, req, ROUTE_PURCHASE_GET, id);
+		} else if (strcmp(rest, "/pay") == 0 || strcmp(rest, "/cancel") == 0) {
+			if (m != EVHTTP_REQ_POST)
+				goto bad_method;
+			route_request_op(gw, req, rest[1] == 'p' ? ROUTE_PAY : ROUTE_CANCEL, id);
+		} else {
+			send_error(req, ROUTE_OTHER, 404, "not_found", "no such resource", false);
+		}
+		return;
+	}
+	if (strncmp(path, "/v1/promotions/", 15) == 0) {
+		if (m != EVHTTP_REQ_GET)
+			goto bad_method;
+		route_promo_get(gw, req, path + 15);
+		return;
+	}
+	if (strcmp(path, "/admin/promotions") == 0) {
+		if (m != EVHTTP_REQ_POST)
+			goto bad_method;
+		route_promo_admin(gw, req);
+		return;
+	}
+	if (strcmp(path, "/v1/time") == 0) {
+		if (m != EVHTTP_REQ_GET)
+			goto bad_method;
+		route_time(gw, req);
+		return;
+	}
+	send_error(req, ROUTE_OTHER, 404, "not_found", "no such resource", false);
+	return;
+bad_method:
+	send_error(req, ROUTE_OTHER, 405, "method_not_allowed", "method not allowed here", false);
+}

@@ -1,0 +1,152 @@
+/*
+ * flashsale-order-writer: consumer group on the ledger topic that persists
+ * every ledger event, the orders and their state changes, refusals and the
+ * ledger offsets covered, to PostgreSQL in idempotent batches.
+ *
+ * The main thread runs the libevent loop (signals, /healthz, /metrics); one
+ * worker thread does the blocking consume/apply/commit work.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "kafka.h"
+#include "log.h"
+#include "order_writer.h"
+#include "pg.h"
+
+static struct kafka_cfg kc;
+static char *pg_conninfo;
+static char *http_host;
+static long long http_port;
+static char *log_level;
+static char *group;
+static long long batch_size;
+static long long batch_wait_ms;
+static long long retry_backoff_ms;
+
+static struct cf_key keys[] = {
+	KAFKA_CF_KEYS(kc),
+	PG_CF_KEYS(pg_conninfo),
+	HTTP_CF_KEYS(http_host, http_port, "9102"),
+	{ "log.level", CF_STR, &log_level, "info", 0, 0,
+	  "Log level: error, warn, info or debug" },
+	{ "order_writer.group", CF_STR, &group, "flashsale-order-writer", 0, 0,
+	  "Kafka consumer group on the ledger topic" },
+	{ "order_writer.batch_size", CF_INT, &batch_size, "2000", 1, 50000,
+	  "Most ledger events applied in one PostgreSQL transaction" },
+	{ "order_writer.batch_wait_ms", CF_INT, &batch_wait_ms, "20", 0, 5000,
+	  "How long a batch keeps collecting after its first event (ms)" },
+	{ "order_writer.retry_backoff_ms", CF_INT, &retry_backoff_ms, "200", 1, 5000,
+	  "First wait before redoing a batch after a PostgreSQL failure; doubles up to 5 s" },
+	{ NULL, 0, NULL, NULL, 0, 0, NULL },
+};
+
+static struct cf_table table = {
+	.app = "order-writer",
+	.usage = NULL,
+	.keys = keys,
+};
+
+struct app {
+	struct event_base *base;
+	struct event *watch;
+	struct worker *worker;
+	bool draining;
+};
+
+static void app_drain(void *arg)
+{
+	struct app *a = arg;
+
+	if (a->draining)
+		return;
+	a->draining = true;
+	log_info("draining", "why=signal");
+	daemon_notify_stopping();
+	worker_stop(a->worker);
+}
+
+static bool app_health(void *arg, char *detail, size_t n)
+{
+	struct app *a = arg;
+
+	return worker_health(a->worker, detail, n);
+}
+
+/* The loop ends when the worker does: after a drain, or on its own fatal error. */
+static void app_watch(evutil_socket_t fd, short what, void *arg)
+{
+	struct app *a = arg;
+
+	if (worker_done(a->worker))
+		event_base_loopbreak(a->base);
+}
+
+int main(int argc, char **argv)
+{
+	struct timeval tick = { 0, 50 * 1000 };
+	struct worker_cfg wc;
+	struct app a = { 0 };
+	struct daemon_hooks hooks = {
+		.on_drain = app_drain, .on_reload = NULL, .health = app_health, .arg = &a,
+	};
+	struct store *store;
+	struct evhttp *http;
+	char err[1024];
+	int first_arg, status;
+
+	cf_parse_args(&table, argc, argv, &first_arg);
+	log_init("order-writer");
+	if (!log_set_level(log_level))
+		die("config_invalid", "key=log.level value=%s", log_level);
+	if (first_arg < argc)
+		die("usage", "msg=\"unexpected argument %s\"", argv[first_arg]);
+	worker_metrics_register();
+
+	store = store_new(pg_conninfo);
+	if (store == NULL)
+		die("start_failed", "msg=\"out of memory\"");
+	if (store_connect(store, true, err, sizeof(err)) < 0)
+		die("pg_connect_failed", "msg=\"%s\"", err);
+
+	wc.kafka = &kc;
+	wc.group = group;
+	wc.batch_size = (int)batch_size;
+	wc.batch_wait_ms = (int)batch_wait_ms;
+	wc.retry_backoff_ms = (int)retry_backoff_ms;
+	a.worker = worker_new(&wc, store, err, sizeof(err));
+	if (a.worker == NULL)
+		die("kafka_setup_failed", "msg=\"%s\"", err);
+
+	a.base = event_base_new();
+	if (a.base == NULL)
+		die("start_failed", "msg=\"event_base_new failed\"");
+	daemon_signals(a.base, &hooks);
+	http = daemon_http(a.base, NULL, http_host, (int)http_port, &hooks);
+	a.watch = event_new(a.base, -1, EV_PERSIST, app_watch, &a);
+	if (a.watch == NULL || event_add(a.watch, &tick) < 0)
+		die("start_failed", "msg=\"watch timer\"");
+	if (worker_start(a.worker, err, sizeof(err)) < 0)
+		die("start_failed", "msg=\"%s\"", err);
+
+	log_info("started", "group=%s topic=%s http_port=%lld", group, FS_TOPIC_LEDGER, http_port);
+	daemon_notify_ready();
+	event_base_dispatch(a.base);
+
+	status = worker_join(a.worker);
+	if (!a.draining)
+		log_error("worker_exited", "status=%d", status);
+	log_info("stopped", "status=%d", status);
+	worker_free(a.worker);
+	event_free(a.watch);
+	if (http != NULL)
+		evhttp_free(http);
+	event_base_free(a.base);
+	cf_free(&table);
+	return status == 0 && a.draining ? 0 : 1;
+}

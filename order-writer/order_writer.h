@@ -1,0 +1,15 @@
+/*
+ * flashsale-order-writer: keeps PostgreSQL true to the ledger topic.
+ *
+ *   batch.h   pure: ledger events -> COPY rows, per-partition offsets
+ *   store.h   the SQL: staging table and the one-transaction batch apply
+ *   worker.h  the consume / persist / store-offsets loop on its thread
+ */
+#ifndef FLASHSALE_ORDER_WRITER_H
+#define FLASHSALE_ORDER_WRITER_H
+
+#include "batch.h"
+#include "store.h"
+#include "worker.h"
+
+#endif

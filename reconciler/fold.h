@@ -1,0 +1,136 @@
+/*
+ * The ledger fold: turns ledger events (PostgreSQL's prefix, then the Kafka
+ * tail) into the per-request records and per-SKU counters that Redis held
+ * before it was lost. Pure: no I/O, so it is unit-tested on its own.
+ *
+ * Rules (they mirror deductor/deduct.lua, which produced the events):
+ *   - events are deduplicated on event_id. The contract makes it
+ *     "<request_id>:<kind>[:<reason>]", so the fold keeps one bit per kind
+ *     on each request record (plus the outcome for refusals) instead of a
+ *     set of id strings: a byte per request rather than ~40 per event;
+ *   - the first purchase outcome o (reserved or a refusal reason) wins;
+ *   - a terminal state (paid, cancelled, expired) wins over reserved, and
+ *     the first terminal state wins over later ones (a replayed RESERVED
+ *     after PAID keeps paid);
+ *   - TRANSITION_REFUSED changes nothing and is only counted.
+ */
+#ifndef RECONCILER_FOLD_H
+#define RECONCILER_FOLD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Same numbers as flashsale.LedgerEvent.Kind. */
+enum fold_kind {
+	FOLD_RESERVED = 1,
+	FOLD_PAID = 2,
+	FOLD_CANCELLED = 3,
+	FOLD_EXPIRED = 4,
+	FOLD_REFUSED = 5,
+	FOLD_TRANSITION_REFUSED = 6,
+};
+
+/* One ledger event, as read from PostgreSQL or decoded from Kafka. */
+struct fold_event {
+	int kind;                 /* enum fold_kind */
+	const char *request_id;
+	const char *sku;
+	const char *user_id;
+	const char *state;
+	const char *reason;
+	long long qty;
+	long long deadline_ms;
+	long long at_ms;
+};
+
+/* One request's record, as fs:req:<rid> holds it. */
+struct fold_req {
+	const char *rid;
+	const char *sku;
+	const char *user;
+	long long qty;
+	long long dl;             /* payment deadline (ms), 0 when refused */
+	long long ts;             /* at_ms of the last change */
+	uint8_t o;                /* first outcome: index for fold_word() */
+	uint8_t st;               /* state: index for fold_word() */
+	uint8_t seen;             /* bit (1 << kind) per kind folded */
+};
+
+struct fold_stats {
+	size_t events;            /* fold_add calls */
+	size_t applied;           /* events that changed or created a record */
+	size_t duplicates;        /* same event_id seen before */
+	size_t ignored;           /* transition refusals, later outcomes/terminals */
+	size_t invalid;           /* unknown kind or state, missing ids */
+};
+
+struct fold_promo {
+	char sku[65];
+	long long stock;
+	long long limit;
+	long long start_ms;
+	long long end_ms;
+	long long hold_ms;
+};
+
+struct fold_user {
+	const char *user;
+	long long qty;            /* units reserved or paid */
+};
+
+struct fold_hold {
+	const char *rid;
+	long long dl;
+};
+
+struct fold_sku {
+	struct fold_promo promo;
+	long long held;
+	long long sold;
+	long long remaining;      /* stock - held - sold */
+	long long requests;       /* request records of this SKU, any outcome */
+	struct fold_user *users;
+	size_t nusers;
+	struct fold_hold *holds;  /* reserved requests */
+	size_t nholds;
+};
+
+struct fold;
+
+struct fold *fold_new(void) __attribute__((warn_unused_result));
+void fold_free(struct fold *f);
+
+/*
+ * Fold one event. Returns 1 when it created or changed a record, 0 when it
+ * was a duplicate, ignored or invalid (see fold_stats; err says why for an
+ * invalid one), -1 when out of memory.
+ */
+int fold_add(struct fold *f, const struct fold_event *ev, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+
+/* "reserved" -> FOLD_RESERVED, ...; 0 for an unknown name. */
+int fold_kind_parse(const char *name);
+
+/* The state word of a record's o or st index ("reserved", "sold_out", ...). */
+const char *fold_word(uint8_t idx);
+
+const struct fold_stats *fold_stats(const struct fold *f);
+size_t fold_count(const struct fold *f);
+const struct fold_req *fold_get(const struct fold *f, size_t i);
+/* The record of request_id, or NULL. */
+const struct fold_req *fold_find(const struct fold *f, const char *rid);
+
+/*
+ * Per-SKU counters for the promotions (in their order): held, sold, users
+ * and holds from the records of each SKU. Fails with -1 and the SKU in err
+ * when remaining would be negative: the ledger says the SKU was oversold,
+ * and writing that back would hide it. *out must be freed with
+ * fold_skus_free; its strings point into f and live as long as f.
+ */
+int fold_summarize(const struct fold *f, const struct fold_promo *promos, size_t npromos,
+		   struct fold_sku **out, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+void fold_skus_free(struct fold_sku *s, size_t n);
+
+#endif

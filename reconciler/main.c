@@ -1,0 +1,259 @@
+/*
+ * flashsale-reconciler: `run` (the release daemon: libevent loop for
+ * signals, /healthz and /metrics on the main thread, the release loop on a
+ * worker thread), `rebuild` and `audit` (one-shot, blocking CLIs).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "log.h"
+#include "pg.h"
+#include "redisx.h"
+#include "reconciler.h"
+
+static struct reconciler_cfg cfg;
+
+static struct cf_key keys[] = {
+	KAFKA_CF_KEYS(cfg.kafka),
+	REDIS_CF_KEYS(cfg.redis_address),
+	PG_CF_KEYS(cfg.pg_conninfo),
+	HTTP_CF_KEYS(cfg.http_host, cfg.http_port, "9103"),
+	{ "log.level", CF_STR, &cfg.log_level, "info", 0, 0,
+	  "Log level: error, warn, info or debug" },
+	{ "reconciler.release_interval_ms", CF_INT, &cfg.release_interval_ms, "250", 10, 60000,
+	  "How often the release loop looks for holds past their deadline" },
+	{ "reconciler.release_batch", CF_INT, &cfg.release_batch, "1000", 1, 100000,
+	  "Most due holds per SKU released in one round" },
+	{ "reconciler.release_resend_ms", CF_INT, &cfg.release_resend_ms, "30000", 1000, 3600000,
+	  "Wait before sending a hold's RELEASE again while it is still held" },
+	{ "reconciler.record_ttl_s", CF_INT, &cfg.record_ttl_s, "604800", 60, 315360000,
+	  "Seconds a rebuilt request record is kept (match deductor.record_ttl_s)" },
+	{ "reconciler.rebuild_quiesce_ms", CF_INT, &cfg.rebuild_quiesce_ms, "2000", 0, 600000,
+	  "rebuild --force: wait after deleting fs:ready so in-flight deductor batches stop" },
+	{ "reconciler.rebuild_tail_timeout_ms", CF_INT, &cfg.rebuild_tail_timeout_ms, "30000",
+	  1000, 3600000,
+	  "rebuild: fail when the ledger tail makes no progress for this long" },
+	{ "reconciler.audit_grace_ms", CF_INT, &cfg.audit_grace_ms, "30000", 0, 86400000,
+	  "audit: a hold this long past its deadline and still held counts as stuck" },
+	{ NULL, 0, NULL, NULL, 0, 0, NULL },
+};
+
+static struct cf_table table = {
+	.app = "reconciler",
+	.usage = "[run | rebuild [--force] [--if-missing] | audit [--wait-drain SECONDS]]",
+	.keys = keys,
+};
+
+struct app {
+	struct event_base *base;
+	struct release *release;
+	bool draining;
+};
+
+static void on_drain(void *arg)
+{
+	struct app *a = arg;
+
+	a->draining = true;
+	release_stop(a->release);
+}
+
+static bool on_health(void *arg, char *detail, size_t n)
+{
+	struct app *a = arg;
+
+	return release_health(a->release, detail, n);
+}
+
+/* The loop ends once the worker finished its last round after a drain. */
+static void watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct app *a = arg;
+
+	if (release_finished(a->release))
+		event_base_loopbreak(a->base);
+}
+
+static int cmd_run(void)
+{
+	struct daemon_hooks hooks = { 0 };
+	struct timeval tick = { 0, 50 * 1000 };
+	struct app a = { 0 };
+	struct evhttp *http;
+	struct event *watch;
+	char err[512];
+
+	release_metrics_register();
+	a.base = event_base_new();
+	if (a.base == NULL)
+		die("event_base", "msg=\"cannot create the event loop\"");
+	hooks.on_drain = on_drain;
+	hooks.health = on_health;
+	hooks.arg = &a;
+	a.release = release_start(&cfg, err, sizeof(err));
+	if (a.release == NULL)
+		die("release_start", "msg=\"%s\"", err);
+	daemon_signals(a.base, &hooks);
+	http = daemon_http(a.base, NULL, cfg.http_host, (int)cfg.http_port, &hooks);
+	watch = event_new(a.base, -1, EV_PERSIST, watch_cb, &a);
+	if (watch == NULL || event_add(watch, &tick) < 0)
+		die("event_setup", "msg=\"cannot add the worker watch\"");
+	log_info("started", "redis=%s bootstrap=%s http_port=%lld interval_ms=%lld",
+		 cfg.redis_address, cfg.kafka.bootstrap, cfg.http_port, cfg.release_interval_ms);
+	daemon_notify_ready();
+	event_base_dispatch(a.base);
+	daemon_notify_stopping();
+	release_free(a.release);
+	event_free(watch);
+	if (http != NULL)
+		evhttp_free(http);
+	event_base_free(a.base);
+	log_info("stopped", "clean=%s", a.draining ? "true" : "false");
+	return a.draining ? 0 : 1;
+}
+
+static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+static void usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "flashsale-reconciler: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nusage: flashsale-reconciler [options] %s\n"
+		"Try 'flashsale-reconciler --help'.\n", table.usage);
+	cf_free(&table);
+	exit(2);
+}
+
+static int cmd_rebuild(int argc, char **argv)
+{
+	struct rebuild_opts opt = { 0 };
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--force") == 0)
+			opt.force = true;
+		else if (strcmp(argv[i], "--if-missing") == 0)
+			opt.if_missing = true;
+		else
+			usage_error("rebuild: unexpected argument %s", argv[i]);
+	}
+	if (opt.force && opt.if_missing)
+		usage_error("rebuild: %s and --if-missing contradict each other", "--force");
+	return rebuild_run(&cfg, &opt) == 0 ? 0 : 1;
+}
+
+static int cmd_audit(int argc, char **argv)
+{
+	long long violations = 0;
+	long wait_s = 0;
+
+	for (int i = 0; i < argc; i++) {
+		const char *v = NULL;
+		char *end;
+
+		if (strcmp(argv[i], "--wait-drain") == 0) {
+			if (i + 1 >= argc)
+				usage_error("audit: %s needs SECONDS", argv[i]);
+			v = argv[++i];
+		} else if (strncmp(argv[i], "--wait-drain=", 13) == 0) {
+			v = argv[i] + 13;
+		} else {
+			usage_error("audit: unexpected argument %s", argv[i]);
+		}
+		wait_s = strtol(v, &end, 10);
+		if (*v == '\0' || *end != '\0' || wait_s < 0 || wait_s > 86400)
+			usage_error("audit: --wait-drain wants 0..86400 seconds, got %s", v);
+	}
+	if (audit_run(&cfg, (int)wait_s, &violations) < 0)
+		return 1;
+	return violations > 0 ? 1 : 0;
+}
+
+static bool common_option(const char *s, bool *takes_value)
+{
+	static const char *const with_value[] = { "-c", "-s", "--config", "--set" };
+	static const char *const flags[] = { "-h", "--help", "-V", "--version", "--print-config" };
+
+	*takes_value = false;
+	for (size_t i = 0; i < sizeof(with_value) / sizeof(with_value[0]); i++)
+		if (strcmp(s, with_value[i]) == 0)
+			return *takes_value = true;
+	for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+		if (strcmp(s, flags[i]) == 0)
+			return true;
+	return strncmp(s, "--config=", 9) == 0 || strncmp(s, "--set=", 6) == 0 ||
+	       ((s[1] == 'c' || s[1] == 's') && s[0] == '-' && s[2] != '\0');
+}
+
+/*
+ * Split argv: the common options (anywhere) go to cf_parse_args, which must
+ * not see the command's own flags (--force ...); the command and its
+ * arguments go to *cmdv. Both arrays are allocated with argc + 1 slots.
+ */
+static void split_args(int argc, char **argv, char **commonv, int *commonc,
+		       char **cmdv, int *cmdc)
+{
+	bool in_command = false, takes_value;
+
+	*commonc = 0;
+	*cmdc = 0;
+	commonv[(*commonc)++] = argv[0];
+	for (int i = 1; i < argc; i++) {
+		const char *s = argv[i];
+
+		if (s[0] == '-' && (!in_command || common_option(s, &takes_value))) {
+			commonv[(*commonc)++] = argv[i];
+			if (common_option(s, &takes_value) && takes_value && i + 1 < argc)
+				commonv[(*commonc)++] = argv[++i];
+			continue;
+		}
+		in_command = true;
+		cmdv[(*cmdc)++] = argv[i];
+	}
+	commonv[*commonc] = NULL;
+	cmdv[*cmdc] = NULL;
+}
+
+int main(int argc, char **argv)
+{
+	char **commonv = calloc((size_t)argc + 1, sizeof(*commonv));
+	char **cmdv = calloc((size_t)argc + 1, sizeof(*cmdv));
+	int commonc, cmdc, first_arg, rc;
+	const char *name;
+
+	if (commonv == NULL || cmdv == NULL) {
+		fprintf(stderr, "flashsale-reconciler: out of memory\n");
+		return 1;
+	}
+	split_args(argc, argv, commonv, &commonc, cmdv, &cmdc);
+	cf_parse_args(&table, commonc, commonv, &first_arg);
+	log_init("reconciler");
+	if (!log_set_level(cfg.log_level))
+		die("bad_config", "key=log.level value=%s", cfg.log_level);
+	name = cmdc > 0 ? cmdv[0] : "run";
+	if (strcmp(name, "run") == 0) {
+		if (cmdc > 1)
+			usage_error("run: unexpected argument %s", cmdv[1]);
+		rc = cmd_run();
+	} else if (strcmp(name, "rebuild") == 0) {
+		rc = cmd_rebuild(cmdc - 1, cmdv + 1);
+	} else if (strcmp(name, "audit") == 0) {
+		rc = cmd_audit(cmdc - 1, cmdv + 1);
+	} else {
+		usage_error("unknown command %s", name);
+	}
+	free(commonv);
+	free(cmdv);
+	cf_free(&table);
+	return rc;
+}

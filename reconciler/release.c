@@ -1,0 +1,597 @@
+/*
+ * The release loop (see release.h for the guarantee). Blocking hiredis and
+ * librdkafka calls on one worker thread; the main thread only reads the
+ * atomics below for /healthz and /metrics.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "intent.h"
+#include "log.h"
+#include "metrics.h"
+#include "redisx.h"
+#include "util.h"
+#include "reconciler.h"
+
+#define LOCK_KEY "fs:lock:release"
+#define LOCK_TTL_MS "5000"
+#define REDIS_TIMEOUT_MS 5000
+
+/* Renew only our own lock: another reconciler may have taken it after expiry. */
+static const char lock_renew_lua[] =
+	"if redis.call('GET', KEYS[1]) == ARGV[1] then "
+	"return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+static const char lock_drop_lua[] =
+	"if redis.call('GET', KEYS[1]) == ARGV[1] then "
+	"return redis.call('DEL', KEYS[1]) end return 0";
+/* Mark a sent release only on a record that exists: never create a stray hash. */
+static const char mark_lua[] =
+	"if redis.call('EXISTS', KEYS[1]) == 1 then "
+	"redis.call('HSET', KEYS[1], 'rs', ARGV[1]) return 1 end return 0";
+
+static struct metric m_rounds = { "reconciler_rounds_total",
+	"Release rounds run while holding the release lock", NULL, METRIC_COUNTER };
+static struct metric m_sent = { "reconciler_releases_sent_total",
+	"RELEASE intents delivered to Kafka", NULL, METRIC_COUNTER };
+static struct metric m_failed = { "reconciler_release_failures_total",
+	"RELEASE intents that could not be produced or delivered (retried next round)",
+	NULL, METRIC_COUNTER };
+static struct metric m_due = { "reconciler_due_holds",
+	"Holds past their deadline seen in the last round", NULL, METRIC_GAUGE };
+static struct metric m_orphans = { "reconciler_orphan_holds_total",
+	"Due holds whose request record is missing or not reserved (not released)",
+	NULL, METRIC_COUNTER };
+static struct metric m_not_ready = { "reconciler_not_ready_rounds_total",
+	"Rounds skipped because fs:ready is absent (Redis state lost)", NULL, METRIC_COUNTER };
+static struct metric m_errors = { "reconciler_redis_errors_total",
+	"Rounds aborted on a Redis error", NULL, METRIC_COUNTER };
+static struct metric m_lock = { "reconciler_release_lock_held",
+	"1 while this process holds the release lock", NULL, METRIC_GAUGE };
+/* Totals over every promotion: per-SKU labels would need a label set per SKU. */
+static struct metric m_promos = { "reconciler_promotions",
+	"Promotions in fs:promos", NULL, METRIC_GAUGE };
+static struct metric m_remaining = { "reconciler_stock_units",
+	"Units over all promotions by state (Redis)", "state=\"remaining\"", METRIC_GAUGE };
+static struct metric m_held = { "reconciler_stock_units",
+	"Units over all promotions by state (Redis)", "state=\"held\"", METRIC_GAUGE };
+static struct metric m_sold = { "reconciler_stock_units",
+	"Units over all promotions by state (Redis)", "state=\"sold\"", METRIC_GAUGE };
+static struct metric m_round_time = { "reconciler_round_duration_seconds",
+	"Duration of a release round", NULL, METRIC_HISTOGRAM };
+
+void release_metrics_register(void)
+{
+	metrics_register(&m_rounds);
+	metrics_register(&m_sent);
+	metrics_register(&m_failed);
+	metrics_register(&m_due);
+	metrics_register(&m_orphans);
+	metrics_register(&m_not_ready);
+	metrics_register(&m_errors);
+	metrics_register(&m_lock);
+	metrics_register(&m_promos);
+	metrics_register(&m_remaining);
+	metrics_register(&m_held);
+	metrics_register(&m_sold);
+	metrics_register(&m_round_time);
+}
+
+/* One due hold of the current round. */
+struct due {
+	char rid[FS_ID_MAX + 1];
+	char sku[FS_ID_MAX + 1];
+	int send;
+	int delivered;
+};
+
+struct release {
+	const struct reconciler_cfg *cfg;
+	redisContext *rc;
+	rd_kafka_t *rk;
+	pthread_t thread;
+	int stop;                  /* atomic: drain requested */
+	int finished;              /* atomic: the worker returned */
+	int64_t heartbeat_us;      /* atomic: mono_us of the last finished round */
+	int redis_ok;              /* atomic */
+	int locked;                /* atomic: for health */
+	char token[33];
+	bool warned_not_ready;
+	bool warned_connect;
+	uint32_t round;            /* tags delivery reports with their round */
+	struct due *due;
+	size_t ndue, capdue;
+};
+
+/*
+ * Delivery reports carry (round, index): a report from an earlier round
+ * whose flush timed out must not mark this round's entry.
+ */
+static void release_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+	struct release *r = opaque;
+	uintptr_t tag = (uintptr_t)m->_private;
+	uint32_t round = (uint32_t)(tag >> 32);
+	size_t idx = (size_t)(tag & 0xffffffffu);
+
+	(void)rk;
+	if (round != r->round || idx >= r->ndue)
+		return;
+	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+		r->due[idx].delivered = 1;
+	} else {
+		metric_add(&m_failed, 1);
+		log_warn("release_not_delivered", "request_id=%s sku=%s msg=\"%s\"",
+			 r->due[idx].rid, r->due[idx].sku, rd_kafka_err2str(m->err));
+	}
+}
+
+static void release_redis_drop(struct release *r, const char *why)
+{
+	log_warn("redis_error", "msg=\"%s\"", why);
+	metric_add(&m_errors, 1);
+	if (r->rc != NULL)
+		redisFree(r->rc);
+	r->rc = NULL;
+	__atomic_store_n(&r->redis_ok, 0, __ATOMIC_RELAXED);
+	/* We cannot know whether the lock survived; take it again later. */
+	__atomic_store_n(&r->locked, 0, __ATOMIC_RELAXED);
+	metric_set(&m_lock, 0);
+}
+
+/* Run one command; NULL (connection dropped) on a transport or error reply. */
+static redisReply *release_cmd(struct release *r, int argc, const char **argv)
+{
+	redisReply *rep = redisCommandArgv(r->rc, argc, argv, NULL);
+	char why[256];
+
+	if (rep == NULL) {
+		snprintf(why, sizeof(why), "%s", r->rc->errstr[0] ? r->rc->errstr : "no reply");
+		release_redis_drop(r, why);
+		return NULL;
+	}
+	if (rep->type == REDIS_REPLY_ERROR) {
+		snprintf(why, sizeof(why), "%s: %s", argv[0], rep->str);
+		freeReplyObject(rep);
+		release_redis_drop(r, why);
+		return NULL;
+	}
+	return rep;
+}
+
+/* Take or renew the release lock; true while we hold it. */
+static bool release_lock(struct release *r)
+{
+	redisReply *rep;
+	bool held;
+
+	if (__atomic_load_n(&r->locked, __ATOMIC_RELAXED)) {
+		const char *argv[] = { "EVAL", lock_renew_lua, "1", LOCK_KEY, r->token, LOCK_TTL_MS };
+
+		rep = release_cmd(r, 6, argv);
+		if (rep == NULL)
+			return false;
+		held = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+		if (!held)
+			log_warn("release_lock_lost", "msg=\"another reconciler holds fs:lock:release\"");
+	} else {
+		const char *argv[] = { "SET", LOCK_KEY, r->token, "NX", "PX", LOCK_TTL_MS };
+
+		rep = release_cmd(r, 6, argv);
+		if (rep == NULL)
+			return false;
+		held = rep->type == REDIS_REPLY_STATUS;
+		if (held)
+			log_info("release_lock_taken", "token=%s", r->token);
+	}
+	freeReplyObject(rep);
+	__atomic_store_n(&r->locked, held ? 1 : 0, __ATOMIC_RELAXED);
+	metric_set(&m_lock, held ? 1 : 0);
+	return held;
+}
+
+static int due_push(struct release *r, const char *rid, size_t rlen, const char *sku)
+{
+	struct due *d;
+
+	if (rlen == 0 || rlen > FS_ID_MAX)
+		return 0;
+	if (r->ndue == r->capdue) {
+		size_t cap = r->capdue ? r->capdue * 2 : 256;
+		struct due *nd = realloc(r->due, cap * sizeof(*nd));
+
+		if (nd == NULL)
+			return -1;
+		r->due = nd;
+		r->capdue = cap;
+	}
+	d = &r->due[r->ndue++];
+	memcpy(d->rid, rid, rlen);
+	d->rid[rlen] = '\0';
+	snprintf(d->sku, sizeof(d->sku), "%s", sku);
+	d->send = 0;
+	d->delivered = 0;
+	return 0;
+}
+
+static long long reply_ll(const redisReply *e)
+{
+	if (e == NULL)
+		return 0;
+	if (e->type == REDIS_REPLY_INTEGER)
+		return e->integer;
+	if (e->type == REDIS_REPLY_STRING)
+		return strtoll(e->str, NULL, 10);
+	return 0;
+}
+
+/*
+ * Per promotion: the counters (for the gauges) and the due holds, in one
+ * pipeline. -1 on a Redis error (connection dropped).
+ */
+static int release_collect(struct release *r, long long now)
+{
+	const struct reconciler_cfg *cfg = r->cfg;
+	const char *argv[] = { "SMEMBERS", "fs:promos" };
+	redisReply *skus = release_cmd(r, 2, argv);
+	long long remaining = 0, held = 0, sold = 0;
+	char nows[32], limit[32];
+	int rc = -1;
+
+	if (skus == NULL)
+		return -1;
+	snprintf(nows, sizeof(nows), "%lld", now);
+	snprintf(limit, sizeof(limit), "%lld", cfg->release_batch);
+	for (size_t i = 0; i < skus->elements; i++) {
+		const char *sku = skus->element[i]->str;
+
+		if (redisAppendCommand(r->rc, "HMGET fs:promo:%s remaining held sold", sku) != REDIS_OK ||
+		    redisAppendCommand(r->rc, "ZRANGEBYSCORE fs:holds:%s -inf %s LIMIT 0 %s",
+				       sku, nows, limit) != REDIS_OK) {
+			release_redis_drop(r, "append failed");
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < skus->elements; i++) {
+		redisReply *p = NULL, *h = NULL;
+
+		if (redisGetReply(r->rc, (void **)&p) != REDIS_OK ||
+		    redisGetReply(r->rc, (void **)&h) != REDIS_OK) {
+			if (p != NULL)
+				freeReplyObject(p);
+			release_redis_drop(r, r->rc->errstr[0] ? r->rc->errstr : "no reply");
+			goto out;
+		}
+		if (p->type == REDIS_REPLY_ARRAY && p->elements == 3) {
+			remaining += reply_ll(p->element[0]);
+			held += reply_ll(p->element[1]);
+			sold += reply_ll(p->element[2]);
+		}
+		if (h->type == REDIS_REPLY_ARRAY) {
+			for (size_t j = 0; j < h->elements; j++) {
+				const redisReply *e = h->element[j];
+
+				if (e->type == REDIS_REPLY_STRING &&
+				    due_push(r, e->str, e->len, skus->element[i]->str) < 0) {
+					log_error("out_of_memory", "msg=\"due holds\"");
+					break;
+				}
+			}
+		}
+		freeReplyObject(p);
+		freeReplyObject(h);
+	}
+	metric_set(&m_promos, (int64_t)skus->elements);
+	metric_set(&m_remaining, remaining);
+	metric_set(&m_held, held);
+	metric_set(&m_sold, sold);
+	metric_set(&m_due, (int64_t)r->ndue);
+	rc = 0;
+out:
+	freeReplyObject(skus);
+	return rc;
+}
+
+/* Decide which due holds to send: reserved, and no release sent within resend_ms. */
+static int release_filter(struct release *r, long long now)
+{
+	size_t orphans = 0;
+
+	for (size_t i = 0; i < r->ndue; i++) {
+		if (redisAppendCommand(r->rc, "HMGET fs:req:%s st rs", r->due[i].rid) != REDIS_OK) {
+			release_redis_drop(r, "append failed");
+			return -1;
+		}
+	}
+	for (size_t i = 0; i < r->ndue; i++) {
+		redisReply *rep = NULL;
+		const redisReply *st, *rs;
+
+		if (redisGetReply(r->rc, (void **)&rep) != REDIS_OK) {
+			release_redis_drop(r, r->rc->errstr[0] ? r->rc->errstr : "no reply");
+			return -1;
+		}
+		if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
+			freeReplyObject(rep);
+			continue;
+		}
+		st = rep->element[0];
+		rs = rep->element[1];
+		if (st->type != REDIS_REPLY_STRING || strcmp(st->str, "reserved") != 0) {
+			/* Only deduct.lua touches fs:holds; a member without a live hold is a bug. */
+			orphans++;
+		} else if (rs->type != REDIS_REPLY_STRING ||
+			   now - strtoll(rs->str, NULL, 10) >= r->cfg->release_resend_ms) {
+			r->due[i].send = 1;
+		}
+		freeReplyObject(rep);
+	}
+	if (orphans > 0) {
+		metric_add(&m_orphans, (int64_t)orphans);
+		log_warn("orphan_holds", "count=%zu msg=\"fs:holds member without a reserved record\"",
+			 orphans);
+	}
+	return 0;
+}
+
+/* Produce the RELEASE intents and wait for their delivery reports. */
+static size_t release_send(struct release *r)
+{
+	size_t queued = 0, delivered = 0;
+	int timeout = (int)r->cfg->kafka.produce_timeout_ms + 1000;
+
+	for (size_t i = 0; i < r->ndue; i++) {
+		fs_intent in = FLASHSALE__INTENT__INIT;
+		uint8_t buf[512];
+		size_t len, skulen;
+		rd_kafka_resp_err_t err;
+		uintptr_t tag = ((uintptr_t)r->round << 32) | (uintptr_t)i;
+		int tries = 0;
+
+		if (!r->due[i].send)
+			continue;
+		in.kind = FLASHSALE__INTENT__KIND__RELEASE;
+		in.request_id = r->due[i].rid;
+		in.sku = r->due[i].sku;
+		in.source = (char *)"reconciler";
+		in.sent_at_ms = now_ms();
+		len = intent_packed_size(&in);
+		if (len > sizeof(buf))
+			continue;       /* ids are at most 64 chars: cannot happen */
+		intent_pack(&in, buf);
+		skulen = strlen(r->due[i].sku);
+		do {
+			err = rd_kafka_producev(r->rk,
+						RD_KAFKA_V_TOPIC(FS_TOPIC_INTENTS),
+						RD_KAFKA_V_KEY(r->due[i].sku, skulen),
+						RD_KAFKA_V_VALUE(buf, len),
+						RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+						RD_KAFKA_V_OPAQUE((void *)tag),
+						RD_KAFKA_V_END);
+			if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+				rd_kafka_poll(r->rk, 100);
+		} while (err == RD_KAFKA_RESP_ERR__QUEUE_FULL && ++tries < 50);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+			metric_add(&m_failed, 1);
+			log_warn("release_produce_failed", "request_id=%s msg=\"%s\"",
+				 r->due[i].rid, rd_kafka_err2str(err));
+			continue;
+		}
+		queued++;
+	}
+	if (queued == 0)
+		return 0;
+	if (kafka_flush(r->rk, timeout) < 0)
+		log_warn("release_flush_timeout", "queued=%zu timeout_ms=%d", queued, timeout);
+	for (size_t i = 0; i < r->ndue; i++)
+		delivered += r->due[i].delivered ? 1 : 0;
+	metric_add(&m_sent, (int64_t)delivered);
+	return delivered;
+}
+
+/* rs = now on each delivered one, so the next rounds do not resend it. */
+static int release_mark(struct release *r, long long now)
+{
+	struct rpipe p;
+	char nows[32];
+
+	snprintf(nows, sizeof(nows), "%lld", now);
+	rpipe_init(&p, r->rc, 1000);
+	for (size_t i = 0; i < r->ndue; i++) {
+		char key[FS_ID_MAX + 16];
+		const char *argv[] = { "EVAL", mark_lua, "1", key, nows };
+
+		if (!r->due[i].delivered)
+			continue;
+		snprintf(key, sizeof(key), "fs:req:%s", r->due[i].rid);
+		if (rpipe_append(&p, 5, argv, NULL) < 0)
+			break;
+	}
+	if (rpipe_flush(&p) < 0) {
+		release_redis_drop(r, p.err);
+		return -1;
+	}
+	return 0;
+}
+
+static void release_round(struct release *r)
+{
+	const struct reconciler_cfg *cfg = r->cfg;
+	const char *exists[] = { "EXISTS", "fs:ready" };
+	redisReply *rep;
+	char err[256];
+	long long now;
+	size_t sent;
+
+	if (r->rc == NULL) {
+		r->rc = redisx_connect(cfg->redis_address, REDIS_TIMEOUT_MS, err, sizeof(err));
+		if (r->rc == NULL) {
+			__atomic_store_n(&r->redis_ok, 0, __ATOMIC_RELAXED);
+			/* Once per outage, not every round. */
+			if (!r->warned_connect)
+				log_warn("redis_connect_failed", "msg=\"%s\"", err);
+			r->warned_connect = true;
+			return;
+		}
+		r->warned_connect = false;
+		log_info("redis_connected", "address=%s", cfg->redis_address);
+	}
+	if (!release_lock(r)) {
+		if (r->rc != NULL)
+			__atomic_store_n(&r->redis_ok, 1, __ATOMIC_RELAXED);
+		return;
+	}
+	__atomic_store_n(&r->redis_ok, 1, __ATOMIC_RELAXED);
+	rep = release_cmd(r, 2, exists);
+	if (rep == NULL)
+		return;
+	if (rep->type != REDIS_REPLY_INTEGER || rep->integer == 0) {
+		/* State lost: releasing against it could return units twice. */
+		freeReplyObject(rep);
+		metric_add(&m_not_ready, 1);
+		if (!r->warned_not_ready)
+			log_warn("state_missing", "msg=\"fs:ready absent: not releasing until rebuild\"");
+		r->warned_not_ready = true;
+		return;
+	}
+	freeReplyObject(rep);
+	if (r->warned_not_ready)
+		log_info("state_present", "msg=\"fs:ready back: releasing again\"");
+	r->warned_not_ready = false;
+
+	now = redisx_time_ms(r->rc, err, sizeof(err));
+	if (now < 0) {
+		release_redis_drop(r, err);
+		return;
+	}
+	metric_add(&m_rounds, 1);
+	r->round++;
+	r->ndue = 0;
+	if (release_collect(r, now) < 0 || r->ndue == 0)
+		return;
+	if (release_filter(r, now) < 0)
+		return;
+	sent = release_send(r);
+	if (sent == 0)
+		return;
+	if (release_mark(r, now) < 0)
+		return;
+	log_info("released", "due=%zu sent=%zu", r->ndue, sent);
+	/* The flush may have taken a while: keep the lock for the next round. */
+	(void)release_lock(r);
+}
+
+static void *release_main(void *arg)
+{
+	struct release *r = arg;
+	const struct reconciler_cfg *cfg = r->cfg;
+	int64_t interval_us = cfg->release_interval_ms * 1000;
+
+	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+		int64_t t0 = mono_us(), left;
+
+		release_round(r);
+		metric_observe_us(&m_round_time, (uint64_t)(mono_us() - t0));
+		__atomic_store_n(&r->heartbeat_us, mono_us(), __ATOMIC_RELAXED);
+		/* Sleep in short slices so a drain is noticed quickly. */
+		while ((left = t0 + interval_us - mono_us()) > 0 &&
+		       !__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+			struct timespec ts = { 0, (left > 50000 ? 50000 : left) * 1000 };
+
+			nanosleep(&ts, NULL);
+		}
+	}
+
+	if (kafka_flush(r->rk, (int)cfg->kafka.produce_timeout_ms) < 0)
+		log_warn("drain_flush_incomplete", "outq=%d", rd_kafka_outq_len(r->rk));
+	if (r->rc != NULL && __atomic_load_n(&r->locked, __ATOMIC_RELAXED)) {
+		const char *argv[] = { "EVAL", lock_drop_lua, "1", LOCK_KEY, r->token };
+		redisReply *rep = release_cmd(r, 5, argv);
+
+		if (rep != NULL)
+			freeReplyObject(rep);
+	}
+	log_info("release_stopped", "msg=\"round finished, producer flushed\"");
+	__atomic_store_n(&r->finished, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_t errlen)
+{
+	struct release *r = calloc(1, sizeof(*r));
+	rd_kafka_conf_t *conf;
+	char rid[27];
+	char kerr[512];
+
+	if (r == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	r->cfg = cfg;
+	/* Unique per process: request_id_new is random and time-ordered. */
+	request_id_new(rid);
+	snprintf(r->token, sizeof(r->token), "%s-%d", rid, (int)getpid() % 10000);
+	conf = kafka_conf_new(&cfg->kafka, KAFKA_PRODUCER, "flashsale-reconciler", NULL,
+			      err, errlen);
+	if (conf == NULL)
+		goto fail;
+	rd_kafka_conf_set_dr_msg_cb(conf, release_dr_cb);
+	rd_kafka_conf_set_opaque(conf, r);
+	r->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
+	if (r->rk == NULL) {
+		rd_kafka_conf_destroy(conf);
+		snprintf(err, errlen, "kafka producer: %s", kerr);
+		goto fail;
+	}
+	__atomic_store_n(&r->heartbeat_us, mono_us(), __ATOMIC_RELAXED);
+	if (pthread_create(&r->thread, NULL, release_main, r) != 0) {
+		snprintf(err, errlen, "pthread_create: %s", strerror(errno));
+		rd_kafka_destroy(r->rk);
+		goto fail;
+	}
+	return r;
+fail:
+	free(r);
+	return NULL;
+}
+
+void release_stop(struct release *r)
+{
+	__atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
+}
+
+bool release_finished(struct release *r)
+{
+	return __atomic_load_n(&r->finished, __ATOMIC_ACQUIRE) != 0;
+}
+
+void release_free(struct release *r)
+{
+	if (r == NULL)
+		return;
+	release_stop(r);
+	pthread_join(r->thread, NULL);
+	rd_kafka_destroy(r->rk);
+	if (r->rc != NULL)
+		redisFree(r->rc);
+	free(r->due);
+	free(r);
+}
+
+bool release_health(struct release *r, char *detail, size_t n)
+{
+	int64_t age_ms = (mono_us() - __atomic_load_n(&r->heartbeat_us, __ATOMIC_RELAXED)) / 1000;
+	int64_t limit_ms = r->cfg->release_interval_ms * 20 + r->cfg->kafka.produce_timeout_ms;
+	bool redis_ok = __atomic_load_n(&r->redis_ok, __ATOMIC_RELAXED) != 0;
+	bool alive = age_ms <= (limit_ms > 5000 ? limit_ms : 5000);
+
+	snprintf(detail, n, "{\"worker_heartbeat_ms\":%" PRId64 ",\"redis\":%s,\"release_lock\":%s}",
+		 age_ms, redis_ok ? "true" : "false",
+		 __atomic_load_n(&r->locked, __ATOMIC_RELAXED) ? "true" : "false");
+	return alive && redis_ok;
+}

@@ -1,0 +1,44 @@
+/*
+ * The release loop (`run`): one worker thread that, every
+ * reconciler.release_interval_ms, sends a RELEASE intent for every hold whose
+ * deadline (Redis clock) has passed, and publishes the stock totals.
+ *
+ * Guarantee: one release per hold in effect. The deductor applies a release
+ * at most once per request (deduct.lua moves reserved -> expired once; any
+ * later release answers "expired" again and changes nothing), so a duplicate
+ * RELEASE after a crash between delivery and marking fs:req rs is a no-op
+ * event. We send at most one release per hold per reconciler.release_resend_ms
+ * (rs marks the last delivered one), and resend after that period while the
+ * hold is still in fs:holds (the intent was lost or is still queued).
+ */
+#ifndef RECONCILER_RELEASE_H
+#define RECONCILER_RELEASE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct reconciler_cfg;
+struct release;
+
+/* Register the loop's metrics. Start-up only. */
+void release_metrics_register(void);
+
+/* Create the producer and start the worker thread; NULL with a reason in err. */
+struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+
+/*
+ * Drain (does not block): the worker finishes its round, flushes the
+ * producer, gives the lock back and exits; release_finished() then turns
+ * true. That takes at most about one round plus kafka.produce_timeout_ms.
+ */
+void release_stop(struct release *r);
+bool release_finished(struct release *r);
+
+/* Join the worker (stopping it first if needed) and free everything. */
+void release_free(struct release *r);
+
+/* /healthz: the worker ran a round recently and Redis answered. */
+bool release_health(struct release *r, char *detail, size_t n);
+
+#endif

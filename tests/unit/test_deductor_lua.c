@@ -1,0 +1,664 @@
+/*
+ * deduct.lua against a real redis-server (REDIS_SERVER), through the same
+ * code the deductor runs: step_cmd_build / step_run / step_parse.
+ *
+ * The server runs in a mkdtemp directory on a Unix socket, no TCP port, no
+ * persistence; it dies with the test (PDEATHSIG) and the directory is removed
+ * in the group teardown.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "deductor.h"
+
+static char dir[64];
+static char sock[128];
+static pid_t server_pid;
+static redisContext *rc;
+static char sha[41];
+static int64_t epoch_set = 1;
+
+/* ---- server ---- */
+
+static void server_stop(void)
+{
+	char path[160];
+
+	if (rc != NULL) {
+		redisFree(rc);
+		rc = NULL;
+	}
+	if (server_pid > 0) {
+		kill(server_pid, SIGKILL);
+		waitpid(server_pid, NULL, 0);
+		server_pid = 0;
+	}
+	if (dir[0] != '\0') {
+		unlink(sock);
+		snprintf(path, sizeof(path), "%s/redis.log", dir);
+		unlink(path);
+		rmdir(dir);
+		dir[0] = '\0';
+	}
+}
+
+static int group_setup(void **state)
+{
+	const char *server = getenv("REDIS_SERVER");
+	redisReply *r;
+	int i;
+
+	(void)state;
+	snprintf(dir, sizeof(dir), "/tmp/fs-deductor-lua-XXXXXX");
+	if (mkdtemp(dir) == NULL) {
+		dir[0] = '\0';
+		fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
+		return -1;
+	}
+	atexit(server_stop);
+	snprintf(sock, sizeof(sock), "%s/r.sock", dir);
+	server_pid = fork();
+	if (server_pid < 0)
+		return -1;
+	if (server_pid == 0) {
+		char logfile[160];
+
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		snprintf(logfile, sizeof(logfile), "%s/redis.log", dir);
+		execl(server, server, "--port", "0", "--unixsocket", sock, "--save", "",
+		      "--appendonly", "no", "--dir", dir, "--logfile", logfile, (char *)NULL);
+		_exit(127);
+	}
+	for (i = 0; i < 500; i++) {
+		struct timespec ts = { 0, 10 * 1000 * 1000 };
+
+		rc = redisConnectUnix(sock);
+		if (rc != NULL && rc->err == 0)
+			break;
+		if (rc != NULL)
+			redisFree(rc);
+		rc = NULL;
+		if (waitpid(server_pid, NULL, WNOHANG) == server_pid) {
+			server_pid = 0;
+			fprintf(stderr, "redis-server %s exited at start-up\n", server);
+			return -1;
+		}
+		nanosleep(&ts, NULL);
+	}
+	if (rc == NULL) {
+		fprintf(stderr, "redis-server did not open %s\n", sock);
+		return -1;
+	}
+	r = redisCommand(rc, "SCRIPT LOAD %s", fs_deduct_lua);
+	if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40) {
+		fprintf(stderr, "SCRIPT LOAD failed: %s\n",
+			r != NULL && r->type == REDIS_REPLY_ERROR ? r->str : "no reply");
+		if (r != NULL)
+			freeReplyObject(r);
+		return -1;
+	}
+	memcpy(sha, r->str, 41);
+	freeReplyObject(r);
+	return 0;
+}
+
+static int group_teardown(void **state)
+{
+	(void)state;
+	server_stop();
+	return 0;
+}
+
+/* ---- helpers ---- */
+
+static void cmd_ok(const char *fmt, ...)
+{
+	va_list ap;
+	redisReply *r;
+
+	va_start(ap, fmt);
+	r = redisvCommand(rc, fmt, ap);
+	va_end(ap);
+	assert_non_null(r);
+	if (r->type == REDIS_REPLY_ERROR)
+		fail_msg("redis: %s", r->str);
+	freeReplyObject(r);
+}
+
+static long long redis_now_ms(void)
+{
+	redisReply *r = redisCommand(rc, "TIME");
+	long long ms;
+
+	assert_non_null(r);
+	assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+	ms = strtoll(r->element[0]->str, NULL, 10) * 1000 +
+	     strtoll(r->element[1]->str, NULL, 10) / 1000;
+	freeReplyObject(r);
+	return ms;
+}
+
+/* A promotion open now (or shifted by start/end offsets from Redis' clock). */
+static void promo(const char *sku, long long stock, long long limit, long long start_off_ms,
+		  long long end_off_ms, long long hold_ms)
+{
+	long long now = redis_now_ms();
+
+	cmd_ok("HSET fs:promo:%s initial %lld remaining %lld held 0 sold 0 limit %lld "
+	       "start_ms %lld end_ms %lld hold_ms %lld", sku, stock, stock, limit,
+	       now + start_off_ms, now + end_off_ms, hold_ms);
+	cmd_ok("SADD fs:promos %s", sku);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	cmd_ok("FLUSHALL");
+	cmd_ok("SET fs:ready %lld", (long long)epoch_set);
+	promo("sku-1", 10, 3, -60000, 3600000, 60000);
+	return 0;
+}
+
+struct counters {
+	long long initial, remaining, held, sold;
+};
+
+/* HGETALL fs:promo:<sku>; also checks the invariant every test relies on. */
+static struct counters counters(const char *sku)
+{
+	struct counters c = { -1, -1, -1, -1 };
+	redisReply *r = redisCommand(rc, "HGETALL fs:promo:%s", sku);
+	size_t i;
+
+	assert_non_null(r);
+	assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+	for (i = 0; i + 1 < r->elements; i += 2) {
+		const char *k = r->element[i]->str;
+		long long v = strtoll(r->element[i + 1]->str, NULL, 10);
+
+		if (strcmp(k, "initial") == 0)
+			c.initial = v;
+		else if (strcmp(k, "remaining") == 0)
+			c.remaining = v;
+		else if (strcmp(k, "held") == 0)
+			c.held = v;
+		else if (strcmp(k, "sold") == 0)
+			c.sold = v;
+	}
+	freeReplyObject(r);
+	assert_true(c.remaining >= 0);
+	assert_true(c.held >= 0);
+	assert_true(c.sold >= 0);
+	assert_int_equal(c.remaining + c.held + c.sold, c.initial);
+	return c;
+}
+
+static void assert_counters(const char *sku, long long remaining, long long held,
+			    long long sold)
+{
+	struct counters c = counters(sku);
+
+	assert_int_equal(c.remaining, remaining);
+	assert_int_equal(c.held, held);
+	assert_int_equal(c.sold, sold);
+}
+
+static long long user_units(const char *sku, const char *user)
+{
+	redisReply *r = redisCommand(rc, "HGET fs:users:%s %s", sku, user);
+	long long v = 0;
+
+	assert_non_null(r);
+	if (r->type == REDIS_REPLY_STRING)
+		v = strtoll(r->str, NULL, 10);
+	else
+		assert_int_equal(r->type, REDIS_REPLY_NIL);
+	freeReplyObject(r);
+	return v;
+}
+
+static long long redis_int(const char *fmt, const char *arg)
+{
+	redisReply *r = redisCommand(rc, fmt, arg);
+	long long v;
+
+	assert_non_null(r);
+	assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+	v = r->integer;
+	freeReplyObject(r);
+	return v;
+}
+
+static void intent_fill(fs_intent *in, int kind, const char *rid, const char *sku,
+			const char *user, unsigned qty)
+{
+	flashsale__intent__init(in);
+	in->kind = kind;
+	in->request_id = (char *)rid;
+	in->sku = (char *)sku;
+	in->user_id = (char *)(user != NULL ? user : "");
+	in->qty = qty;
+}
+
+/* Apply one intent through step_run and return its result. */
+static struct step_result apply(int kind, const char *rid, const char *sku, const char *user,
+				unsigned qty)
+{
+	struct step_result res;
+	fs_intent in;
+	fs_intent *list[1] = { &in };
+	char err[256];
+
+	intent_fill(&in, kind, rid, sku, user, qty);
+	assert_int_equal(step_run(rc, sha, 3600, list, &res, 1, err, sizeof(err)), STEP_RUN_OK);
+	return res;
+}
+
+static void assert_event(const struct step_result *r, int kind, const char *state,
+			 const char *reason, bool changed)
+{
+	assert_int_equal(r->status, STEP_OK);
+	assert_string_equal(step_event_name(r->event_kind), step_event_name(kind));
+	assert_string_equal(r->state, state);
+	assert_string_equal(r->reason, reason);
+	assert_int_equal(r->changed, changed);
+	assert_int_equal(r->epoch, epoch_set);
+	assert_true(r->at_ms > 0);
+}
+
+#define K_PURCHASE FLASHSALE__INTENT__KIND__PURCHASE
+#define K_PAY FLASHSALE__INTENT__KIND__PAY
+#define K_CANCEL FLASHSALE__INTENT__KIND__CANCEL
+#define K_RELEASE FLASHSALE__INTENT__KIND__RELEASE
+#define E_RESERVED FLASHSALE__LEDGER_EVENT__KIND__RESERVED
+#define E_PAID FLASHSALE__LEDGER_EVENT__KIND__PAID
+#define E_CANCELLED FLASHSALE__LEDGER_EVENT__KIND__CANCELLED
+#define E_EXPIRED FLASHSALE__LEDGER_EVENT__KIND__EXPIRED
+#define E_REFUSED FLASHSALE__LEDGER_EVENT__KIND__REFUSED
+#define E_TREFUSED FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED
+
+/* ---- cases ---- */
+
+/* 30 buyers, stock 10, all in one pipeline as the deductor sends them. */
+static void test_stock_never_negative(void **state)
+{
+	enum { N = 30 };
+	fs_intent in[N];
+	fs_intent *list[N];
+	struct step_result res[N];
+	char rids[N][16], users[N][16], err[256];
+	long long reserved = 0, refused = 0;
+	struct counters c;
+	int i;
+
+	(void)state;
+	for (i = 0; i < N; i++) {
+		snprintf(rids[i], sizeof(rids[i]), "r%02d", i);
+		snprintf(users[i], sizeof(users[i]), "u%02d", i);
+		intent_fill(&in[i], K_PURCHASE, rids[i], "sku-1", users[i], (unsigned)(i % 3 + 1));
+		list[i] = &in[i];
+	}
+	assert_int_equal(step_run(rc, sha, 3600, list, res, N, err, sizeof(err)), STEP_RUN_OK);
+	for (i = 0; i < N; i++) {
+		assert_int_equal(res[i].status, STEP_OK);
+		if (res[i].event_kind == E_RESERVED) {
+			assert_event(&res[i], E_RESERVED, "reserved", "", true);
+			assert_int_equal(res[i].qty, i % 3 + 1);
+			assert_true(res[i].deadline_ms > res[i].at_ms);
+			reserved += res[i].qty;
+		} else {
+			assert_event(&res[i], E_REFUSED, "sold_out", "sold_out", true);
+			refused++;
+		}
+		/* Counters in each reply satisfy the invariant too. */
+		assert_int_equal(res[i].remaining + res[i].held + res[i].sold, 10);
+		assert_true(res[i].remaining >= 0);
+	}
+	assert_true(reserved <= 10);
+	assert_true(refused > 0);
+	c = counters("sku-1");
+	assert_int_equal(c.initial, 10);
+	assert_int_equal(c.held, reserved);
+	assert_int_equal(c.remaining, 10 - reserved);
+	assert_int_equal(c.sold, 0);
+	assert_int_equal(redis_int("ZCARD fs:holds:%s", "sku-1"), N - refused);
+}
+
+static void test_idempotent_replay(void **state)
+{
+	struct step_result a, b;
+	char ida[LEDGER_EVENT_ID_MAX], idb[LEDGER_EVENT_ID_MAX];
+
+	(void)state;
+	a = apply(K_PURCHASE, "rid-1", "sku-1", "alice", 2);
+	assert_event(&a, E_RESERVED, "reserved", "", true);
+	b = apply(K_PURCHASE, "rid-1", "sku-1", "alice", 2);
+	assert_event(&b, E_RESERVED, "reserved", "", false);
+	assert_int_equal(a.deadline_ms, b.deadline_ms);
+	assert_int_equal(a.qty, b.qty);
+	assert_string_equal(b.user_id, "alice");
+	assert_int_equal(ledger_event_id(ida, sizeof(ida), "rid-1", a.event_kind, a.reason), 0);
+	assert_int_equal(ledger_event_id(idb, sizeof(idb), "rid-1", b.event_kind, b.reason), 0);
+	assert_string_equal(ida, idb);
+	assert_counters("sku-1", 8, 2, 0);
+	assert_int_equal(user_units("sku-1", "alice"), 2);
+
+	/* A replayed refusal answers the same refusal. */
+	a = apply(K_PURCHASE, "rid-2", "sku-1", "bob", 4);
+	assert_event(&a, E_REFUSED, "limit_reached", "limit_reached", true);
+	b = apply(K_PURCHASE, "rid-2", "sku-1", "bob", 4);
+	assert_event(&b, E_REFUSED, "limit_reached", "limit_reached", false);
+	assert_counters("sku-1", 8, 2, 0);
+}
+
+static void test_limit_reached(void **state)
+{
+	struct step_result r;
+
+	(void)state;
+	r = apply(K_PURCHASE, "rid-1", "sku-1", "alice", 2);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	r = apply(K_PURCHASE, "rid-2", "sku-1", "alice", 2);
+	assert_event(&r, E_REFUSED, "limit_reached", "limit_reached", true);
+	assert_counters("sku-1", 8, 2, 0);
+	r = apply(K_PURCHASE, "rid-3", "sku-1", "alice", 1);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	assert_counters("sku-1", 7, 3, 0);
+	assert_int_equal(user_units("sku-1", "alice"), 3);
+	r = apply(K_PURCHASE, "rid-4", "sku-1", "alice", 1);
+	assert_event(&r, E_REFUSED, "limit_reached", "limit_reached", true);
+	assert_counters("sku-1", 7, 3, 0);
+}
+
+static void test_pay_and_replay(void **state)
+{
+	struct step_result r;
+
+	(void)state;
+	r = apply(K_PURCHASE, "rid-1", "sku-1", "alice", 2);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	r = apply(K_PAY, "rid-1", "sku-1", NULL, 0);
+	assert_event(&r, E_PAID, "paid", "", true);
+	assert_string_equal(r.user_id, "alice");
+	assert_int_equal(r.qty, 2);
+	assert_counters("sku-1", 8, 0, 2);
+	assert_int_equal(redis_int("ZCARD fs:holds:%s", "sku-1"), 0);
+	r = apply(K_PAY, "rid-1", "sku-1", NULL, 0);
+	assert_event(&r, E_PAID, "paid", "", false);
+	assert_counters("sku-1", 8, 0, 2);
+	/* Paid units still count against the buyer's limit. */
+	assert_int_equal(user_units("sku-1", "alice"), 2);
+	/* Cancel after pay changes nothing. */
+	r = apply(K_CANCEL, "rid-1", "sku-1", NULL, 0);
+	assert_event(&r, E_TREFUSED, "paid", "not_reserved", false);
+	assert_counters("sku-1", 8, 0, 2);
+}
+
+static void test_cancel(void **state)
+{
+	struct step_result r;
+
+	(void)state;
+	r = apply(K_PURCHASE, "rid-1", "sku-1", "alice", 3);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	assert_counters("sku-1", 7, 3, 0);
+	r = apply(K_CANCEL, "rid-1", "sku-1", NULL, 0);
+	assert_event(&r, E_CANCELLED, "cancelled", "", true);
+	assert_counters("sku-1", 10, 0, 0);
+	assert_int_equal(user_units("sku-1", "alice"), 0);
+	assert_int_equal(redis_int("ZCARD fs:holds:%s", "sku-1"), 0);
+	r = apply(K_CANCEL, "rid-1", "sku-1", NULL, 0);
+	assert_event(&r, E_CANCELLED, "cancelled", "", false);
+	assert_counters("sku-1", 10, 0, 0);
+	/* The per-user count came back: she may buy her full limit again. */
+	r = apply(K_PURCHASE, "rid-2", "sku-1", "alice", 3);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	assert_counters("sku-1", 7, 3, 0);
+	/* Paying the cancelled purchase is refused. */
+	r = apply(K_PAY, "rid-1", "sku-1", NULL, 0);
+	assert_event(&r, E_TREFUSED, "cancelled", "not_reserved", false);
+	assert_counters("sku-1", 7, 3, 0);
+}
+
+static void test_release_not_due(void **state)
+{
+	struct step_result r;
+
+	(void)state;
+	r = apply(K_PURCHASE, "rid-1", "sku-1", "alice", 2);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	r = apply(K_RELEASE, "rid-1", "sku-1", NULL, 0);
+	assert_event(&r, E_TREFUSED, "reserved", "not_due", false);
+	assert_counters("sku-1", 8, 2, 0);
+	assert_int_equal(user_units("sku-1", "alice"), 2);
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+	nanosleep(&ts, NULL);
+}
+
+static void test_release_after_deadline(void **state)
+{
+	struct step_result r;
+
+	(void)state;
+	promo("sku-2", 5, 2, -60000, 3600000, 50);
+	r = apply(K_PURCHASE, "rid-1", "sku-2", "alice", 2);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	assert_counters("sku-2", 3, 2, 0);
+	sleep_ms(150);
+	r = apply(K_RELEASE, "rid-1", "sku-2", NULL, 0);
+	assert_event(&r, E_EXPIRED, "expired", "", true);
+	assert_counters("sku-2", 5, 0, 0);
+	assert_int_equal(user_units("sku-2", "alice"), 0);
+	assert_int_equal(redis_int("ZCARD fs:holds:%s", "sku-2"), 0);
+	/* A second release is a replay. */
+	r = apply(K_RELEASE, "rid-1", "sku-2", NULL, 0);
+	assert_event(&r, E_EXPIRED, "expired", "", false);
+	/* Paying an expired hold is too late. */
+	r = apply(K_PAY, "rid-1", "sku-2", NULL, 0);
+	assert_event(&r, E_TREFUSED, "expired", "too_late", false);
+	assert_counters("sku-2", 5, 0, 0);
+}
+
+static void test_release_after_pay(void **state)
+{
+	struct step_result r;
+
+	(void)state;
+	promo("sku-2", 5, 2, -60000, 3600000, 50);
+	r = apply(K_PURCHASE, "rid-1", "sku-2", "alice", 1);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	r = apply(K_PAY, "rid-1", "sku-2", NULL, 0);
+	assert_event(&r, E_PAID, "paid", "", true);
+	sleep_ms(100);
+	r = apply(K_RELEASE, "rid-1", "sku-2", NULL, 0);
+	assert_event(&r, E_TREFUSED, "paid", "not_reserved", false);
+	assert_counters("sku-2", 4, 0, 1);
+	assert_int_equal(user_units("sku-2", "alice"), 1);
+}
+
+static void test_pay_after_deadline(void **state)
+{
+	struct step_result r;
+
+	(void)state;
+	promo("sku-2", 5, 2, -60000, 3600000, 50);
+	r = apply(K_PURCHASE, "rid-1", "sku-2", "alice", 2);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	sleep_ms(150);
+	r = apply(K_PAY, "rid-1", "sku-2", NULL, 0);
+	assert_event(&r, E_EXPIRED, "expired", "", true);
+	assert_counters("sku-2", 5, 0, 0);
+	assert_int_equal(user_units("sku-2", "alice"), 0);
+	/* The reconciler's release arriving afterwards replays the same event. */
+	r = apply(K_RELEASE, "rid-1", "sku-2", NULL, 0);
+	assert_event(&r, E_EXPIRED, "expired", "", false);
+	assert_counters("sku-2", 5, 0, 0);
+}
+
+static void test_not_ready(void **state)
+{
+	struct step_result r;
+	redisReply *rep;
+
+	(void)state;
+	r = apply(K_PURCHASE, "rid-1", "sku-1", "alice", 1);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	cmd_ok("DEL fs:ready");
+	r = apply(K_PURCHASE, "rid-2", "sku-1", "bob", 1);
+	assert_int_equal(r.status, STEP_NOT_READY);
+	r = apply(K_PAY, "rid-1", "sku-1", NULL, 0);
+	assert_int_equal(r.status, STEP_NOT_READY);
+	r = apply(K_CANCEL, "rid-1", "sku-1", NULL, 0);
+	assert_int_equal(r.status, STEP_NOT_READY);
+	assert_counters("sku-1", 9, 1, 0);
+	assert_int_equal(redis_int("EXISTS %s", "fs:req:rid-2"), 0);
+	rep = redisCommand(rc, "HGET fs:req:rid-1 st");
+	assert_non_null(rep);
+	assert_string_equal(rep->str, "reserved");
+	freeReplyObject(rep);
+	/* A new epoch: the step answers again and carries it. */
+	cmd_ok("SET fs:ready 7");
+	r = apply(K_PURCHASE, "rid-2", "sku-1", "bob", 1);
+	assert_int_equal(r.status, STEP_OK);
+	assert_int_equal(r.epoch, 7);
+}
+
+static void test_unknown_sku(void **state)
+{
+	struct step_result r;
+
+	(void)state;
+	r = apply(K_PURCHASE, "rid-1", "nope", "alice", 1);
+	assert_event(&r, E_REFUSED, "unknown_sku", "unknown_sku", true);
+	assert_int_equal(redis_int("EXISTS %s", "fs:promo:nope"), 0);
+	r = apply(K_PAY, "rid-9", "sku-1", NULL, 0);
+	assert_event(&r, E_TREFUSED, "unknown", "unknown_request", false);
+	assert_counters("sku-1", 10, 0, 0);
+}
+
+static void test_window(void **state)
+{
+	struct step_result r;
+
+	(void)state;
+	promo("early", 5, 2, 3600000, 7200000, 60000);
+	promo("late", 5, 2, -7200000, -1000, 60000);
+	r = apply(K_PURCHASE, "rid-1", "early", "alice", 1);
+	assert_event(&r, E_REFUSED, "not_started", "not_started", true);
+	assert_counters("early", 5, 0, 0);
+	r = apply(K_PURCHASE, "rid-2", "late", "alice", 1);
+	assert_event(&r, E_REFUSED, "ended", "ended", true);
+	assert_counters("late", 5, 0, 0);
+	assert_int_equal(user_units("early", "alice"), 0);
+	assert_int_equal(user_units("late", "alice"), 0);
+}
+
+/* A pay/cancel/release naming another SKU than the purchase's moves nothing. */
+static void test_other_sku_transition(void **state)
+{
+	struct step_result r;
+
+	(void)state;
+	promo("sku-2", 5, 2, -60000, 3600000, 60000);
+	r = apply(K_PURCHASE, "rid-1", "sku-1", "alice", 2);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	r = apply(K_PAY, "rid-1", "sku-2", NULL, 0);
+	assert_event(&r, E_TREFUSED, "unknown", "unknown_request", false);
+	r = apply(K_CANCEL, "rid-1", "sku-2", NULL, 0);
+	assert_event(&r, E_TREFUSED, "unknown", "unknown_request", false);
+	assert_counters("sku-1", 8, 2, 0);
+	assert_counters("sku-2", 5, 0, 0);
+}
+
+/* A script error (bad kind) comes back as a failed result, not a crash. */
+static void test_script_error(void **state)
+{
+	struct step_result res;
+	redisReply *r;
+
+	(void)state;
+	r = redisCommand(rc, "EVALSHA %s 5 fs:ready fs:promo:sku-1 fs:users:sku-1 "
+			 "fs:holds:sku-1 fs:req:x bogus x sku-1 u 1 60", sha);
+	assert_non_null(r);
+	step_parse(r, &res);
+	freeReplyObject(r);
+	assert_int_equal(res.status, STEP_FAILED);
+	assert_non_null(strstr(res.error, "unknown kind"));
+	assert_counters("sku-1", 10, 0, 0);
+}
+
+/* After SCRIPT FLUSH step_run reports NOSCRIPT for the batch. */
+static void test_noscript(void **state)
+{
+	struct step_result res[2];
+	fs_intent a, b;
+	fs_intent *list[2] = { &a, &b };
+	char err[256];
+	redisReply *r;
+
+	(void)state;
+	intent_fill(&a, K_PURCHASE, "rid-1", "sku-1", "alice", 1);
+	intent_fill(&b, K_PURCHASE, "rid-2", "sku-1", "bob", 1);
+	cmd_ok("SCRIPT FLUSH");
+	assert_int_equal(step_run(rc, sha, 60, list, res, 2, err, sizeof(err)),
+			 STEP_RUN_NOSCRIPT);
+	assert_counters("sku-1", 10, 0, 0);
+	r = redisCommand(rc, "SCRIPT LOAD %s", fs_deduct_lua);
+	assert_non_null(r);
+	assert_string_equal(r->str, sha);
+	freeReplyObject(r);
+	/* The connection is still in step: the redo works. */
+	assert_int_equal(step_run(rc, sha, 60, list, res, 2, err, sizeof(err)), STEP_RUN_OK);
+	assert_int_equal(res[1].status, STEP_OK);
+	assert_counters("sku-1", 8, 2, 0);
+}
+
+int main(void)
+{
+	const char *server = getenv("REDIS_SERVER");
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup(test_stock_never_negative, setup),
+		cmocka_unit_test_setup(test_idempotent_replay, setup),
+		cmocka_unit_test_setup(test_limit_reached, setup),
+		cmocka_unit_test_setup(test_pay_and_replay, setup),
+		cmocka_unit_test_setup(test_cancel, setup),
+		cmocka_unit_test_setup(test_release_not_due, setup),
+		cmocka_unit_test_setup(test_release_after_deadline, setup),
+		cmocka_unit_test_setup(test_release_after_pay, setup),
+		cmocka_unit_test_setup(test_pay_after_deadline, setup),
+		cmocka_unit_test_setup(test_not_ready, setup),
+		cmocka_unit_test_setup(test_unknown_sku, setup),
+		cmocka_unit_test_setup(test_window, setup),
+		cmocka_unit_test_setup(test_other_sku_transition, setup),
+		cmocka_unit_test_setup(test_script_error, setup),
+		cmocka_unit_test_setup(test_noscript, setup),
+	};
+
+	if (server == NULL || server[0] == '\0') {
+		printf("SKIP: REDIS_SERVER is empty (redis-server not found at configure time)\n");
+		return 77;
+	}
+	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
