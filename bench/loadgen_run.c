@@ -71,6 +71,7 @@ struct lg_buyer {
 	bool accepted;
 	bool first_answered;
 	bool action_done;		/* pay/cancel settled (202 or given up) */
+	bool action_refused;		/* ... and it was refused: stop waiting */
 	uint8_t tries;			/* retries of the current call */
 	int first_status;
 	char first_reason[LG_NAME_MAX];
@@ -658,8 +659,8 @@ on_poll_answer(struct lg_run *r, struct lg_buyer *b, int code,
 		buyer_done(r, b);
 		return;
 	}
-	if (strcmp(st, "reserved") == 0 && b->plan == PLAN_EXPIRE &&
-	    !r->cf->wait_final) {
+	if (strcmp(st, "reserved") == 0 && !r->cf->wait_final &&
+	    (b->plan == PLAN_EXPIRE || (b->action_done && b->action_refused))) {
 		/* --no-wait-final: a hold left to expire is not waited for */
 		res->not_waited++;
 		buyer_done(r, b);
@@ -700,12 +701,17 @@ on_action_answer(struct lg_run *r, struct lg_buyer *b, int code,
 		b->action_done = true;
 	} else {
 		answer_reason(code, body, reason, sizeof(reason));
-		if (code == 409 && strcmp(reason, "not_reserved_yet") == 0) {
-			/* poll until reserved shows, then try again */
+		if ((code == 409 && strcmp(reason, "not_reserved_yet") == 0) ||
+		    code == 404) {
+			/*
+			 * Poll until reserved shows, then try again. A 404 is
+			 * the record missing while Redis is being rebuilt.
+			 */
 			res->not_reserved_yet++;
 		} else {
 			res->action_refused++;
 			b->action_done = true;
+			b->action_refused = true;
 		}
 	}
 	schedule_poll(r, b, poll_us);

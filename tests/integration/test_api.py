@@ -80,7 +80,10 @@ def test_purchase_pay_cancel_lifecycle(stack):
 
 
 def test_admin_needs_token(stack):
-    body = {'sku': 'adm-1', 'stock': 1, 'per_user_limit': 1, 'hold_seconds': 60}
+    # A retry must repeat the window: left out, it defaults to "now".
+    now = int(time.time() * 1000)
+    body = {'sku': 'adm-1', 'stock': 1, 'per_user_limit': 1, 'hold_seconds': 60,
+            'start_ms': now, 'end_ms': now + 3600000}
     code, _ = stack.http('POST', '/admin/promotions', body)
     assert code == 401
     code, _ = stack.http('POST', '/admin/promotions', body, token='wrong')
