@@ -219,3 +219,63 @@ void daemon_notify_status(const char *fmt, ...)
 	(void)fmt;
 #endif
 }
+
+struct worker_loop {
+	const struct daemon_worker_ops *ops;
+	struct event_base *base;
+	bool drained;
+};
+
+static void worker_loop_drain(void *arg)
+{
+	struct worker_loop *l = arg;
+
+	l->drained = true;
+	l->ops->stop(l->ops->worker);
+}
+
+static bool worker_loop_health(void *arg, char *detail, size_t n)
+{
+	struct worker_loop *l = arg;
+
+	return l->ops->health(l->ops->worker, detail, n);
+}
+
+/* The worker cannot wake the loop itself; a short tick watches for its end. */
+static void worker_loop_watch(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker_loop *l = arg;
+
+	if (l->ops->finished(l->ops->worker))
+		event_base_loopbreak(l->base);
+}
+
+bool daemon_run_worker(const struct daemon_worker_ops *ops, const char *host, int port)
+{
+	struct worker_loop l = { .ops = ops };
+	struct daemon_hooks hooks = {
+		.on_drain = worker_loop_drain, .health = worker_loop_health, .arg = &l,
+	};
+	struct timeval tick = { 0, 50 * 1000 };
+	struct event *watch;
+	struct evhttp *http;
+
+	l.base = event_base_new();
+	if (l.base == NULL)
+		die("event_base", "msg=\"cannot create the event loop\"");
+	daemon_signals(l.base, &hooks);
+	http = daemon_http(l.base, NULL, host, port, &hooks);
+	watch = event_new(l.base, -1, EV_PERSIST, worker_loop_watch, &l);
+	if (watch == NULL || event_add(watch, &tick) < 0)
+		die("event_setup", "msg=\"cannot add the worker watch\"");
+	daemon_notify_ready();
+	event_base_dispatch(l.base);
+	if (!l.drained)
+		log_error("worker_exited", "msg=\"worker stopped without a drain\"");
+	daemon_notify_stopping();
+	event_free(watch);
+	if (http != NULL)
+		evhttp_free(http);
+	event_base_free(l.base);
+	return l.drained;
+}

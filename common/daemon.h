@@ -35,6 +35,25 @@ void daemon_signals(struct event_base *base, const struct daemon_hooks *hooks);
 struct evhttp *daemon_http(struct event_base *base, struct evhttp *http,
 			   const char *host, int port, const struct daemon_hooks *hooks);
 
+/*
+ * A daemon whose real work runs on one worker thread (deductor,
+ * order-writer, reconciler run): the caller creates and starts the worker;
+ * this runs the main loop (signals, /healthz and /metrics on host:port,
+ * sd_notify READY) until the worker has finished, either after the drain that
+ * a signal asked for through stop(), or on its own failure. The caller joins
+ * and frees the worker afterwards. Returns true when the stop was a drain.
+ * Start-up failures die().
+ */
+struct daemon_worker_ops {
+	void (*stop)(void *worker);        /* ask the worker to drain; called once */
+	bool (*finished)(void *worker);    /* true once the thread is done */
+	bool (*health)(void *worker, char *detail, size_t n);
+	void *worker;
+};
+
+bool daemon_run_worker(const struct daemon_worker_ops *ops, const char *host, int port)
+	__attribute__((warn_unused_result));
+
 /* sd_notify wrappers: no-ops without systemd. */
 void daemon_notify_ready(void);
 void daemon_notify_stopping(void);

@@ -6,8 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <event2/event.h>
-#include <event2/http.h>
 
 #include "config.h"
 #include "daemon.h"
@@ -42,48 +40,30 @@ static struct cf_table table = {
 	.keys = keys,
 };
 
-struct app {
-	struct event_base *base;
-	struct worker *worker;
-	bool draining;
-};
-
-static void on_drain(void *arg)
+static void app_stop(void *w)
 {
-	struct app *a = arg;
-
-	a->draining = true;
-	worker_stop(a->worker);
+	worker_stop(w);
 }
 
-static bool on_health(void *arg, char *detail, size_t n)
+static bool app_finished(void *w)
 {
-	struct app *a = arg;
-
-	return worker_health(a->worker, detail, n);
+	return worker_finished(w);
 }
 
-/* The loop ends when the worker does: after a drain, or on its own failure. */
-static void watch_cb(evutil_socket_t fd, short what, void *arg)
+static bool app_health(void *w, char *detail, size_t n)
 {
-	struct app *a = arg;
-
-	if (!worker_finished(a->worker))
-		return;
-	if (!a->draining)
-		log_error("worker_exited", "msg=\"worker stopped without a drain\"");
-	event_base_loopbreak(a->base);
+	return worker_health(w, detail, n);
 }
 
 int main(int argc, char **argv)
 {
-	struct daemon_hooks hooks = { 0 };
-	struct timeval tick = { 0, 50 * 1000 };
-	struct app a = { 0 };
-	struct event *watch;
-	struct evhttp *http;
+	struct daemon_worker_ops ops = {
+		.stop = app_stop, .finished = app_finished, .health = app_health,
+	};
+	struct worker *worker;
 	char err[512];
 	int first_arg, rc;
+	bool drained;
 
 	cf_parse_args(&table, argc, argv, &first_arg);
 	log_init("deductor");
@@ -93,38 +73,19 @@ int main(int argc, char **argv)
 		die("bad_usage", "msg=\"unexpected argument %s\"", argv[first_arg]);
 
 	worker_metrics_register();
-	a.base = event_base_new();
-	if (a.base == NULL)
-		die("event_base", "msg=\"cannot create the event loop\"");
-	a.worker = worker_new(&cfg, err, sizeof(err));
-	if (a.worker == NULL)
+	worker = worker_new(&cfg, err, sizeof(err));
+	if (worker == NULL)
 		die("worker_init", "msg=\"%s\"", err);
-
-	hooks.on_drain = on_drain;
-	hooks.health = on_health;
-	hooks.arg = &a;
-	daemon_signals(a.base, &hooks);
-	http = daemon_http(a.base, NULL, cfg.http_host, (int)cfg.http_port, &hooks);
-
-	watch = event_new(a.base, -1, EV_PERSIST, watch_cb, &a);
-	if (watch == NULL || event_add(watch, &tick) < 0)
-		die("event_setup", "msg=\"cannot add the worker watch\"");
-	if (worker_start(a.worker, err, sizeof(err)) < 0)
+	if (worker_start(worker, err, sizeof(err)) < 0)
 		die("worker_start", "msg=\"%s\"", err);
-
 	log_info("started", "group=%s redis=%s bootstrap=%s http_port=%lld", cfg.group,
 		 cfg.redis_address, cfg.kafka.bootstrap, cfg.http_port);
-	daemon_notify_ready();
-	event_base_dispatch(a.base);
+	ops.worker = worker;
+	drained = daemon_run_worker(&ops, cfg.http_host, (int)cfg.http_port);
 
-	daemon_notify_stopping();
-	rc = worker_join(a.worker);
-	worker_free(a.worker);
-	event_free(watch);
-	if (http != NULL)
-		evhttp_free(http);
-	event_base_free(a.base);
-	log_info("stopped", "clean=%s", rc == 0 && a.draining ? "true" : "false");
+	rc = worker_join(worker);
+	worker_free(worker);
+	log_info("stopped", "clean=%s", rc == 0 && drained ? "true" : "false");
 	cf_free(&table);
-	return rc == 0 && a.draining ? 0 : 1;
+	return rc == 0 && drained ? 0 : 1;
 }

@@ -9,8 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include <event2/event.h>
-#include <event2/http.h>
 
 #include "config.h"
 #include "daemon.h"
@@ -52,53 +50,32 @@ static struct cf_table table = {
 	.keys = keys,
 };
 
-struct app {
-	struct event_base *base;
-	struct event *watch;
-	struct worker *worker;
-	bool draining;
-};
-
-static void app_drain(void *arg)
+static void app_stop(void *w)
 {
-	struct app *a = arg;
-
-	if (a->draining)
-		return;
-	a->draining = true;
-	log_info("draining", "why=signal");
-	daemon_notify_stopping();
-	worker_stop(a->worker);
+	worker_stop(w);
 }
 
-static bool app_health(void *arg, char *detail, size_t n)
+static bool app_finished(void *w)
 {
-	struct app *a = arg;
-
-	return worker_health(a->worker, detail, n);
+	return worker_done(w);
 }
 
-/* The loop ends when the worker does: after a drain, or on its own fatal error. */
-static void app_watch(evutil_socket_t fd, short what, void *arg)
+static bool app_health(void *w, char *detail, size_t n)
 {
-	struct app *a = arg;
-
-	if (worker_done(a->worker))
-		event_base_loopbreak(a->base);
+	return worker_health(w, detail, n);
 }
 
 int main(int argc, char **argv)
 {
-	struct timeval tick = { 0, 50 * 1000 };
-	struct worker_cfg wc;
-	struct app a = { 0 };
-	struct daemon_hooks hooks = {
-		.on_drain = app_drain, .on_reload = NULL, .health = app_health, .arg = &a,
+	struct daemon_worker_ops ops = {
+		.stop = app_stop, .finished = app_finished, .health = app_health,
 	};
+	struct worker_cfg wc;
+	struct worker *worker;
 	struct store *store;
-	struct evhttp *http;
 	char err[1024];
 	int first_arg, status;
+	bool drained;
 
 	cf_parse_args(&table, argc, argv, &first_arg);
 	log_init("order-writer");
@@ -119,34 +96,18 @@ int main(int argc, char **argv)
 	wc.batch_size = (int)batch_size;
 	wc.batch_wait_ms = (int)batch_wait_ms;
 	wc.retry_backoff_ms = (int)retry_backoff_ms;
-	a.worker = worker_new(&wc, store, err, sizeof(err));
-	if (a.worker == NULL)
+	worker = worker_new(&wc, store, err, sizeof(err));
+	if (worker == NULL)
 		die("kafka_setup_failed", "msg=\"%s\"", err);
-
-	a.base = event_base_new();
-	if (a.base == NULL)
-		die("start_failed", "msg=\"event_base_new failed\"");
-	daemon_signals(a.base, &hooks);
-	http = daemon_http(a.base, NULL, http_host, (int)http_port, &hooks);
-	a.watch = event_new(a.base, -1, EV_PERSIST, app_watch, &a);
-	if (a.watch == NULL || event_add(a.watch, &tick) < 0)
-		die("start_failed", "msg=\"watch timer\"");
-	if (worker_start(a.worker, err, sizeof(err)) < 0)
+	if (worker_start(worker, err, sizeof(err)) < 0)
 		die("start_failed", "msg=\"%s\"", err);
-
 	log_info("started", "group=%s topic=%s http_port=%lld", group, FS_TOPIC_LEDGER, http_port);
-	daemon_notify_ready();
-	event_base_dispatch(a.base);
+	ops.worker = worker;
+	drained = daemon_run_worker(&ops, http_host, (int)http_port);
 
-	status = worker_join(a.worker);
-	if (!a.draining)
-		log_error("worker_exited", "status=%d", status);
-	log_info("stopped", "status=%d", status);
-	worker_free(a.worker);
-	event_free(a.watch);
-	if (http != NULL)
-		evhttp_free(http);
-	event_base_free(a.base);
+	status = worker_join(worker);
+	log_info("stopped", "status=%d clean=%s", status, status == 0 && drained ? "true" : "false");
+	worker_free(worker);
 	cf_free(&table);
-	return status == 0 && a.draining ? 0 : 1;
+	return status == 0 && drained ? 0 : 1;
 }

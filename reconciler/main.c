@@ -8,8 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <event2/event.h>
-#include <event2/http.h>
 
 #include "config.h"
 #include "daemon.h"
@@ -51,72 +49,41 @@ static struct cf_table table = {
 	.keys = keys,
 };
 
-struct app {
-	struct event_base *base;
-	struct release *release;
-	bool draining;
-};
-
-static void on_drain(void *arg)
+static void app_stop(void *r)
 {
-	struct app *a = arg;
-
-	a->draining = true;
-	release_stop(a->release);
+	release_stop(r);
 }
 
-static bool on_health(void *arg, char *detail, size_t n)
+static bool app_finished(void *r)
 {
-	struct app *a = arg;
-
-	return release_health(a->release, detail, n);
+	return release_finished(r);
 }
 
-/* The loop ends once the worker finished its last round after a drain. */
-static void watch_cb(evutil_socket_t fd, short what, void *arg)
+static bool app_health(void *r, char *detail, size_t n)
 {
-	struct app *a = arg;
-
-	if (release_finished(a->release))
-		event_base_loopbreak(a->base);
+	return release_health(r, detail, n);
 }
 
 static int cmd_run(void)
 {
-	struct daemon_hooks hooks = { 0 };
-	struct timeval tick = { 0, 50 * 1000 };
-	struct app a = { 0 };
-	struct evhttp *http;
-	struct event *watch;
+	struct daemon_worker_ops ops = {
+		.stop = app_stop, .finished = app_finished, .health = app_health,
+	};
+	struct release *release;
 	char err[512];
+	bool drained;
 
 	release_metrics_register();
-	a.base = event_base_new();
-	if (a.base == NULL)
-		die("event_base", "msg=\"cannot create the event loop\"");
-	hooks.on_drain = on_drain;
-	hooks.health = on_health;
-	hooks.arg = &a;
-	a.release = release_start(&cfg, err, sizeof(err));
-	if (a.release == NULL)
+	release = release_start(&cfg, err, sizeof(err));
+	if (release == NULL)
 		die("release_start", "msg=\"%s\"", err);
-	daemon_signals(a.base, &hooks);
-	http = daemon_http(a.base, NULL, cfg.http_host, (int)cfg.http_port, &hooks);
-	watch = event_new(a.base, -1, EV_PERSIST, watch_cb, &a);
-	if (watch == NULL || event_add(watch, &tick) < 0)
-		die("event_setup", "msg=\"cannot add the worker watch\"");
 	log_info("started", "redis=%s bootstrap=%s http_port=%lld interval_ms=%lld",
 		 cfg.redis_address, cfg.kafka.bootstrap, cfg.http_port, cfg.release_interval_ms);
-	daemon_notify_ready();
-	event_base_dispatch(a.base);
-	daemon_notify_stopping();
-	release_free(a.release);
-	event_free(watch);
-	if (http != NULL)
-		evhttp_free(http);
-	event_base_free(a.base);
-	log_info("stopped", "clean=%s", a.draining ? "true" : "false");
-	return a.draining ? 0 : 1;
+	ops.worker = release;
+	drained = daemon_run_worker(&ops, cfg.http_host, (int)cfg.http_port);
+	release_free(release);
+	log_info("stopped", "clean=%s", drained ? "true" : "false");
+	return drained ? 0 : 1;
 }
 
 static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));

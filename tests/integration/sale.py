@@ -9,7 +9,7 @@ import tempfile
 
 def buyers(stack, sku, n, *, concurrency=128, dup_ratio=0.2, pay_ratio=0.5,
            cancel_ratio=0.0, users=None, qty_max=1, wait_final=True, seed=1,
-           final_timeout_s=120, ramp_ms=0, background=False):
+           final_timeout_s=120, ramp_ms=0, user_prefix=None, background=False):
     """Run the load generator against the stack's gateway.
 
     Returns the parsed JSON report, or the Popen (with .report_path) when
@@ -25,6 +25,8 @@ def buyers(stack, sku, n, *, concurrency=128, dup_ratio=0.2, pay_ratio=0.5,
            '--ramp-ms', str(ramp_ms)]
     if not wait_final:
         cmd.append('--no-wait-final')
+    if user_prefix:
+        cmd += ['--user-prefix', user_prefix]
     if background:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         p.report_path = report

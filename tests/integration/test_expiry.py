@@ -18,9 +18,30 @@ def test_unpaid_holds_expire_and_resell(stack):
         time.sleep(0.2)
     assert st == {'expired': (20, 20)}, st
 
-    # The released units are for sale again, and a late payment is refused.
+    # Paying after the deadline is refused and changes nothing.
+    rid = stack.psql("SELECT request_id FROM orders WHERE sku = 'exp-1' LIMIT 1")[0][0]
+    code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid)
+    assert code == 202, body
+    deadline = time.time() + 20
+    rows = []
+    while time.time() < deadline and not rows:
+        rows = stack.psql("SELECT reason FROM ledger_events WHERE request_id = '%s' "
+                          "AND kind = 'transition_refused'" % rid)
+        time.sleep(0.1)
+    assert rows == [['too_late']], rows
+    assert stack.http('GET', '/v1/purchases/' + rid)[1]['state'] == 'expired'
+
+    # The released units are for sale again once the gateway's sold-out flag
+    # (refreshed from Redis) sees them.
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        code, info = stack.http('GET', '/v1/promotions/exp-1')
+        if code == 200 and info['remaining'] == 20:
+            break
+        time.sleep(0.1)
+    assert info['remaining'] == 20, info
     second = buyers(stack, 'exp-1', 40, concurrency=32, dup_ratio=0.0, pay_ratio=1.0,
-                    seed=8, wait_final=True, final_timeout_s=60)
+                    seed=8, wait_final=True, final_timeout_s=60, user_prefix='wave2-')
     assert second['final_states'].get('paid', 0) == 20, second
     assert_audit_clean(stack)
     p, st = assert_invariants(stack, 'exp-1', 20)
