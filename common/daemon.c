@@ -17,6 +17,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "util.h"
 
 /* Copies: callers may pass hooks that live on main()'s stack. */
 static struct daemon_hooks signal_hooks;
@@ -220,8 +221,66 @@ void daemon_notify_status(const char *fmt, ...)
 #endif
 }
 
+int daemon_thread_start(struct daemon_thread *t, void *(*fn)(void *), void *arg,
+			char *err, size_t errlen)
+{
+	int rc;
+
+	daemon_thread_beat(t);
+	rc = pthread_create(&t->tid, NULL, fn, arg);
+	if (rc != 0) {
+		snprintf(err, errlen, "pthread_create: %s", strerror(rc));
+		return -1;
+	}
+	t->started = true;
+	return 0;
+}
+
+void daemon_thread_stop(struct daemon_thread *t)
+{
+	__atomic_store_n(&t->stop, 1, __ATOMIC_RELEASE);
+}
+
+bool daemon_thread_stopping(const struct daemon_thread *t)
+{
+	return __atomic_load_n(&t->stop, __ATOMIC_ACQUIRE) != 0;
+}
+
+void daemon_thread_beat(struct daemon_thread *t)
+{
+	__atomic_store_n(&t->beat_us, mono_us(), __ATOMIC_RELAXED);
+}
+
+int64_t daemon_thread_beat_age_ms(const struct daemon_thread *t)
+{
+	return (mono_us() - __atomic_load_n(&t->beat_us, __ATOMIC_RELAXED)) / 1000;
+}
+
+void daemon_thread_exit(struct daemon_thread *t, bool failed)
+{
+	if (failed)
+		__atomic_store_n(&t->failed, 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&t->finished, 1, __ATOMIC_RELEASE);
+}
+
+bool daemon_thread_finished(const struct daemon_thread *t)
+{
+	return __atomic_load_n(&t->finished, __ATOMIC_ACQUIRE) != 0;
+}
+
+int daemon_thread_join(struct daemon_thread *t)
+{
+	if (t->started) {
+		pthread_join(t->tid, NULL);
+		t->started = false;
+	}
+	return __atomic_load_n(&t->failed, __ATOMIC_RELAXED) ? -1 : 0;
+}
+
 struct worker_loop {
-	const struct daemon_worker_ops *ops;
+	struct daemon_thread *thread;
+	bool (*health)(void *arg, char *detail, size_t n);
+	void *arg;
 	struct event_base *base;
 	bool drained;
 };
@@ -231,14 +290,14 @@ static void worker_loop_drain(void *arg)
 	struct worker_loop *l = arg;
 
 	l->drained = true;
-	l->ops->stop(l->ops->worker);
+	daemon_thread_stop(l->thread);
 }
 
 static bool worker_loop_health(void *arg, char *detail, size_t n)
 {
 	struct worker_loop *l = arg;
 
-	return l->ops->health(l->ops->worker, detail, n);
+	return l->health(l->arg, detail, n);
 }
 
 /* The worker cannot wake the loop itself; a short tick watches for its end. */
@@ -246,13 +305,14 @@ static void worker_loop_watch(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker_loop *l = arg;
 
-	if (l->ops->finished(l->ops->worker))
+	if (daemon_thread_finished(l->thread))
 		event_base_loopbreak(l->base);
 }
 
-bool daemon_run_worker(const struct daemon_worker_ops *ops, const char *host, int port)
+bool daemon_run_worker(struct daemon_thread *t, bool (*health)(void *arg, char *detail, size_t n),
+		       void *arg, const char *host, int port)
 {
-	struct worker_loop l = { .ops = ops };
+	struct worker_loop l = { .thread = t, .health = health, .arg = arg };
 	struct daemon_hooks hooks = {
 		.on_drain = worker_loop_drain, .health = worker_loop_health, .arg = &l,
 	};

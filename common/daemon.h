@@ -11,6 +11,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
 
 struct event_base;
 struct evhttp;
@@ -36,23 +38,43 @@ struct evhttp *daemon_http(struct event_base *base, struct evhttp *http,
 			   const char *host, int port, const struct daemon_hooks *hooks);
 
 /*
- * A daemon whose real work runs on one worker thread (deductor,
- * order-writer, reconciler run): the caller creates and starts the worker;
- * this runs the main loop (signals, /healthz and /metrics on host:port,
- * sd_notify READY) until the worker has finished, either after the drain that
- * a signal asked for through stop(), or on its own failure. The caller joins
- * and frees the worker afterwards. Returns true when the stop was a drain.
- * Start-up failures die().
+ * The one worker thread of a consumer daemon (deductor, order-writer,
+ * reconciler run), shared between it and the main thread. The worker polls
+ * daemon_thread_stopping() at least every 100 ms, beats while alive, and
+ * calls daemon_thread_exit() as its last act; the main thread asks it to
+ * drain with daemon_thread_stop() and watches daemon_thread_finished().
  */
-struct daemon_worker_ops {
-	void (*stop)(void *worker);        /* ask the worker to drain; called once */
-	bool (*finished)(void *worker);    /* true once the thread is done */
-	bool (*health)(void *worker, char *detail, size_t n);
-	void *worker;
+struct daemon_thread {
+	pthread_t tid;
+	bool started;
+	int stop;          /* atomic: drain requested */
+	int finished;      /* atomic: the thread is done */
+	int failed;        /* atomic: ... and it ended on a failure */
+	int64_t beat_us;   /* atomic: mono_us of the last sign of life */
 };
 
-bool daemon_run_worker(const struct daemon_worker_ops *ops, const char *host, int port)
-	__attribute__((warn_unused_result));
+int daemon_thread_start(struct daemon_thread *t, void *(*fn)(void *), void *arg,
+			char *err, size_t errlen) __attribute__((warn_unused_result));
+void daemon_thread_stop(struct daemon_thread *t);
+bool daemon_thread_stopping(const struct daemon_thread *t);
+void daemon_thread_beat(struct daemon_thread *t);
+/* Milliseconds since the last beat. */
+int64_t daemon_thread_beat_age_ms(const struct daemon_thread *t);
+/* The thread's last act: mark it finished (failed or not). */
+void daemon_thread_exit(struct daemon_thread *t, bool failed);
+bool daemon_thread_finished(const struct daemon_thread *t);
+/* Join if started; 0 when the thread ended without failure. */
+int daemon_thread_join(struct daemon_thread *t);
+
+/*
+ * Run the main thread of such a daemon until its worker thread has finished,
+ * either after the drain a signal asked for, or on its own failure: signals,
+ * /healthz (through health, arg) and /metrics on host:port, sd_notify READY
+ * and STOPPING. The caller then joins and frees the worker. Returns true when
+ * the stop was a drain. Start-up failures die().
+ */
+bool daemon_run_worker(struct daemon_thread *t, bool (*health)(void *arg, char *detail, size_t n),
+		       void *arg, const char *host, int port) __attribute__((warn_unused_result));
 
 /* sd_notify wrappers: no-ops without systemd. */
 void daemon_notify_ready(void);

@@ -1,5 +1,6 @@
 #include "pg.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -96,22 +97,52 @@ int pg_exec(PGconn *c, const char *sql, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * The schema's identity: FNV-1a of its text. A database that records this
+ * hash in flashsale_schema has exactly this schema, so start-up runs no DDL:
+ * CREATE ... IF NOT EXISTS still takes table locks, which would queue behind
+ * (or deadlock with) a running writer's batch.
+ */
+static unsigned long long schema_hash(void)
+{
+	unsigned long long h = 14695981039346656037ULL;
+
+	for (const unsigned char *p = (const unsigned char *)fs_schema_sql; *p != '\0'; p++)
+		h = (h ^ *p) * 1099511628211ULL;
+	return h;
+}
+
 int pg_apply_schema(PGconn *c, char *err, size_t errlen)
 {
-	char lock[128];
+	char sql[160];
+	PGresult *r;
+	bool current;
+
+	snprintf(sql, sizeof(sql), "SELECT 1 FROM flashsale_schema WHERE hash = '%016llx'",
+		 schema_hash());
+	/* An error here is a database without the table yet: apply below. */
+	r = PQexec(c, sql);
+	current = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+	PQclear(r);
+	if (current)
+		return 0;
 
 	if (pg_exec(c, "BEGIN", err, errlen) < 0)
 		return -1;
-	snprintf(lock, sizeof(lock), "SELECT pg_advisory_xact_lock(%lld)", FS_SCHEMA_LOCK_KEY);
-	if (pg_exec(c, lock, err, errlen) < 0 ||
-	    pg_exec(c, fs_schema_sql, err, errlen) < 0 ||
-	    pg_exec(c, "COMMIT", err, errlen) < 0) {
-		/*
-		 * The lock is transaction-scoped: the rollback releases it. Its
-		 * own failure (connection gone) adds nothing to err.
-		 */
-		PQclear(PQexec(c, "ROLLBACK"));
-		return -1;
-	}
+	snprintf(sql, sizeof(sql), "SELECT pg_advisory_xact_lock(%lld)", FS_SCHEMA_LOCK_KEY);
+	if (pg_exec(c, sql, err, errlen) < 0 ||
+	    pg_exec(c, fs_schema_sql, err, errlen) < 0)
+		goto fail;
+	snprintf(sql, sizeof(sql), "INSERT INTO flashsale_schema (hash) VALUES ('%016llx') "
+		 "ON CONFLICT DO NOTHING", schema_hash());
+	if (pg_exec(c, sql, err, errlen) < 0 || pg_exec(c, "COMMIT", err, errlen) < 0)
+		goto fail;
 	return 0;
+fail:
+	/*
+	 * The lock is transaction-scoped: the rollback releases it. Its own
+	 * failure (connection gone) adds nothing to err.
+	 */
+	PQclear(PQexec(c, "ROLLBACK"));
+	return -1;
 }

@@ -66,3 +66,10 @@ CREATE TABLE IF NOT EXISTS ledger_offsets (
     ledger_partition integer PRIMARY KEY CHECK (ledger_partition >= 0),
     next_offset      bigint NOT NULL CHECK (next_offset >= 0)
 );
+
+-- Which schema text this database holds (hash computed by common/pg.c), so
+-- daemons starting against an up-to-date database run no DDL at all.
+CREATE TABLE IF NOT EXISTS flashsale_schema (
+    hash        text PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);

@@ -40,16 +40,6 @@ static struct cf_table table = {
 	.keys = keys,
 };
 
-static void app_stop(void *w)
-{
-	worker_stop(w);
-}
-
-static bool app_finished(void *w)
-{
-	return worker_finished(w);
-}
-
 static bool app_health(void *w, char *detail, size_t n)
 {
 	return worker_health(w, detail, n);
@@ -57,9 +47,6 @@ static bool app_health(void *w, char *detail, size_t n)
 
 int main(int argc, char **argv)
 {
-	struct daemon_worker_ops ops = {
-		.stop = app_stop, .finished = app_finished, .health = app_health,
-	};
 	struct worker *worker;
 	char err[512];
 	int first_arg, rc;
@@ -80,8 +67,8 @@ int main(int argc, char **argv)
 		die("worker_start", "msg=\"%s\"", err);
 	log_info("started", "group=%s redis=%s bootstrap=%s http_port=%lld", cfg.group,
 		 cfg.redis_address, cfg.kafka.bootstrap, cfg.http_port);
-	ops.worker = worker;
-	drained = daemon_run_worker(&ops, cfg.http_host, (int)cfg.http_port);
+	drained = daemon_run_worker(worker_thread(worker), app_health, worker,
+				    cfg.http_host, (int)cfg.http_port);
 
 	rc = worker_join(worker);
 	worker_free(worker);

@@ -133,12 +133,8 @@ struct worker {
 	redisContext *redis;
 	char sha[41];
 
-	pthread_t thread;
-	bool started;
-	int stop;              /* atomic: drain requested */
-	int finished;          /* atomic: the thread returned */
-	int failed;            /* atomic: it returned on a failure */
-	int64_t heartbeat_us;  /* atomic: mono_us of the last sign of life */
+	struct daemon_thread th;
+	bool fatal;            /* worker thread only: stopping on a failure */
 	int redis_up;          /* atomic */
 	int64_t not_ready_since_us; /* atomic: start of the current outage, 0 if none */
 
@@ -166,12 +162,12 @@ struct worker {
 
 static bool worker_stopping(const struct worker *w)
 {
-	return __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) != 0;
+	return daemon_thread_stopping(&w->th);
 }
 
 static void worker_beat(struct worker *w)
 {
-	__atomic_store_n(&w->heartbeat_us, mono_us(), __ATOMIC_RELAXED);
+	daemon_thread_beat(&w->th);
 }
 
 static void worker_set_redis_up(struct worker *w, bool up)
@@ -897,8 +893,8 @@ static enum process_outcome worker_process(struct worker *w)
 		    RD_KAFKA_RESP_ERR_NO_ERROR) {
 			/* An idempotent producer that hit a fatal error never recovers. */
 			log_error("producer_fatal", "msg=\"%s\"", log_quote(q, sizeof(q), ferr));
-			__atomic_store_n(&w->failed, 1, __ATOMIC_RELAXED);
-			worker_stop(w);
+			w->fatal = true;
+			daemon_thread_stop(&w->th);
 			return PROCESS_ABANDONED;
 		}
 		w->sleep_ms = w->cfg->retry_backoff_ms;
@@ -979,7 +975,7 @@ static void *worker_main(void *arg)
 	kerr = rd_kafka_consumer_close(w->consumer);
 	if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
 		log_warn("consumer_close", "err=%s", rd_kafka_err2name(kerr));
-		__atomic_store_n(&w->failed, 1, __ATOMIC_RELAXED);
+		w->fatal = true;
 	}
 	rd_kafka_destroy(w->consumer);
 	w->consumer = NULL;
@@ -989,41 +985,24 @@ static void *worker_main(void *arg)
 	rd_kafka_destroy(w->producer);
 	w->producer = NULL;
 	worker_redis_drop(w);
-	log_info("worker_stopped", "failed=%s",
-		 __atomic_load_n(&w->failed, __ATOMIC_RELAXED) ? "true" : "false");
-	__atomic_store_n(&w->finished, 1, __ATOMIC_RELEASE);
+	log_info("worker_stopped", "failed=%s", w->fatal ? "true" : "false");
+	daemon_thread_exit(&w->th, w->fatal);
 	return NULL;
 }
 
 int worker_start(struct worker *w, char *err, size_t errlen)
 {
-	int rc = pthread_create(&w->thread, NULL, worker_main, w);
-
-	if (rc != 0) {
-		snprintf(err, errlen, "pthread_create: %s", strerror(rc));
-		return -1;
-	}
-	w->started = true;
-	return 0;
+	return daemon_thread_start(&w->th, worker_main, w, err, errlen);
 }
 
-void worker_stop(struct worker *w)
+struct daemon_thread *worker_thread(struct worker *w)
 {
-	__atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
-}
-
-bool worker_finished(const struct worker *w)
-{
-	return __atomic_load_n(&w->finished, __ATOMIC_ACQUIRE) != 0;
+	return &w->th;
 }
 
 int worker_join(struct worker *w)
 {
-	if (!w->started)
-		return -1;
-	pthread_join(w->thread, NULL);
-	w->started = false;
-	return __atomic_load_n(&w->failed, __ATOMIC_RELAXED) ? -1 : 0;
+	return daemon_thread_join(&w->th);
 }
 
 void worker_free(struct worker *w)
@@ -1052,12 +1031,11 @@ void worker_free(struct worker *w)
 bool worker_health(struct worker *w, char *detail, size_t n)
 {
 	int64_t now = mono_us();
-	int64_t beat = __atomic_load_n(&w->heartbeat_us, __ATOMIC_RELAXED);
 	int64_t since = __atomic_load_n(&w->not_ready_since_us, __ATOMIC_RELAXED);
 	bool redis = __atomic_load_n(&w->redis_up, __ATOMIC_RELAXED) != 0;
-	int64_t beat_age = (now - beat) / 1000;
+	int64_t beat_age = daemon_thread_beat_age_ms(&w->th);
 	int64_t outage = since != 0 ? (now - since) / 1000 : 0;
-	bool alive = !worker_finished(w) && now - beat <= HEARTBEAT_MAX_US;
+	bool alive = !daemon_thread_finished(&w->th) && beat_age * 1000 <= HEARTBEAT_MAX_US;
 	bool ready = since == 0 || now - since <= NOT_READY_MAX_US;
 
 	snprintf(detail, n, "{\"worker_alive\":%s,\"heartbeat_age_ms\":%" PRId64

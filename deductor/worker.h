@@ -9,6 +9,7 @@
 #ifndef DEDUCTOR_WORKER_H
 #define DEDUCTOR_WORKER_H
 
+#include "daemon.h"
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -44,11 +45,11 @@ struct worker *worker_new(const struct deductor_cfg *cfg, char *err, size_t errl
 /* Start the thread. */
 int worker_start(struct worker *w, char *err, size_t errlen) WORKER_MUSTCHECK;
 
-/* Ask the worker to drain: finish the batch, store offsets, close. Any thread. */
-void worker_stop(struct worker *w);
-
-/* True once the thread has returned (drained, or failed). Any thread. */
-bool worker_finished(const struct worker *w);
+/*
+ * The thread, for daemon_run_worker(): its stop request drains (finish the
+ * batch, store offsets, close).
+ */
+struct daemon_thread *worker_thread(struct worker *w);
 
 /* Join the thread; 0 if it drained cleanly, -1 if it stopped on a failure. */
 int worker_join(struct worker *w) WORKER_MUSTCHECK;

@@ -50,16 +50,6 @@ static struct cf_table table = {
 	.keys = keys,
 };
 
-static void app_stop(void *w)
-{
-	worker_stop(w);
-}
-
-static bool app_finished(void *w)
-{
-	return worker_done(w);
-}
-
 static bool app_health(void *w, char *detail, size_t n)
 {
 	return worker_health(w, detail, n);
@@ -67,9 +57,6 @@ static bool app_health(void *w, char *detail, size_t n)
 
 int main(int argc, char **argv)
 {
-	struct daemon_worker_ops ops = {
-		.stop = app_stop, .finished = app_finished, .health = app_health,
-	};
 	struct worker_cfg wc;
 	struct worker *worker;
 	struct store *store;
@@ -102,8 +89,8 @@ int main(int argc, char **argv)
 	if (worker_start(worker, err, sizeof(err)) < 0)
 		die("start_failed", "msg=\"%s\"", err);
 	log_info("started", "group=%s topic=%s http_port=%lld", group, FS_TOPIC_LEDGER, http_port);
-	ops.worker = worker;
-	drained = daemon_run_worker(&ops, http_host, (int)http_port);
+	drained = daemon_run_worker(worker_thread(worker), app_health, worker,
+				    http_host, (int)http_port);
 
 	status = worker_join(worker);
 	log_info("stopped", "status=%d clean=%s", status, status == 0 && drained ? "true" : "false");

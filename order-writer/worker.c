@@ -43,15 +43,10 @@ struct worker {
 	struct store *store;
 	rd_kafka_t *consumer;
 	rd_kafka_t *producer;
-	pthread_t thread;
-	bool started;
-	bool joined;
-	int status;
+	struct daemon_thread th;
+	int status;            /* worker thread only: -1 once a fatal error stops it */
 	/* Shared with other threads: atomics only. */
-	int stop;
-	int done;
 	int pg_up;
-	int64_t beat_us;
 	int64_t dl_failed;     /* dead letters whose delivery failed (producer thread) */
 
 	struct worker_entry *entries;
@@ -125,12 +120,12 @@ void worker_metrics_register(void)
 
 static void worker_beat(struct worker *w)
 {
-	__atomic_store_n(&w->beat_us, mono_us(), __ATOMIC_RELAXED);
+	daemon_thread_beat(&w->th);
 }
 
 static bool worker_stopping(const struct worker *w)
 {
-	return __atomic_load_n(&w->stop, __ATOMIC_RELAXED) != 0;
+	return daemon_thread_stopping(&w->th);
 }
 
 static void worker_set_pg_up(struct worker *w, bool up)
@@ -574,7 +569,7 @@ static void *worker_main(void *arg)
 	store_disconnect(w->store);
 	worker_set_pg_up(w, false);
 	log_info("worker_stopped", "status=%d", w->status);
-	__atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+	daemon_thread_exit(&w->th, w->status != 0);
 	return NULL;
 }
 
@@ -643,40 +638,24 @@ fail:
 
 int worker_start(struct worker *w, char *err, size_t errlen)
 {
-	int rc = pthread_create(&w->thread, NULL, worker_main, w);
-
-	if (rc != 0) {
-		snprintf(err, errlen, "pthread_create: %s", strerror(rc));
-		return -1;
-	}
-	w->started = true;
-	return 0;
+	return daemon_thread_start(&w->th, worker_main, w, err, errlen);
 }
 
-void worker_stop(struct worker *w)
+struct daemon_thread *worker_thread(struct worker *w)
 {
-	__atomic_store_n(&w->stop, 1, __ATOMIC_RELAXED);
-}
-
-bool worker_done(const struct worker *w)
-{
-	return __atomic_load_n(&w->done, __ATOMIC_ACQUIRE) != 0;
+	return &w->th;
 }
 
 int worker_join(struct worker *w)
 {
-	if (w->started && !w->joined) {
-		pthread_join(w->thread, NULL);
-		w->joined = true;
-	}
-	return w->status;
+	return daemon_thread_join(&w->th);
 }
 
 bool worker_health(const struct worker *w, char *detail, size_t n)
 {
-	int64_t age_ms = (mono_us() - __atomic_load_n(&w->beat_us, __ATOMIC_RELAXED)) / 1000;
+	int64_t age_ms = daemon_thread_beat_age_ms(&w->th);
 	bool pg = __atomic_load_n(&w->pg_up, __ATOMIC_RELAXED) != 0;
-	bool alive = age_ms * 1000 < WORKER_HEALTH_BEAT_US && !worker_done(w);
+	bool alive = age_ms * 1000 < WORKER_HEALTH_BEAT_US && !daemon_thread_finished(&w->th);
 
 	snprintf(detail, n, "{\"worker_beat_age_ms\":%" PRId64 ",\"worker_alive\":%s,"
 		 "\"postgres_connected\":%s,\"batches\":%" PRId64 "}",

@@ -8,6 +8,7 @@
 #ifndef FLASHSALE_OW_WORKER_H
 #define FLASHSALE_OW_WORKER_H
 
+#include "daemon.h"
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -40,11 +41,11 @@ struct worker *worker_new(const struct worker_cfg *cfg, struct store *store,
 /* Start the thread. -1 with the reason in err. */
 int worker_start(struct worker *w, char *err, size_t errlen) WORKER_MUSTCHECK;
 
-/* Ask the thread to finish its batch, store offsets, close and exit. */
-void worker_stop(struct worker *w);
-
-/* True once the thread has exited (after a drain or a fatal error). */
-bool worker_done(const struct worker *w);
+/*
+ * The thread, for daemon_run_worker(): its stop request makes the worker
+ * finish its batch, store offsets, close and exit.
+ */
+struct daemon_thread *worker_thread(struct worker *w);
 
 /* Wait for the thread; its exit status: 0 after a drain, -1 on a fatal error. */
 int worker_join(struct worker *w);

@@ -402,8 +402,9 @@ int audit_run(const struct reconciler_cfg *cfg, int wait_drain_s, long long *vio
 	a.rc = redisx_connect(cfg->redis_address, REDIS_TIMEOUT_MS, a.err, sizeof(a.err));
 	if (a.rc == NULL)
 		goto out;
+	/* Read-only: the audit never applies the schema (DDL takes locks). */
 	a.pg = pg_connect(cfg->pg_conninfo, a.err, sizeof(a.err));
-	if (a.pg == NULL || pg_apply_schema(a.pg, a.err, sizeof(a.err)) < 0)
+	if (a.pg == NULL)
 		goto out;
 	for (;;) {
 		struct timespec ts = { 0, 250 * 1000000 };

@@ -49,16 +49,6 @@ static struct cf_table table = {
 	.keys = keys,
 };
 
-static void app_stop(void *r)
-{
-	release_stop(r);
-}
-
-static bool app_finished(void *r)
-{
-	return release_finished(r);
-}
-
 static bool app_health(void *r, char *detail, size_t n)
 {
 	return release_health(r, detail, n);
@@ -66,9 +56,6 @@ static bool app_health(void *r, char *detail, size_t n)
 
 static int cmd_run(void)
 {
-	struct daemon_worker_ops ops = {
-		.stop = app_stop, .finished = app_finished, .health = app_health,
-	};
 	struct release *release;
 	char err[512];
 	bool drained;
@@ -79,8 +66,8 @@ static int cmd_run(void)
 		die("release_start", "msg=\"%s\"", err);
 	log_info("started", "redis=%s bootstrap=%s http_port=%lld interval_ms=%lld",
 		 cfg.redis_address, cfg.kafka.bootstrap, cfg.http_port, cfg.release_interval_ms);
-	ops.worker = release;
-	drained = daemon_run_worker(&ops, cfg.http_host, (int)cfg.http_port);
+	drained = daemon_run_worker(release_thread(release), app_health, release,
+				    cfg.http_host, (int)cfg.http_port);
 	release_free(release);
 	log_info("stopped", "clean=%s", drained ? "true" : "false");
 	return drained ? 0 : 1;

@@ -94,10 +94,7 @@ struct release {
 	const struct reconciler_cfg *cfg;
 	redisContext *rc;
 	rd_kafka_t *rk;
-	pthread_t thread;
-	int stop;                  /* atomic: drain requested */
-	int finished;              /* atomic: the worker returned */
-	int64_t heartbeat_us;      /* atomic: mono_us of the last finished round */
+	struct daemon_thread th;   /* beats after each finished round */
 	int redis_ok;              /* atomic */
 	int locked;                /* atomic: for health */
 	char token[33];
@@ -492,15 +489,15 @@ static void *release_main(void *arg)
 	const struct reconciler_cfg *cfg = r->cfg;
 	int64_t interval_us = cfg->release_interval_ms * 1000;
 
-	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+	while (!daemon_thread_stopping(&r->th)) {
 		int64_t t0 = mono_us(), left;
 
 		release_round(r);
 		metric_observe_us(&m_round_time, (uint64_t)(mono_us() - t0));
-		__atomic_store_n(&r->heartbeat_us, mono_us(), __ATOMIC_RELAXED);
+		daemon_thread_beat(&r->th);
 		/* Sleep in short slices so a drain is noticed quickly. */
 		while ((left = t0 + interval_us - mono_us()) > 0 &&
-		       !__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+		       !daemon_thread_stopping(&r->th)) {
 			struct timespec ts = { 0, (left > 50000 ? 50000 : left) * 1000 };
 
 			nanosleep(&ts, NULL);
@@ -517,7 +514,7 @@ static void *release_main(void *arg)
 			freeReplyObject(rep);
 	}
 	log_info("release_stopped", "msg=\"round finished, producer flushed\"");
-	__atomic_store_n(&r->finished, 1, __ATOMIC_RELEASE);
+	daemon_thread_exit(&r->th, false);
 	return NULL;
 }
 
@@ -548,9 +545,7 @@ struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_
 		snprintf(err, errlen, "kafka producer: %s", kerr);
 		goto fail;
 	}
-	__atomic_store_n(&r->heartbeat_us, mono_us(), __ATOMIC_RELAXED);
-	if (pthread_create(&r->thread, NULL, release_main, r) != 0) {
-		snprintf(err, errlen, "pthread_create: %s", strerror(errno));
+	if (daemon_thread_start(&r->th, release_main, r, err, errlen) < 0) {
 		rd_kafka_destroy(r->rk);
 		goto fail;
 	}
@@ -560,22 +555,17 @@ fail:
 	return NULL;
 }
 
-void release_stop(struct release *r)
+struct daemon_thread *release_thread(struct release *r)
 {
-	__atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
-}
-
-bool release_finished(struct release *r)
-{
-	return __atomic_load_n(&r->finished, __ATOMIC_ACQUIRE) != 0;
+	return &r->th;
 }
 
 void release_free(struct release *r)
 {
 	if (r == NULL)
 		return;
-	release_stop(r);
-	pthread_join(r->thread, NULL);
+	daemon_thread_stop(&r->th);
+	(void)daemon_thread_join(&r->th);
 	rd_kafka_destroy(r->rk);
 	if (r->rc != NULL)
 		redisFree(r->rc);
@@ -585,7 +575,7 @@ void release_free(struct release *r)
 
 bool release_health(struct release *r, char *detail, size_t n)
 {
-	int64_t age_ms = (mono_us() - __atomic_load_n(&r->heartbeat_us, __ATOMIC_RELAXED)) / 1000;
+	int64_t age_ms = daemon_thread_beat_age_ms(&r->th);
 	int64_t limit_ms = r->cfg->release_interval_ms * 20 + r->cfg->kafka.produce_timeout_ms;
 	bool redis_ok = __atomic_load_n(&r->redis_ok, __ATOMIC_RELAXED) != 0;
 	bool alive = age_ms <= (limit_ms > 5000 ? limit_ms : 5000);

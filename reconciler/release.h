@@ -14,6 +14,7 @@
 #ifndef RECONCILER_RELEASE_H
 #define RECONCILER_RELEASE_H
 
+#include "daemon.h"
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -28,12 +29,12 @@ struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_
 	__attribute__((warn_unused_result));
 
 /*
- * Drain (does not block): the worker finishes its round, flushes the
- * producer, gives the lock back and exits; release_finished() then turns
- * true. That takes at most about one round plus kafka.produce_timeout_ms.
+ * The worker thread, for daemon_run_worker(). Its stop request drains
+ * without blocking: the worker finishes its round, flushes the producer,
+ * gives the lock back and exits, at most about one round plus
+ * kafka.produce_timeout_ms later.
  */
-void release_stop(struct release *r);
-bool release_finished(struct release *r);
+struct daemon_thread *release_thread(struct release *r);
 
 /* Join the worker (stopping it first if needed) and free everything. */
 void release_free(struct release *r);
