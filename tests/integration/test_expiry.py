@@ -1,13 +1,33 @@
 """Holds left unpaid past their deadline come back and are sold again."""
+import re
 import time
+import urllib.request
 
-from sale import assert_audit_clean, assert_invariants, buyers, orders_by_state
+from sale import assert_audit_clean, assert_invariants, buyers, finish, orders_by_state
+from stack import wait_for
+
+
+def release_intents(stack):
+    """RELEASE intents the deductor has consumed, by outcome, from /metrics."""
+    url = 'http://127.0.0.1:%d/metrics' % stack.ports['deductor']
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    out = {}
+    for m in re.finditer(r'^flashsale_deductor_intents_total\{kind="release",'
+                         r'outcome="(\w+)"\} (\d+)$', text, re.M):
+        out[m.group(1)] = int(m.group(2))
+    return {k: v for k, v in out.items() if v}
 
 
 def test_unpaid_holds_expire_and_resell(stack):
-    stack.create_promotion('exp-1', stock=20, per_user_limit=1, hold_seconds=2)
-    first = buyers(stack, 'exp-1', 60, concurrency=32, dup_ratio=0.0, pay_ratio=0.0,
-                   seed=7, wait_final=True, final_timeout_s=60)
+    stack.create_promotion('exp-1', stock=20, per_user_limit=1, hold_seconds=3)
+    proc = buyers(stack, 'exp-1', 60, concurrency=32, dup_ratio=0.0, pay_ratio=0.0,
+                  seed=7, wait_final=True, final_timeout_s=60, background=True)
+    # Restart the reconciler while the holds are live: still exactly one
+    # release per hold reaches the deductor.
+    wait_for(lambda: stack.redis('HGET', 'fs:promo:exp-1', 'held') == '20', timeout=20,
+             what='20 holds')
+    stack.daemon('restart', 'reconciler')
+    first = finish(proc)
     # Nobody paid: every hold must have expired on its own.
     assert first['final_states'].get('expired', 0) == 20, first
     deadline = time.time() + 30
@@ -17,6 +37,7 @@ def test_unpaid_holds_expire_and_resell(stack):
             break
         time.sleep(0.2)
     assert st == {'expired': (20, 20)}, st
+    assert release_intents(stack) == {'expired': 20}, release_intents(stack)
 
     # Paying after the deadline is refused and changes nothing.
     rid = stack.psql("SELECT request_id FROM orders WHERE sku = 'exp-1' LIMIT 1")[0][0]
