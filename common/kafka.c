@@ -197,3 +197,43 @@ int kafka_flush(rd_kafka_t *producer, int timeout_ms)
 	(void)rd_kafka_flush(producer, timeout_ms);
 	return rd_kafka_outq_len(producer) == 0 ? 0 : -1;
 }
+
+size_t kafka_poll_batch(rd_kafka_t *consumer, size_t max, int first_ms, int wait_ms,
+			void (*take)(void *arg, rd_kafka_message_t *m), void *arg,
+			int64_t *t0_us)
+{
+	int64_t deadline = 0;
+	size_t n = 0;
+
+	while (n < max) {
+		rd_kafka_message_t *m;
+		int timeout;
+
+		if (n == 0) {
+			timeout = first_ms;
+		} else {
+			int64_t left = deadline - mono_us();
+
+			timeout = left > 0 ? (int)((left + 999) / 1000) : 0;
+		}
+		m = rd_kafka_consumer_poll(consumer, timeout);
+		if (m == NULL) {
+			if (n == 0 || timeout == 0)
+				break;
+			continue;
+		}
+		if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+			if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+				log_warn("consume_error", "err=%s msg=\"%s\"",
+					 rd_kafka_err2name(m->err), rd_kafka_message_errstr(m));
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		if (n++ == 0) {
+			*t0_us = mono_us();
+			deadline = *t0_us + (int64_t)wait_ms * 1000;
+		}
+		take(arg, m);
+	}
+	return n;
+}

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <librdkafka/rdkafka.h>
 
 #define FS_TOPIC_INTENTS "flashsale.intents"
@@ -57,6 +58,17 @@ int kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
 int kafka_deadletter(rd_kafka_t *producer, const rd_kafka_message_t *m,
 		     const char *consumer, const char *reason,
 		     char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/*
+ * Poll one batch from a subscribed consumer: wait up to first_ms for a first
+ * message, then at most wait_ms more, until max messages. Each message is
+ * handed to take(arg, m), which owns it from then on; error events are logged
+ * and dropped (partition EOF silently). Returns how many were taken and sets
+ * *t0_us (mono_us) to when the first one arrived.
+ */
+size_t kafka_poll_batch(rd_kafka_t *consumer, size_t max, int first_ms, int wait_ms,
+			void (*take)(void *arg, rd_kafka_message_t *m), void *arg,
+			int64_t *t0_us);
 
 /*
  * Flush the producer until every enqueued message was delivered or failed,

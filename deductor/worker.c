@@ -601,6 +601,27 @@ static void worker_store(struct worker *w)
 
 /* ---- one batch ---- */
 
+/* Take one polled message into the batch: note its position, decode it. */
+static void worker_take(void *arg, rd_kafka_message_t *m)
+{
+	struct worker *w = arg;
+	struct item *it = &w->items[w->nitems];
+	char err[256];
+
+	if (batch_note(&w->batch, m->partition, m->offset) < 0) {
+		log_error("out_of_memory", "what=batch");
+		abort();
+	}
+	it->msg = m;
+	it->invalid[0] = '\0';
+	w->intents[w->nitems] = intent_decode(m->payload, m->len, m->key, m->key_len,
+					      err, sizeof(err));
+	if (w->intents[w->nitems] == NULL)
+		snprintf(it->invalid, sizeof(it->invalid), "%s",
+			 err[0] != '\0' ? err : "invalid intent");
+	w->nitems++;
+}
+
 /*
  * Poll up to batch_size messages: wait up to 100 ms for the first, then at
  * most batch_wait_ms for the rest. Returns with nitems == 0 when nothing came
@@ -608,54 +629,9 @@ static void worker_store(struct worker *w)
  */
 static void worker_collect(struct worker *w)
 {
-	size_t max = (size_t)w->cfg->batch_size;
-	int64_t deadline = 0;
-
 	batch_clear(w);
-	while (w->nitems < max) {
-		rd_kafka_message_t *m;
-		struct item *it;
-		char err[256];
-		int timeout;
-
-		if (w->nitems == 0) {
-			timeout = POLL_FIRST_MS;
-		} else {
-			int64_t left = deadline - mono_us();
-
-			timeout = left > 0 ? (int)((left + 999) / 1000) : 0;
-		}
-		m = rd_kafka_consumer_poll(w->consumer, timeout);
-		if (m == NULL) {
-			if (w->nitems == 0 || timeout == 0)
-				return;
-			continue;
-		}
-		if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-			if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-				log_warn("consume_error", "err=%s msg=\"%s\"",
-					 rd_kafka_err2name(m->err), rd_kafka_message_errstr(m));
-			rd_kafka_message_destroy(m);
-			continue;
-		}
-		if (w->nitems == 0) {
-			w->batch_t0_us = mono_us();
-			deadline = w->batch_t0_us + w->cfg->batch_wait_ms * 1000;
-		}
-		if (batch_note(&w->batch, m->partition, m->offset) < 0) {
-			log_error("out_of_memory", "what=batch");
-			abort();
-		}
-		it = &w->items[w->nitems];
-		it->msg = m;
-		it->invalid[0] = '\0';
-		w->intents[w->nitems] = intent_decode(m->payload, m->len, m->key, m->key_len,
-						      err, sizeof(err));
-		if (w->intents[w->nitems] == NULL)
-			snprintf(it->invalid, sizeof(it->invalid), "%s",
-				 err[0] != '\0' ? err : "invalid intent");
-		w->nitems++;
-	}
+	(void)kafka_poll_batch(w->consumer, (size_t)w->cfg->batch_size, POLL_FIRST_MS,
+			       (int)w->cfg->batch_wait_ms, worker_take, w, &w->batch_t0_us);
 }
 
 /* Produce one ledger event; waits while the producer's queue is full. */

@@ -459,6 +459,15 @@ static int worker_batch(struct worker *w, int64_t t0)
 	return 0;
 }
 
+static void worker_take(void *arg, rd_kafka_message_t *m)
+{
+	struct worker *w = arg;
+
+	w->entries[w->n].m = m;
+	w->entries[w->n].ev = NULL;
+	w->n++;
+}
+
 /*
  * Fill w->entries: wait up to WORKER_POLL_MS for a first message, then up to
  * batch_wait_ms more (or only what is already there when it is 0), at most
@@ -466,39 +475,8 @@ static int worker_batch(struct worker *w, int64_t t0)
  */
 static void worker_collect(struct worker *w, int64_t *t0)
 {
-	int64_t deadline = 0;
-
-	while (w->n < (size_t)w->cfg.batch_size && !worker_stopping(w)) {
-		rd_kafka_message_t *m;
-		int timeout;
-
-		if (w->n == 0) {
-			timeout = WORKER_POLL_MS;
-		} else {
-			int64_t left = deadline - mono_us();
-
-			timeout = left > 0 ? (int)((left + 999) / 1000) : 0;
-		}
-		m = rd_kafka_consumer_poll(w->consumer, timeout);
-		if (m == NULL) {
-			if (w->n == 0 || timeout == 0)
-				return;
-			continue;
-		}
-		if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-			if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-				log_warn("consume_error", "err=%s msg=\"%s\"",
-					 rd_kafka_err2name(m->err), rd_kafka_message_errstr(m));
-			rd_kafka_message_destroy(m);
-			continue;
-		}
-		w->entries[w->n].m = m;
-		w->entries[w->n].ev = NULL;
-		if (w->n++ == 0) {
-			*t0 = mono_us();
-			deadline = *t0 + (int64_t)w->cfg.batch_wait_ms * 1000;
-		}
-	}
+	(void)kafka_poll_batch(w->consumer, (size_t)w->cfg.batch_size, WORKER_POLL_MS,
+			       w->cfg.batch_wait_ms, worker_take, w, t0);
 }
 
 /*
