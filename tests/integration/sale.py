@@ -6,6 +6,8 @@ import os
 import subprocess
 import tempfile
 
+from stack import wait_for
+
 
 def buyers(stack, sku, n, *, concurrency=128, dup_ratio=0.2, pay_ratio=0.5,
            cancel_ratio=0.0, users=None, qty_max=1, wait_final=True, seed=1,
@@ -89,3 +91,28 @@ def assert_invariants(stack, sku, initial):
     for rid, state in rows:
         assert stack.redis('HGET', 'fs:req:' + rid, 'st') == want[state], (rid, state)
     return p, st
+
+
+def start_sale(stack, sku, stock=400, buyers_n=2000):
+    """Start a sale of `stock` units to `buyers_n` buyers arriving over 4 s,
+    in the background, and return once it is under way (some units gone,
+    most not), so a test can break something in the middle of it."""
+    stack.create_promotion(sku, stock=stock, per_user_limit=1, hold_seconds=600)
+    proc = buyers(stack, sku, buyers_n, concurrency=128, dup_ratio=0.2, pay_ratio=0.5,
+                  wait_final=False, ramp_ms=4000, background=True)
+
+    def under_way():
+        rem = stack.redis('HGET', 'fs:promo:' + sku, 'remaining')
+        return rem and int(rem) < stock * 7 // 8
+    wait_for(under_way, timeout=30, interval=0.05, what='the sale to start')
+    return proc
+
+
+def assert_sold_out_cleanly(stack, sku, stock, report):
+    """After a disturbed sale: every unit held or paid exactly once, audit clean."""
+    assert report['accepted'] >= stock, report
+    assert_audit_clean(stack, wait_drain=120)
+    st = orders_by_state(stack, sku)
+    assert st.get('held', (0, 0))[0] + st.get('paid', (0, 0))[0] == stock, st
+    p, _ = assert_invariants(stack, sku, stock)
+    assert p['remaining'] == 0, p
