@@ -90,6 +90,14 @@ int promo_put(struct promo_cache *c, const struct promo *p)
 	return 0;
 }
 
+void promo_note_sold_out(struct promo_cache *c, const char *sku)
+{
+	struct promo *p = (struct promo *)promo_find(c, sku);
+
+	if (p != NULL)
+		p->remaining = 0;
+}
+
 static int64_t reply_int(const redisReply *r, bool *ok)
 {
 	char *end;

@@ -63,6 +63,14 @@ const char *promo_status(const struct promo *p, int64_t now);
 /* Insert or replace one entry (sorted insert). -1 on allocation failure. */
 int promo_put(struct promo_cache *c, const struct promo *p) __attribute__((warn_unused_result));
 
+/*
+ * The deductor refused a one-unit purchase of sku as sold out: nothing was
+ * left at that moment. Flag it in the cache now, so the spike behind it is
+ * turned away here rather than queued, until the next refresh says
+ * otherwise (a hold that expires or is cancelled brings units back).
+ */
+void promo_note_sold_out(struct promo_cache *c, const char *sku);
+
 /* POST /admin/promotions (authorization already checked by routes). */
 void promo_admin_create(struct gateway *gw, struct evhttp_request *req,
 			const char *body, size_t len);

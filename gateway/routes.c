@@ -375,6 +375,9 @@ static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	if ((v = pair_get(r, "qty")) != NULL)
 		cJSON_AddNumberToObject(o, "qty", (double)atoll(v));
 	cJSON_AddStringToObject(o, "state", pair_get(r, "st"));
+	if (strcmp(pair_get(r, "st"), "sold_out") == 0 && (v = pair_get(r, "qty")) != NULL &&
+	    strcmp(v, "1") == 0 && (v = pair_get(r, "sku")) != NULL)
+		promo_note_sold_out(&pd->call.gw->promo, v);
 	if (strcmp(pair_get(r, "st"), "reserved") == 0 && (v = pair_get(r, "dl")) != NULL)
 		cJSON_AddNumberToObject(o, "deadline_ms", (double)atoll(v));
 	call_reply(&pd->call, 200, o);

@@ -1,0 +1,93 @@
+/* The gateway's promotion cache: lookup, status, and the sold-out flag
+ * learned from the deductor's answers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gateway.h"
+
+static struct promo make(const char *sku, int64_t remaining)
+{
+	struct promo p;
+
+	memset(&p, 0, sizeof(p));
+	strcpy(p.sku, sku);
+	p.initial = 100;
+	p.remaining = remaining;
+	p.limit = 1;
+	p.start_ms = 1000;
+	p.end_ms = 2000;
+	p.hold_ms = 60000;
+	return p;
+}
+
+static void test_put_find_sorted(void **state)
+{
+	struct promo_cache c;
+	struct promo a = make("b-sku", 5), b = make("a-sku", 7), d = make("c-sku", 0);
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	assert_null(promo_find(&c, "a-sku"));
+	assert_int_equal(promo_put(&c, &a), 0);
+	assert_int_equal(promo_put(&c, &b), 0);
+	assert_int_equal(promo_put(&c, &d), 0);
+	assert_int_equal(c.n, 3);
+	assert_string_equal(c.items[0].sku, "a-sku");
+	assert_string_equal(c.items[2].sku, "c-sku");
+	assert_int_equal(promo_find(&c, "b-sku")->remaining, 5);
+	assert_null(promo_find(&c, "nope"));
+	/* Putting an existing SKU replaces it. */
+	a.remaining = 4;
+	assert_int_equal(promo_put(&c, &a), 0);
+	assert_int_equal(c.n, 3);
+	assert_int_equal(promo_find(&c, "b-sku")->remaining, 4);
+	free(c.items);
+}
+
+static void test_status(void **state)
+{
+	struct promo p = make("s", 3);
+	(void)state;
+
+	assert_string_equal(promo_status(&p, 999), "upcoming");
+	assert_string_equal(promo_status(&p, 1000), "active");
+	assert_string_equal(promo_status(&p, 2000), "ended");
+	p.remaining = 0;
+	assert_string_equal(promo_status(&p, 1500), "sold_out");
+}
+
+static void test_note_sold_out(void **state)
+{
+	struct promo_cache c;
+	struct promo a = make("hot", 50), b = make("cold", 9);
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(promo_put(&c, &a), 0);
+	assert_int_equal(promo_put(&c, &b), 0);
+	promo_note_sold_out(&c, "hot");
+	assert_int_equal(promo_find(&c, "hot")->remaining, 0);
+	assert_string_equal(promo_status(promo_find(&c, "hot"), 1500), "sold_out");
+	/* Only that SKU, and an unknown one is ignored. */
+	assert_int_equal(promo_find(&c, "cold")->remaining, 9);
+	promo_note_sold_out(&c, "unknown");
+	assert_int_equal(c.n, 2);
+	free(c.items);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_put_find_sorted),
+		cmocka_unit_test(test_status),
+		cmocka_unit_test(test_note_sold_out),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
