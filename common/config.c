@@ -17,6 +17,7 @@
 #include <strings.h>
 
 #include "flashsale_config.h"
+#include "log.h"
 
 #define CF_ENV_PREFIX "FLASHSALE_"
 
@@ -264,7 +265,9 @@ static void cf_usage(const struct cf_table *t, FILE *f)
 	      "  -h, --help             show this help and exit\n"
 	      "  -V, --version          show the version and exit\n\n"
 	      "Precedence: defaults < file < environment < -s flags. The environment\n"
-	      "variable of key section.name is FLASHSALE_SECTION_NAME ('.' and '-' become '_').\n\n"
+	      "variable of key section.name is FLASHSALE_SECTION_NAME ('.' and '-' become '_').\n"
+	      "SIGHUP reads them again: keys marked (reload) take effect at once, the others\n"
+	      "at the next start; a bad file keeps the running configuration.\n\n"
 	      "keys:\n", f);
 	/* One line per key: name, type, default, bounds, help. */
 	for (const struct cf_key *k = t->keys; k->name != NULL; k++) {
@@ -272,8 +275,9 @@ static void cf_usage(const struct cf_table *t, FILE *f)
 
 		if (k->type == CF_INT)
 			snprintf(bounds, sizeof(bounds), " [%lld..%lld]", k->min, k->max);
-		fprintf(f, "  %-28s %-6s default=\"%s\"%s  %s\n", k->name, cf_type_name(k->type),
-			k->def != NULL ? k->def : "", bounds, k->help != NULL ? k->help : "");
+		fprintf(f, "  %-28s %-6s default=\"%s\"%s  %s%s\n", k->name, cf_type_name(k->type),
+			k->def != NULL ? k->def : "", bounds, k->help != NULL ? k->help : "",
+			k->reload ? " (reload)" : "");
 	}
 }
 
@@ -286,9 +290,37 @@ static void cf_usage_error(const struct cf_table *t, const char *msg)
 
 enum { OPT_PRINT_CONFIG = 1000 };
 
-void cf_parse_args(struct cf_table *t, int argc, char **argv, int *first_arg)
+/* defaults < file < environment < flags, from the sources t remembers. */
+static int cf_apply_sources(struct cf_table *t, char *err, size_t errlen)
 {
 	extern char **environ;
+
+	if (cf_defaults(t, err, errlen) < 0 ||
+	    (t->path != NULL && cf_load_file(t, t->path, err, errlen) < 0) ||
+	    cf_load_env(t, environ, err, errlen) < 0)
+		return -1;
+	for (size_t i = 0; i < t->nsets; i++) {
+		const char *eq = strchr(t->sets[i], '=');
+		char key[256];
+		size_t kl = (size_t)(eq - t->sets[i]);
+		char msg[512];
+
+		if (kl >= sizeof(key)) {
+			snprintf(err, errlen, "-s: key too long");
+			return -1;
+		}
+		memcpy(key, t->sets[i], kl);
+		key[kl] = '\0';
+		if (cf_set(t, key, eq + 1, msg, sizeof(msg)) < 0) {
+			snprintf(err, errlen, "-s %s", msg);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+void cf_parse_args(struct cf_table *t, int argc, char **argv, int *first_arg)
+{
 	static const struct option longopts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "set", required_argument, NULL, 's' },
@@ -352,32 +384,12 @@ void cf_parse_args(struct cf_table *t, int argc, char **argv, int *first_arg)
 		}
 	}
 
-	if (cf_defaults(t, err, sizeof(err)) < 0 ||
-	    (config_path != NULL && cf_load_file(t, config_path, err, sizeof(err)) < 0) ||
-	    cf_load_env(t, environ, err, sizeof(err)) < 0) {
-		free(sets);
+	free(t->sets);          /* a test may parse twice */
+	t->path = config_path;
+	t->sets = sets;
+	t->nsets = nsets;
+	if (cf_apply_sources(t, err, sizeof(err)) < 0)
 		cf_usage_error(t, err);
-	}
-	for (size_t i = 0; i < nsets; i++) {
-		char *eq = strchr(sets[i], '=');
-		char key[256];
-		size_t kl = (size_t)(eq - sets[i]);
-
-		if (kl >= sizeof(key)) {
-			free(sets);
-			cf_usage_error(t, "-s: key too long");
-		}
-		memcpy(key, sets[i], kl);
-		key[kl] = '\0';
-		if (cf_set(t, key, eq + 1, err, sizeof(err)) < 0) {
-			char msg[1100];
-
-			snprintf(msg, sizeof(msg), "-s %s", err);
-			free(sets);
-			cf_usage_error(t, msg);
-		}
-	}
-	free(sets);
 	if (print_config) {
 		cf_print(t, stdout);
 		fflush(stdout);
@@ -408,6 +420,87 @@ void cf_print(const struct cf_table *t, void *stdio_file)
 			break;
 		}
 	}
+}
+
+union cf_value {
+	char *s;
+	long long i;
+	bool b;
+};
+
+static bool cf_value_equal(const struct cf_key *k, const void *a, const void *b)
+{
+	switch (k->type) {
+	case CF_STR:
+		return strcmp(*(char *const *)a, *(char *const *)b) == 0;
+	case CF_INT:
+		return *(const long long *)a == *(const long long *)b;
+	case CF_BOOL:
+		return *(const bool *)a == *(const bool *)b;
+	}
+	return false;
+}
+
+int cf_reload(struct cf_table *t, void (*changed)(const char *key, void *arg), void *arg,
+	      char *err, size_t errlen)
+{
+	struct cf_table shadow = *t;
+	struct cf_key *keys;
+	union cf_value *vals;
+	size_t n = 0;
+	int rc = -1;
+
+	while (t->keys[n].name != NULL)
+		n++;
+	keys = calloc(n + 1, sizeof(*keys));
+	vals = calloc(n + 1, sizeof(*vals));
+	if (keys == NULL || vals == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto out;
+	}
+	/* Parse into a copy: the live values are not touched until all is good. */
+	for (size_t i = 0; i < n; i++) {
+		keys[i] = t->keys[i];
+		keys[i].target = &vals[i];
+	}
+	shadow.keys = keys;
+	if (cf_apply_sources(&shadow, err, errlen) < 0)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		struct cf_key *k = &t->keys[i];
+
+		if (cf_value_equal(k, k->target, &vals[i]))
+			continue;
+		if (!k->reload) {
+			log_warn("config_needs_restart", "key=%s msg=\"changed; applies at restart\"",
+				 k->name);
+			continue;
+		}
+		switch (k->type) {
+		case CF_STR: {
+			char *old = *(char **)k->target;
+
+			*(char **)k->target = vals[i].s;
+			vals[i].s = old;        /* freed with the shadow below */
+			break;
+		}
+		case CF_INT:
+			*(long long *)k->target = vals[i].i;
+			break;
+		case CF_BOOL:
+			*(bool *)k->target = vals[i].b;
+			break;
+		}
+		if (changed != NULL)
+			changed(k->name, arg);
+	}
+	rc = 0;
+out:
+	if (keys != NULL && vals != NULL)
+		cf_free(&shadow);
+	free(keys);
+	free(vals);
+	return rc;
 }
 
 void cf_free(struct cf_table *t)

@@ -32,12 +32,17 @@ struct cf_key {
 	const char *def;      /* default, as it would be written in the file */
 	long long min, max;   /* CF_INT bounds, inclusive */
 	const char *help;     /* one line, shown by --help and checked by the doc test */
+	bool reload;          /* applied on SIGHUP (cf_reload); else needs a restart */
 };
 
 struct cf_table {
 	const char *app;          /* "gateway", ... */
 	const char *usage;        /* extra usage text after the common options, may be NULL */
 	struct cf_key *keys;      /* terminated by an entry with name == NULL */
+	/* Kept by cf_parse_args for cf_reload: the same sources again. */
+	const char *path;         /* -c FILE, or NULL */
+	char **sets;              /* -s KEY=VALUE flags (argv strings) */
+	size_t nsets;
 };
 
 /* Set every key to its default. */
@@ -61,6 +66,18 @@ int cf_load_env(struct cf_table *t, char *const *envp, char *err, size_t errlen)
  * On return *first_arg is the index of the first positional argument.
  */
 void cf_parse_args(struct cf_table *t, int argc, char **argv, int *first_arg);
+
+/*
+ * Read the same sources again (file, environment, flags) into a shadow copy;
+ * if any of it is bad, return -1 with the reason and change nothing (the old
+ * configuration stays). Otherwise store the keys marked reload and report,
+ * through changed(key, arg) for each reloadable key whose value changed, and
+ * with a warning log for each other key that changed (it needs a restart).
+ * Reloadable targets are written without locks: only keys read by the thread
+ * that calls this (the event loop) may be marked reload.
+ */
+int cf_reload(struct cf_table *t, void (*changed)(const char *key, void *arg), void *arg,
+	      char *err, size_t errlen) CF_MUSTCHECK;
 
 /* Write "key = value" for every key to the stream (as an INI-ish listing). */
 void cf_print(const struct cf_table *t, void *stdio_file);

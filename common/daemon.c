@@ -15,6 +15,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "config.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -277,7 +278,52 @@ int daemon_thread_join(struct daemon_thread *t)
 	return __atomic_load_n(&t->failed, __ATOMIC_RELAXED) ? -1 : 0;
 }
 
+static void reload_changed(const char *key, void *arg)
+{
+	struct cf_table *t = arg;
+
+	log_info("config_reloaded", "key=%s", key);
+	if (strcmp(key, "log.level") != 0)
+		return;
+	for (const struct cf_key *k = t->keys; k->name != NULL; k++)
+		if (strcmp(k->name, "log.level") == 0 &&
+		    !log_set_level(*(char *const *)k->target))
+			log_warn("config_bad_level", "value=%s", *(char *const *)k->target);
+}
+
+struct reload_ctx {
+	struct cf_table *t;
+	void (*changed)(const char *key, void *arg);
+	void *arg;
+};
+
+static void reload_dispatch(const char *key, void *arg)
+{
+	struct reload_ctx *r = arg;
+
+	reload_changed(key, r->t);
+	if (r->changed != NULL)
+		r->changed(key, r->arg);
+}
+
+void daemon_reload_config(struct cf_table *config, void (*changed)(const char *key, void *arg),
+			  void *arg)
+{
+	struct reload_ctx r = { .t = config, .changed = changed, .arg = arg };
+	char err[1024];
+
+#ifdef HAVE_SYSTEMD
+	sd_notify(0, "RELOADING=1");
+#endif
+	if (cf_reload(config, reload_dispatch, &r, err, sizeof(err)) < 0)
+		log_error("reload_failed", "msg=\"%s; keeping the old configuration\"", err);
+	else
+		log_info("reload_done", "app=%s", config->app);
+	daemon_notify_ready();
+}
+
 struct worker_loop {
+	struct cf_table *config;
 	struct daemon_thread *thread;
 	bool (*health)(void *arg, char *detail, size_t n);
 	void *arg;
@@ -291,6 +337,13 @@ static void worker_loop_drain(void *arg)
 
 	l->drained = true;
 	daemon_thread_stop(l->thread);
+}
+
+static void worker_loop_reload(void *arg)
+{
+	struct worker_loop *l = arg;
+
+	daemon_reload_config(l->config, NULL, NULL);
 }
 
 static bool worker_loop_health(void *arg, char *detail, size_t n)
@@ -310,11 +363,12 @@ static void worker_loop_watch(evutil_socket_t fd, short what, void *arg)
 }
 
 bool daemon_run_worker(struct daemon_thread *t, bool (*health)(void *arg, char *detail, size_t n),
-		       void *arg, const char *host, int port)
+		       void *arg, const char *host, int port, struct cf_table *config)
 {
-	struct worker_loop l = { .thread = t, .health = health, .arg = arg };
+	struct worker_loop l = { .config = config, .thread = t, .health = health, .arg = arg };
 	struct daemon_hooks hooks = {
-		.on_drain = worker_loop_drain, .health = worker_loop_health, .arg = &l,
+		.on_drain = worker_loop_drain, .on_reload = worker_loop_reload,
+		.health = worker_loop_health, .arg = &l,
 	};
 	struct timeval tick = { 0, 50 * 1000 };
 	struct event *watch;

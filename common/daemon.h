@@ -17,6 +17,7 @@
 struct event_base;
 struct evhttp;
 struct evhttp_request;
+struct cf_table;
 
 struct daemon_hooks {
 	void (*on_drain)(void *arg);   /* required */
@@ -74,7 +75,17 @@ int daemon_thread_join(struct daemon_thread *t);
  * the stop was a drain. Start-up failures die().
  */
 bool daemon_run_worker(struct daemon_thread *t, bool (*health)(void *arg, char *detail, size_t n),
-		       void *arg, const char *host, int port) __attribute__((warn_unused_result));
+		       void *arg, const char *host, int port, struct cf_table *config)
+	__attribute__((warn_unused_result));
+
+/*
+ * SIGHUP: read the configuration again (cf_reload). A bad file or value is
+ * logged and the old configuration stays; otherwise the reloadable keys take
+ * effect (log.level here, the rest through changed) and the others log that
+ * they need a restart. Tells systemd RELOADING, then READY.
+ */
+void daemon_reload_config(struct cf_table *config, void (*changed)(const char *key, void *arg),
+			  void *arg);
 
 /* sd_notify wrappers: no-ops without systemd. */
 void daemon_notify_ready(void);

@@ -20,7 +20,7 @@ static struct cf_key keys[] = {
 	REDIS_CF_KEYS(cfg.redis_address),
 	HTTP_CF_KEYS(cfg.http_host, cfg.http_port, "9101"),
 	{ "log.level", CF_STR, &cfg.log_level, "info", 0, 0,
-	  "Log level: error, warn, info or debug" },
+	  "Log level: error, warn, info or debug", true },
 	{ "deductor.group", CF_STR, &cfg.group, "flashsale-deductor", 0, 0,
 	  "Kafka consumer group of the deductors on the intents topic" },
 	{ "deductor.batch_size", CF_INT, &cfg.batch_size, "512", 1, 10000,
@@ -68,7 +68,7 @@ int main(int argc, char **argv)
 	log_info("started", "group=%s redis=%s bootstrap=%s http_port=%lld", cfg.group,
 		 cfg.redis_address, cfg.kafka.bootstrap, cfg.http_port);
 	drained = daemon_run_worker(worker_thread(worker), app_health, worker,
-				    cfg.http_host, (int)cfg.http_port);
+				    cfg.http_host, (int)cfg.http_port, &table);
 
 	rc = worker_join(worker);
 	worker_free(worker);

@@ -33,15 +33,15 @@ static struct cf_key keys[] = {
 	PG_CF_KEYS(gw.cfg.pg_conninfo),
 	HTTP_CF_KEYS(gw.cfg.http_host, gw.cfg.http_port, "8080"),
 	{ "log.level", CF_STR, &gw.cfg.log_level, "info", 0, 0,
-	  "Log level: error, warn, info or debug" },
+	  "Log level: error, warn, info or debug", true },
 	{ "gateway.admin_token", CF_STR, &gw.cfg.admin_token, "", 0, 0,
 	  "Bearer token of POST /admin/promotions (empty disables the admin API)" },
 	{ "gateway.max_inflight", CF_INT, &gw.cfg.max_inflight, "20000", 1, 10000000,
-	  "Intents awaiting Kafka acknowledgement before purchases get 503 busy" },
+	  "Intents awaiting Kafka acknowledgement before purchases get 503 busy", true },
 	{ "gateway.user_rate_per_s", CF_INT, &gw.cfg.user_rate_per_s, "5", 1, 1000000,
-	  "Purchase attempts per second per user (token bucket refill)" },
+	  "Purchase attempts per second per user (token bucket refill)", true },
 	{ "gateway.user_burst", CF_INT, &gw.cfg.user_burst, "10", 1, 1000000,
-	  "Purchase attempts a user may make at once (token bucket size)" },
+	  "Purchase attempts a user may make at once (token bucket size)", true },
 	{ "gateway.refresh_ms", CF_INT, &gw.cfg.refresh_ms, "500", 50, 60000,
 	  "How often the promotion cache and the Redis clock offset are refreshed" },
 	{ "gateway.cache_max_age_ms", CF_INT, &gw.cfg.cache_max_age_ms, "5000", 100, 3600000,
@@ -132,11 +132,25 @@ static void gw_drain(void *arg)
 		event_base_loopbreak(g->base);
 }
 
+/* A reloaded limit takes effect for the next request (see cf_key.reload). */
+static void gw_config_changed(const char *key, void *arg)
+{
+	struct gateway *g = arg;
+
+	if (strcmp(key, "gateway.user_rate_per_s") == 0 || strcmp(key, "gateway.user_burst") == 0)
+		ratelimit_set(&g->rl, (double)g->cfg.user_rate_per_s, (double)g->cfg.user_burst);
+}
+
+static void gw_reload(void *arg)
+{
+	daemon_reload_config(&table, gw_config_changed, arg);
+}
+
 int main(int argc, char **argv)
 {
 	struct daemon_hooks hooks = {
 		.on_drain = gw_drain,
-		.on_reload = NULL,
+		.on_reload = gw_reload,
 		.health = gw_health,
 		.arg = &gw,
 	};

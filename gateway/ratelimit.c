@@ -26,9 +26,14 @@ int ratelimit_init(struct ratelimit *rl, size_t nslots, double rate_per_s, doubl
 	if (rl->slots == NULL)
 		return -1;
 	rl->nslots = n;
+	ratelimit_set(rl, rate_per_s, burst);
+	return 0;
+}
+
+void ratelimit_set(struct ratelimit *rl, double rate_per_s, double burst)
+{
 	rl->rate_per_us = rate_per_s / 1e6;
 	rl->burst = burst < 1 ? 1 : burst;
-	return 0;
 }
 
 bool ratelimit_take(struct ratelimit *rl, const char *user, int64_t now_us)

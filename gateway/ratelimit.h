@@ -29,6 +29,9 @@ struct ratelimit {
 int ratelimit_init(struct ratelimit *rl, size_t nslots, double rate_per_s, double burst)
 	__attribute__((warn_unused_result));
 
+/* Change the rate and burst (SIGHUP); buckets keep their tokens, capped. */
+void ratelimit_set(struct ratelimit *rl, double rate_per_s, double burst);
+
 /* Take one token for user at now_us (monotonic); false when the bucket is empty. */
 bool ratelimit_take(struct ratelimit *rl, const char *user, int64_t now_us);
 

@@ -32,7 +32,7 @@ static struct cf_key keys[] = {
 	PG_CF_KEYS(pg_conninfo),
 	HTTP_CF_KEYS(http_host, http_port, "9102"),
 	{ "log.level", CF_STR, &log_level, "info", 0, 0,
-	  "Log level: error, warn, info or debug" },
+	  "Log level: error, warn, info or debug", true },
 	{ "order_writer.group", CF_STR, &group, "flashsale-order-writer", 0, 0,
 	  "Kafka consumer group on the ledger topic" },
 	{ "order_writer.batch_size", CF_INT, &batch_size, "2000", 1, 50000,
@@ -90,7 +90,7 @@ int main(int argc, char **argv)
 		die("start_failed", "msg=\"%s\"", err);
 	log_info("started", "group=%s topic=%s http_port=%lld", group, FS_TOPIC_LEDGER, http_port);
 	drained = daemon_run_worker(worker_thread(worker), app_health, worker,
-				    http_host, (int)http_port);
+				    http_host, (int)http_port, &table);
 
 	status = worker_join(worker);
 	log_info("stopped", "status=%d clean=%s", status, status == 0 && drained ? "true" : "false");

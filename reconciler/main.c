@@ -24,7 +24,7 @@ static struct cf_key keys[] = {
 	PG_CF_KEYS(cfg.pg_conninfo),
 	HTTP_CF_KEYS(cfg.http_host, cfg.http_port, "9103"),
 	{ "log.level", CF_STR, &cfg.log_level, "info", 0, 0,
-	  "Log level: error, warn, info or debug" },
+	  "Log level: error, warn, info or debug", true },
 	{ "reconciler.release_interval_ms", CF_INT, &cfg.release_interval_ms, "250", 10, 60000,
 	  "How often the release loop looks for holds past their deadline" },
 	{ "reconciler.release_batch", CF_INT, &cfg.release_batch, "1000", 1, 100000,
@@ -67,7 +67,7 @@ static int cmd_run(void)
 	log_info("started", "redis=%s bootstrap=%s http_port=%lld interval_ms=%lld",
 		 cfg.redis_address, cfg.kafka.bootstrap, cfg.http_port, cfg.release_interval_ms);
 	drained = daemon_run_worker(release_thread(release), app_health, release,
-				    cfg.http_host, (int)cfg.http_port);
+				    cfg.http_host, (int)cfg.http_port, &table);
 	release_free(release);
 	log_info("stopped", "clean=%s", drained ? "true" : "false");
 	return drained ? 0 : 1;

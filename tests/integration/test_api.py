@@ -109,3 +109,19 @@ def test_time_health_metrics(stack):
         with urllib.request.urlopen('http://127.0.0.1:%d/metrics' % port, timeout=5) as r:
             text = r.read().decode()
             assert '# TYPE flashsale_' in text, (name, text[:300])
+
+
+def test_sighup_reloads_and_keeps_serving(stack):
+    """SIGHUP re-reads the configuration in every daemon without a restart."""
+    import os
+    import signal
+    for name, port in stack.ports.items():
+        pid = int(open(os.path.join(stack.dir, 'run', name + '.pid')).read())
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.time() + 10
+        while 'event=reload_done' not in stack.log(name) and time.time() < deadline:
+            time.sleep(0.05)
+        assert 'event=reload_done' in stack.log(name), stack.log(name)[-2000:]
+        with urllib.request.urlopen('http://127.0.0.1:%d/healthz' % port, timeout=5) as r:
+            assert r.status == 200, name
+        os.kill(pid, 0)   # still the same process

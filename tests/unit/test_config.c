@@ -341,6 +341,56 @@ static void test_cli_exits(void **state)
 	}
 }
 
+static int reload_changes;
+static char reload_key[64];
+
+static void on_reload_changed(const char *key, void *arg)
+{
+	(void)arg;
+	reload_changes++;
+	snprintf(reload_key, sizeof(reload_key), "%s", key);
+}
+
+/* SIGHUP: reloadable keys change, others wait for a restart, bad input changes nothing. */
+static void test_reload(void **state)
+{
+	char err[512], path[256];
+	(void)state;
+
+	free(table.sets);       /* left by test_parse_args_order (argv of its stack) */
+	table.sets = NULL;
+	table.nsets = 0;
+	keys[3].reload = true;  /* my-daemon.batch_size */
+	snprintf(path, sizeof(path), "%s",
+		 write_file("reload.ini", "[my-daemon]\nbatch_size = 200\n[http]\nport = 9000\n"));
+	table.path = path;
+
+	reload_changes = 0;
+	assert_int_equal(cf_reload(&table, on_reload_changed, NULL, err, sizeof(err)), 0);
+	assert_int_equal(i_batch, 200);         /* reloadable: applied */
+	assert_int_equal(i_port, 8080);         /* not reloadable: needs a restart */
+	assert_int_equal(reload_changes, 1);
+	assert_string_equal(reload_key, "my-daemon.batch_size");
+
+	/* Nothing changed: no callback. */
+	reload_changes = 0;
+	assert_int_equal(cf_reload(&table, on_reload_changed, NULL, err, sizeof(err)), 0);
+	assert_int_equal(reload_changes, 0);
+
+	/* A bad file is refused whole: the old configuration stays. */
+	write_file("reload.ini", "[my-daemon]\nbatch_size = 300\nbogus = 1\n");
+	assert_int_equal(cf_reload(&table, on_reload_changed, NULL, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "bogus"));
+	assert_int_equal(i_batch, 200);
+	write_file("reload.ini", "[my-daemon]\nbatch_size = 99999\n");
+	assert_int_equal(cf_reload(&table, on_reload_changed, NULL, err, sizeof(err)), -1);
+	assert_int_equal(i_batch, 200);
+	assert_int_equal(reload_changes, 0);
+
+	keys[3].reload = false;
+	table.path = NULL;
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -352,6 +402,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_bool, test_setup, test_teardown),
 		cmocka_unit_test_setup_teardown(test_print, test_setup, test_teardown),
 		cmocka_unit_test_setup_teardown(test_cli_exits, test_setup, test_teardown),
+		cmocka_unit_test_setup_teardown(test_reload, test_setup, test_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
