@@ -23,6 +23,11 @@ enum log_level {
 
 extern enum log_level log_threshold;
 
+/* The log.level entry of a daemon's config table (reloadable on SIGHUP). */
+#define LOG_CF_KEY(var) \
+	{ "log.level", CF_STR, &(var), "info", 0, 0, \
+	  "Log level: error, warn, info or debug", true }
+
 /* Set the app name printed in every line (a static string). */
 void log_init(const char *app);
 
