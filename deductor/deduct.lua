@@ -69,6 +69,12 @@ local function give_back(to)
 end
 
 if kind == 'purchase' then
+    if o and rsku and rsku ~= sku then
+        -- The request id was used for another SKU first. Replaying that
+        -- outcome here would put a copy of its event (same event_id) on
+        -- this SKU's stream, racing the real one into PostgreSQL.
+        return reply('transition_refused', 'unknown', 'request_id_reused', user, 0, 0, 0)
+    end
     if o then
         -- Replay: the earlier outcome, never a second deduction.
         if o == 'reserved' then
@@ -128,9 +134,13 @@ if kind == 'pay' then
         -- for the reconciler, so the answer and the stock agree at once.
         give_back('expired')
         return reply('expired', 'expired', '', ruser, rqty, dl, 1)
+    elseif st == 'expired' then
+        -- Replay of the terminal event, whichever intent ended the hold (a
+        -- late pay or a release): if that event never reached the ledger
+        -- (crash, redo), this emits it; otherwise it is a duplicate.
+        return reply('expired', 'expired', '', ruser, rqty, dl, 0)
     end
-    local why = (st == 'expired') and 'too_late' or 'not_reserved'
-    return reply('transition_refused', st, why, ruser, rqty, dl, 0)
+    return reply('transition_refused', st, 'not_reserved', ruser, rqty, dl, 0)
 elseif kind == 'cancel' then
     if st == 'cancelled' then
         return reply('cancelled', 'cancelled', '', ruser, rqty, dl, 0)

@@ -76,6 +76,24 @@ bool step_reply_noscript(const redisReply *r)
 	       strncmp(r->str, "NOSCRIPT", 8) == 0;
 }
 
+bool step_reply_transient(const redisReply *r)
+{
+	static const char *const words[] = {
+		"OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN",
+		"NOREPLICAS", "CLUSTERDOWN", "MISCONF",
+	};
+
+	if (r == NULL || r->type != REDIS_REPLY_ERROR || r->str == NULL)
+		return false;
+	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
+		size_t n = strlen(words[i]);
+
+		if (strncmp(r->str, words[i], n) == 0 && (r->str[n] == ' ' || r->str[n] == '\0'))
+			return true;
+	}
+	return false;
+}
+
 static bool reply_int(const redisReply *e, int64_t *out)
 {
 	char *end;
@@ -178,7 +196,7 @@ int step_run(redisContext *c, const char *sha, long long record_ttl_s,
 	     char *err, size_t errlen)
 {
 	struct step_cmd cmd;
-	bool noscript = false;
+	bool noscript = false, busy = false;
 	size_t i;
 
 	for (i = 0; i < n; i++) {
@@ -201,12 +219,19 @@ int step_run(redisContext *c, const char *sha, long long record_ttl_s,
 			snprintf(err, errlen, "redis: %s", c->errstr[0] ? c->errstr : "no reply");
 			return STEP_RUN_IO;
 		}
-		if (step_reply_noscript(reply))
+		if (step_reply_noscript(reply)) {
 			noscript = true;
-		else
+		} else if (step_reply_transient(reply)) {
+			if (!busy)
+				snprintf(err, errlen, "%s", ((redisReply *)reply)->str);
+			busy = true;
+		} else {
 			step_parse(reply, &results[i]);
+		}
 		freeReplyObject(reply);
 	}
+	if (busy)
+		return STEP_RUN_BUSY;
 	if (noscript) {
 		snprintf(err, errlen, "NOSCRIPT");
 		return STEP_RUN_NOSCRIPT;

@@ -75,6 +75,14 @@ bool step_reply_noscript(const redisReply *r);
  */
 void step_parse(const redisReply *r, struct step_result *out);
 
+/*
+ * An error reply that says "not now" rather than "this intent is bad" (OOM
+ * under noeviction, READONLY after a failover, BUSY, LOADING, ...): the
+ * batch must be retried, never dead-lettered, or an accepted purchase would
+ * be dropped.
+ */
+bool step_reply_transient(const redisReply *r);
+
 /* Event kind from the script's word ("reserved" ...); 0 when unknown. */
 int step_event_kind(const char *word);
 /* The script's word for an event kind ("reserved" ...); "unknown" if none. */
@@ -83,6 +91,7 @@ const char *step_event_name(int kind);
 enum step_run_status {
 	STEP_RUN_OK = 0,
 	STEP_RUN_NOSCRIPT = 1, /* load the script and run the batch again */
+	STEP_RUN_BUSY = 2,     /* Redis refused for now (OOM, READONLY, ...): back off, redo */
 	STEP_RUN_IO = -1,      /* connection lost or timed out: reconnect and redo */
 };
 

@@ -466,7 +466,9 @@ static int worker_redis_step(struct worker *w)
 		log_warn("redis_error", "items=%zu msg=\"%s\"", w->nitems,
 			 log_quote(q, sizeof(q), err));
 		metric_add(&m_redo_redis, 1);
-		worker_redis_drop(w);
+		/* A refusal (OOM, READONLY...) comes over a healthy connection. */
+		if (rc != STEP_RUN_BUSY)
+			worker_redis_drop(w);
 		if (worker_stopping(w))
 			return -1;
 		worker_sleep(w, backoff);
@@ -641,6 +643,7 @@ static int worker_produce(struct worker *w, size_t i, char *err, size_t errlen)
 	const rd_kafka_message_t *m = w->items[i].msg;
 	struct ledger_out out;
 	rd_kafka_resp_err_t kerr;
+	int64_t give_up_us;
 	size_t len;
 
 	if (ledger_build(&out, in, &w->results[i], m->partition, m->offset, err, errlen) < 0)
@@ -657,6 +660,12 @@ static int worker_produce(struct worker *w, size_t i, char *err, size_t errlen)
 		w->packcap = len;
 	}
 	flashsale__ledger_event__pack(&out.ev, w->pack);
+	/*
+	 * Bounded: a rebuild waits out how long an applied step's event may
+	 * take to land (reconciler.rebuild_quiesce_ms), which is this wait plus
+	 * the message timeout. Past it the batch is redone.
+	 */
+	give_up_us = mono_us() + w->cfg->kafka.produce_timeout_ms * 1000;
 	for (;;) {
 		kerr = rd_kafka_producev(w->producer,
 					 RD_KAFKA_V_TOPIC(FS_TOPIC_LEDGER),
@@ -665,7 +674,7 @@ static int worker_produce(struct worker *w, size_t i, char *err, size_t errlen)
 					 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 					 RD_KAFKA_V_OPAQUE((void *)w->gen),
 					 RD_KAFKA_V_END);
-		if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		if (kerr != RD_KAFKA_RESP_ERR__QUEUE_FULL || mono_us() > give_up_us)
 			break;
 		rd_kafka_poll(w->producer, 100);
 	}

@@ -32,8 +32,9 @@ static struct cf_key keys[] = {
 	  "Wait before sending a hold's RELEASE again while it is still held" },
 	{ "reconciler.record_ttl_s", CF_INT, &cfg.record_ttl_s, "604800", 60, 315360000,
 	  "Seconds a rebuilt request record is kept (match deductor.record_ttl_s)" },
-	{ "reconciler.rebuild_quiesce_ms", CF_INT, &cfg.rebuild_quiesce_ms, "2000", 0, 600000,
-	  "rebuild --force: wait after deleting fs:ready so in-flight deductor batches stop" },
+	{ "reconciler.rebuild_quiesce_ms", CF_INT, &cfg.rebuild_quiesce_ms, "12000", 0, 600000,
+	  "rebuild: wait after the state is fenced for in-flight deductor batches; must exceed "
+	  "twice the deductors' kafka.produce_timeout_ms plus 1 s" },
 	{ "reconciler.rebuild_tail_timeout_ms", CF_INT, &cfg.rebuild_tail_timeout_ms, "30000",
 	  1000, 3600000,
 	  "rebuild: fail when the ledger tail makes no progress for this long" },

@@ -553,14 +553,44 @@ static int rebuild_state_present(struct rebuild *b)
 	return present;
 }
 
+/*
+ * With fs:ready gone, deductor batches hit not_ready and stop, but a batch
+ * applied just before may still be delivering its ledger events, for up to
+ * the deductors' kafka.produce_timeout_ms. Wait that out before reading the
+ * ledger's high watermarks, so the rebuild folds every event of the old
+ * epoch and the deductor's epoch-fence redo only repeats first outcomes.
+ * Nothing to wait for when no promotion exists (a fresh stack).
+ */
+static int rebuild_quiesce(struct rebuild *b, const char *why)
+{
+	PGresult *r = PQexec(b->pg, "SELECT 1 FROM promotions LIMIT 1");
+	bool any;
+
+	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+		snprintf(b->err, sizeof(b->err), "postgres: %s", PQerrorMessage(b->pg));
+		PQclear(r);
+		return -1;
+	}
+	any = PQntuples(r) > 0;
+	PQclear(r);
+	if (!any)
+		return 0;
+	log_warn("state_fenced", "msg=\"%s; waiting for in-flight deductor batches\" quiesce_ms=%lld",
+		 why, b->cfg->rebuild_quiesce_ms);
+	sleep_ms(b->cfg->rebuild_quiesce_ms);
+	return 0;
+}
+
 /* Fence: 0 to go on, 1 nothing to do, -1 refused or failed. */
 static int rebuild_fence(struct rebuild *b, const struct rebuild_opts *opt)
 {
 	int present = rebuild_state_present(b);
 	redisReply *r;
 
-	if (present <= 0)
-		return present;
+	if (present < 0)
+		return -1;
+	if (present == 0)
+		return rebuild_quiesce(b, "fs:ready absent");
 	if (opt->if_missing) {
 		printf("state present, nothing to do\n");
 		return 1;
@@ -575,11 +605,7 @@ static int rebuild_fence(struct rebuild *b, const struct rebuild_opts *opt)
 	if (r == NULL)
 		return -1;
 	freeReplyObject(r);
-	/* In-flight deductor batches now hit not_ready and stop; the epoch fence redoes them. */
-	log_warn("state_fenced", "msg=\"fs:ready deleted for a forced rebuild\" quiesce_ms=%lld",
-		 b->cfg->rebuild_quiesce_ms);
-	sleep_ms(b->cfg->rebuild_quiesce_ms);
-	return 0;
+	return rebuild_quiesce(b, "fs:ready deleted for a forced rebuild");
 }
 
 int rebuild_run(const struct reconciler_cfg *cfg, const struct rebuild_opts *opt)

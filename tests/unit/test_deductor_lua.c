@@ -475,9 +475,9 @@ static void test_release_after_deadline(void **state)
 	/* A second release is a replay. */
 	r = apply(K_RELEASE, "rid-1", "sku-2", NULL, 0);
 	assert_event(&r, E_EXPIRED, "expired", "", false);
-	/* Paying an expired hold is too late. */
+	/* Paying an expired hold changes nothing: the terminal event again. */
 	r = apply(K_PAY, "rid-1", "sku-2", NULL, 0);
-	assert_event(&r, E_TREFUSED, "expired", "too_late", false);
+	assert_event(&r, E_EXPIRED, "expired", "", false);
 	assert_counters("sku-2", 5, 0, 0);
 }
 
@@ -513,6 +513,12 @@ static void test_pay_after_deadline(void **state)
 	assert_int_equal(user_units("sku-2", "alice"), 0);
 	/* The reconciler's release arriving afterwards replays the same event. */
 	r = apply(K_RELEASE, "rid-1", "sku-2", NULL, 0);
+	assert_event(&r, E_EXPIRED, "expired", "", false);
+	/*
+	 * The late pay itself replayed (its event was lost to a crash) emits
+	 * the EXPIRED event again rather than a refusal, so the ledger gets it.
+	 */
+	r = apply(K_PAY, "rid-1", "sku-2", NULL, 0);
 	assert_event(&r, E_EXPIRED, "expired", "", false);
 	assert_counters("sku-2", 5, 0, 0);
 }
@@ -588,8 +594,40 @@ static void test_other_sku_transition(void **state)
 	assert_event(&r, E_TREFUSED, "unknown", "unknown_request", false);
 	r = apply(K_CANCEL, "rid-1", "sku-2", NULL, 0);
 	assert_event(&r, E_TREFUSED, "unknown", "unknown_request", false);
+	/*
+	 * A purchase reusing the id on another SKU is refused without a copy
+	 * of the first purchase's event on this SKU's stream.
+	 */
+	r = apply(K_PURCHASE, "rid-1", "sku-2", "alice", 1);
+	assert_event(&r, E_TREFUSED, "unknown", "request_id_reused", false);
 	assert_counters("sku-1", 8, 2, 0);
 	assert_counters("sku-2", 5, 0, 0);
+}
+
+/*
+ * Redis refusing for now (OOM under noeviction) is a retry of the batch, never
+ * a failed intent: failed intents are dead-lettered, and this purchase was
+ * already acknowledged to the buyer.
+ */
+static void test_oom_is_retried(void **state)
+{
+	struct step_result res;
+	fs_intent in;
+	fs_intent *list[1] = { &in };
+	char err[256];
+
+	(void)state;
+	promo("sku-2", 5, 2, -60000, 3600000, 60000);
+	cmd_ok("CONFIG SET maxmemory-policy noeviction");
+	cmd_ok("CONFIG SET maxmemory 1");
+	intent_fill(&in, K_PURCHASE, "rid-oom", "sku-2", "alice", 1);
+	assert_int_equal(step_run(rc, sha, 3600, list, &res, 1, err, sizeof(err)), STEP_RUN_BUSY);
+	assert_non_null(strstr(err, "OOM"));
+	assert_int_not_equal(res.status, STEP_FAILED);
+	assert_counters("sku-2", 5, 0, 0);
+	cmd_ok("CONFIG SET maxmemory 0");
+	res = apply(K_PURCHASE, "rid-oom", "sku-2", "alice", 1);
+	assert_event(&res, E_RESERVED, "reserved", "", true);
 }
 
 /* A script error (bad kind) comes back as a failed result, not a crash. */
@@ -652,6 +690,7 @@ int main(void)
 		cmocka_unit_test_setup(test_unknown_sku, setup),
 		cmocka_unit_test_setup(test_window, setup),
 		cmocka_unit_test_setup(test_other_sku_transition, setup),
+		cmocka_unit_test_setup(test_oom_is_retried, setup),
 		cmocka_unit_test_setup(test_script_error, setup),
 		cmocka_unit_test_setup(test_noscript, setup),
 	};
