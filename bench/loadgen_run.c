@@ -372,7 +372,9 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 		snprintf(path, sizeof(path), "%s/v1/purchases/%s-%u/%s",
 			r->prefix, cf->run_id, bi,
 			b->job == JOB_PAY ? "pay" : "cancel");
-		blen = snprintf(body, sizeof(body), "{}");
+		/* The owner proves the purchase is theirs. */
+		blen = snprintf(body, sizeof(body), "{\"user_id\":\"%s%u\"}",
+			cf->user_prefix, b->user);
 		break;
 	default:
 		return -1;

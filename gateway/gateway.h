@@ -50,6 +50,7 @@ struct gateway {
 	struct ratelimit rl;
 	struct adminpg pg;
 	bool draining;
+	long long redis_pending;    /* GET/pay/cancel reads awaiting Redis */
 	int64_t drain_start_us;
 	struct event *drain_ev;     /* drain progress timer */
 	struct event *tick_ev;      /* 100 ms: gauges */

@@ -36,7 +36,8 @@ static struct cf_key keys[] = {
 	{ "gateway.admin_token", CF_STR, &gw.cfg.admin_token, "", 0, 0,
 	  "Bearer token of POST /admin/promotions (empty disables the admin API)" },
 	{ "gateway.max_inflight", CF_INT, &gw.cfg.max_inflight, "20000", 1, 10000000,
-	  "Intents awaiting Kafka acknowledgement before purchases get 503 busy", true },
+	  "Intents awaiting Kafka acknowledgement (and, counted apart, reads awaiting Redis) "
+	  "before requests get 503 busy", true },
 	{ "gateway.user_rate_per_s", CF_INT, &gw.cfg.user_rate_per_s, "5", 1, 1000000,
 	  "Purchase attempts per second per user (token bucket refill)", true },
 	{ "gateway.user_burst", CF_INT, &gw.cfg.user_burst, "10", 1, 1000000,
@@ -65,14 +66,20 @@ static bool gw_health(void *arg, char *detail, size_t n)
 	struct gateway *g = arg;
 	bool redis = store_ready(&g->store);
 	bool cache = promo_fresh(&g->promo);
-	bool kafka = !g->prod.all_brokers_down;
+	/*
+	 * All-brokers-down is reported, not fatal to health: it is cleared
+	 * only by a delivery, which an instance taken out of traffic never gets.
+	 */
+	bool kafka = !g->prod.fatal;
 	int64_t age = promo_age_ms(&g->promo);
 
 	snprintf(detail, n,
 		 "{\"redis\":%s,\"cache_fresh\":%s,\"cache_age_ms\":%" PRId64 ",\"kafka\":%s,"
+		 "\"kafka_brokers_down\":%s,"
 		 "\"postgres\":%s,\"inflight\":%lld,\"draining\":%s}",
 		 redis ? "true" : "false", cache ? "true" : "false",
 		 age == INT64_MAX ? -1 : age, kafka ? "true" : "false",
+		 g->prod.all_brokers_down ? "true" : "false",
 		 adminpg_ready(&g->pg) ? "true" : "false", g->prod.inflight,
 		 g->draining ? "true" : "false");
 	return redis && cache && kafka && !g->draining;

@@ -21,7 +21,8 @@ static void producer_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *op
 	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		gw->prod.all_brokers_down = false;
 	if (pd != NULL)
-		routes_on_delivery(gw, pd, m->err);
+		routes_on_delivery(gw, pd, m->err,
+				   rd_kafka_message_status(m) != RD_KAFKA_MSG_STATUS_NOT_PERSISTED);
 }
 
 static void producer_error_cb(rd_kafka_t *rk, int errcode, const char *reason, void *opaque)
@@ -31,6 +32,15 @@ static void producer_error_cb(rd_kafka_t *rk, int errcode, const char *reason, v
 
 	if (errcode == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
 		gw->prod.all_brokers_down = true;
+	if (errcode == RD_KAFKA_RESP_ERR__FATAL) {
+		char why[512];
+
+		/* Every later produce fails: say why once, and turn unhealthy. */
+		rd_kafka_fatal_error(rk, why, sizeof(why));
+		gw->prod.fatal = true;
+		log_error("kafka_fatal", "msg=\"%s\"", log_quote(q, sizeof(q), why));
+		return;
+	}
 	log_warn("kafka_error", "err=%s msg=\"%s\"",
 		 rd_kafka_err2name((rd_kafka_resp_err_t)errcode), log_quote(q, sizeof(q), reason));
 }

@@ -26,6 +26,7 @@ struct producer {
 	struct event *poll_ev;
 	long long inflight;         /* produced, delivery report not yet served */
 	bool all_brokers_down;      /* set by error_cb, cleared by a delivery */
+	bool fatal;                 /* the idempotent producer failed for good */
 };
 
 /* Create the producer and its loop events. Start-up only. */

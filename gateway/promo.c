@@ -19,6 +19,7 @@ struct promo_refresh {
 	int pending;                /* replies still expected */
 	bool failed;
 	bool have_time;
+	int64_t redis_ms;           /* Redis TIME when this refresh began */
 	bool state_lost;            /* fs:ready absent: Redis lost, not yet rebuilt */
 	int64_t offset_ms;
 	struct promo *items;
@@ -90,10 +91,14 @@ int promo_put(struct promo_cache *c, const struct promo *p)
 	return 0;
 }
 
-void promo_note_sold_out(struct promo_cache *c, const char *sku)
+void promo_note_sold_out(struct promo_cache *c, const char *sku, int64_t at_ms)
 {
-	struct promo *p = (struct promo *)promo_find(c, sku);
+	struct promo *p;
 
+	/* Older than what the table was read at: the table already knows better. */
+	if (at_ms <= c->refreshed_redis_ms)
+		return;
+	p = (struct promo *)promo_find(c, sku);
 	if (p != NULL)
 		p->remaining = 0;
 }
@@ -162,6 +167,7 @@ static void promo_refresh_done(struct promo_refresh *r)
 		free(r->items);
 		c->clock_offset_ms = r->offset_ms;
 		c->refreshed_us = mono_us();
+		c->refreshed_redis_ms = r->redis_ms;
 		free(r);
 		return;
 	}
@@ -183,6 +189,7 @@ static void promo_refresh_done(struct promo_refresh *r)
 	free(old);
 	c->clock_offset_ms = r->offset_ms;
 	c->refreshed_us = mono_us();
+	c->refreshed_redis_ms = r->redis_ms;
 	free(r);
 }
 
@@ -207,7 +214,8 @@ static void promo_time_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		int64_t mid = (r->sent_wall_ms + now_ms()) / 2;
 
 		if (ok) {
-			r->offset_ms = sec * 1000 + usec / 1000 - mid;
+			r->redis_ms = sec * 1000 + usec / 1000;
+			r->offset_ms = r->redis_ms - mid;
 			r->have_time = true;
 		} else {
 			r->failed = true;
@@ -293,7 +301,15 @@ static void promo_tick(evutil_socket_t fd, short what, void *arg)
 	const char *ready_argv[] = { "GET", "fs:ready" };
 
 	metric_set(&gw_m_cache_age, c->refreshed_us ? promo_age_ms(c) : -1);
-	/* One refresh at a time: a slow Redis must not pile them up. */
+	/*
+	 * One refresh at a time: a slow Redis must not pile them up. One that
+	 * has waited past cache_max_age_ms means a Redis that stopped
+	 * answering without closing the socket (paused, black-holed): hiredis
+	 * has no command timeout, so drop the connection; every pending
+	 * callback, this refresh's included, then runs with a NULL reply.
+	 */
+	if (c->cur != NULL && (mono_us() - c->cur->start_us) / 1000 > c->max_age_ms)
+		store_reset(&gw->store);
 	if (c->cur != NULL || !store_ready(&gw->store))
 		return;
 	r = calloc(1, sizeof(*r));

@@ -36,6 +36,7 @@ struct promo_cache {
 	int64_t clock_offset_ms;    /* Redis clock - local wall clock */
 	bool state_lost;            /* last refresh found fs:ready absent */
 	int64_t refreshed_us;       /* mono time of the last complete refresh, 0 = never */
+	int64_t refreshed_redis_ms; /* Redis time at which that refresh began */
 	struct event *timer;
 	struct promo_refresh *cur;  /* the refresh under way, if any */
 	long long refresh_ms;
@@ -64,12 +65,14 @@ const char *promo_status(const struct promo *p, int64_t now);
 int promo_put(struct promo_cache *c, const struct promo *p) __attribute__((warn_unused_result));
 
 /*
- * The deductor refused a one-unit purchase of sku as sold out: nothing was
- * left at that moment. Flag it in the cache now, so the spike behind it is
- * turned away here rather than queued, until the next refresh says
- * otherwise (a hold that expires or is cancelled brings units back).
+ * The deductor refused a one-unit purchase of sku as sold out at at_ms
+ * (Redis clock): nothing was left then. If that is newer than the table,
+ * flag it now, so the spike behind it is turned away here rather than
+ * queued, until the next refresh says otherwise (a hold that expires or is
+ * cancelled brings units back). Older refusals are ignored: polling an old
+ * result must not hide units that came back.
  */
-void promo_note_sold_out(struct promo_cache *c, const char *sku);
+void promo_note_sold_out(struct promo_cache *c, const char *sku, int64_t at_ms);
 
 /* POST /admin/promotions (authorization already checked by routes). */
 void promo_admin_create(struct gateway *gw, struct evhttp_request *req,

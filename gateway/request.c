@@ -147,6 +147,22 @@ out:
 	return rc;
 }
 
+int request_parse_owner(const char *body, size_t len, size_t max_body,
+			char user_id[FS_ID_MAX + 1], const char **code,
+			char *err, size_t errlen)
+{
+	cJSON *root;
+	int rc;
+
+	user_id[0] = '\0';
+	root = req_object(body, len, max_body, code, err, errlen);
+	if (root == NULL)
+		return -1;
+	rc = req_id_field(root, "user_id", valid_user_id, false, user_id, code, err, errlen);
+	cJSON_Delete(root);
+	return rc < 0 ? -1 : 0;
+}
+
 int request_parse_promo(const char *body, size_t len, size_t max_body, int64_t now,
 			struct promo_req *out, const char **code,
 			char *err, size_t errlen)

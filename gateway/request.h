@@ -46,6 +46,15 @@ int request_parse_purchase(const char *body, size_t len, size_t max_body,
 			   char *err, size_t errlen) REQ_MUSTCHECK;
 
 /*
+ * Parse the body of POST /v1/purchases/{id}/pay and /cancel: {"user_id"},
+ * the buyer who owns the purchase (checked against the record), so that
+ * knowing a request id is not enough to cancel someone else's hold.
+ */
+int request_parse_owner(const char *body, size_t len, size_t max_body,
+			char user_id[FS_ID_MAX + 1], const char **code,
+			char *err, size_t errlen) REQ_MUSTCHECK;
+
+/*
  * Parse POST /admin/promotions. now is the default start (ms); the default
  * end is start + 1 h, the default hold 1200 s.
  */

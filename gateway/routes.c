@@ -307,7 +307,8 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	call_init(&pd->call, gw, req, ROUTE_PURCHASE);
 }
 
-void routes_on_delivery(struct gateway *gw, struct pending *pd, rd_kafka_resp_err_t err)
+void routes_on_delivery(struct gateway *gw, struct pending *pd, rd_kafka_resp_err_t err,
+			bool maybe_stored)
 {
 	cJSON *o;
 
@@ -317,7 +318,16 @@ void routes_on_delivery(struct gateway *gw, struct pending *pd, rd_kafka_resp_er
 			 intent_kind_name(pd->kind), rd_kafka_err2name(err));
 		if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE)
 			metric_add(&m_refusals[REF_QUEUE_UNAVAILABLE], 1);
-		call_reply(&pd->call, 503, queue_unavailable_body(pd->request_id));
+		if (maybe_stored) {
+			/* Retrying with the same id is safe: the deductor applies it once. */
+			cJSON *u = error_body("outcome_unknown", "we could not confirm your request; "
+					      "check it or retry with the same request_id");
+
+			cJSON_AddStringToObject(u, "request_id", pd->request_id);
+			call_reply(&pd->call, 503, u);
+		} else {
+			call_reply(&pd->call, 503, queue_unavailable_body(pd->request_id));
+		}
 		free(pd);
 		return;
 	}
@@ -355,6 +365,7 @@ static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	const char *v;
 	cJSON *o;
 
+	pd->call.gw->redis_pending--;
 	if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
 		call_error(&pd->call, 503, "store_unavailable", "Redis is unavailable; retry later");
 		free(pd);
@@ -376,8 +387,8 @@ static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		cJSON_AddNumberToObject(o, "qty", (double)atoll(v));
 	cJSON_AddStringToObject(o, "state", pair_get(r, "st"));
 	if (strcmp(pair_get(r, "st"), "sold_out") == 0 && (v = pair_get(r, "qty")) != NULL &&
-	    strcmp(v, "1") == 0 && (v = pair_get(r, "sku")) != NULL)
-		promo_note_sold_out(&pd->call.gw->promo, v);
+	    strcmp(v, "1") == 0 && (v = pair_get(r, "sku")) != NULL && pair_get(r, "ts") != NULL)
+		promo_note_sold_out(&pd->call.gw->promo, v, atoll(pair_get(r, "ts")));
 	if (strcmp(pair_get(r, "st"), "reserved") == 0 && (v = pair_get(r, "dl")) != NULL)
 		cJSON_AddNumberToObject(o, "deadline_ms", (double)atoll(v));
 	call_reply(&pd->call, 200, o);
@@ -394,6 +405,7 @@ static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	char err[256];
 	fs_intent in = FLASHSALE__INTENT__INIT;
 
+	gw->redis_pending--;
 	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
 		call_error(&pd->call, 503, "store_unavailable", "Redis is unavailable; retry later");
 		free(pd);
@@ -419,10 +431,16 @@ static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		free(pd);
 		return;
 	}
+	if (user->type != REDIS_REPLY_STRING || strcmp(user->str, pd->owner) != 0) {
+		/* The same answer as an unknown id: do not confirm whose it is. */
+		call_error(&pd->call, 404, "unknown_request", "no purchase with this request_id "
+			   "for this user_id");
+		free(pd);
+		return;
+	}
 	strcpy(pd->sku, sku->str);
 	snprintf(pd->state, sizeof(pd->state), "%s", st->str);
-	if (user->type == REDIS_REPLY_STRING && valid_user_id(user->str))
-		strcpy(pd->user_id, user->str);
+	strcpy(pd->user_id, user->str);
 	in.kind = pd->kind;
 	in.request_id = pd->request_id;
 	in.sku = pd->sku;
@@ -443,14 +461,25 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 			     enum gw_route route, const char *rid)
 {
 	struct pending *pd;
-	char key[FS_ID_MAX + 16];
+	char key[FS_ID_MAX + 16], owner[FS_ID_MAX + 1] = "", err[256];
 	const char *getall[] = { "HGETALL", key };
 	const char *hmget[] = { "HMGET", key, "sku", "st", "user" };
+	const char *body, *code = NULL;
+	size_t len;
 	int rc;
 
 	if (!valid_request_id(rid)) {
 		send_error(req, route, 400, "invalid_field", "request_id is not valid", false);
 		return;
+	}
+	if (route != ROUTE_PURCHASE_GET) {
+		body = body_of(gw, req, &len);
+		if (request_parse_owner(body != NULL ? body : "", body != NULL ? len : 0,
+					(size_t)gw->cfg.max_body, owner, &code, err,
+					sizeof(err)) < 0) {
+			send_error(req, route, 400, code, err, false);
+			return;
+		}
 	}
 	if (route != ROUTE_PURCHASE_GET && gw->draining) {
 		send_error(req, route, 503, "busy", "shutting down; retry shortly", true);
@@ -461,12 +490,18 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 			   false);
 		return;
 	}
+	/* Bounded like the Kafka side: a slow Redis must not pile up requests. */
+	if (gw->redis_pending >= gw->cfg.max_inflight) {
+		send_error(req, route, 503, "busy", "busy; retry shortly", false);
+		return;
+	}
 	pd = calloc(1, sizeof(*pd));
 	if (pd == NULL) {
 		send_error(req, route, 503, "busy", "out of memory", false);
 		return;
 	}
 	strcpy(pd->request_id, rid);
+	strcpy(pd->owner, owner);
 	snprintf(key, sizeof(key), "fs:req:%s", rid);
 	if (route == ROUTE_PURCHASE_GET) {
 		rc = store_command_argv(&gw->store, purchase_get_cb, pd, 2, getall, NULL);
@@ -481,6 +516,7 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 			   false);
 		return;
 	}
+	gw->redis_pending++;
 	call_init(&pd->call, gw, req, route);
 }
 

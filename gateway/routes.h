@@ -51,6 +51,7 @@ struct pending {
 	char sku[FS_ID_MAX + 1];
 	char user_id[FS_ID_MAX + 1];
 	char state[32];                    /* pay/cancel: st when asked */
+	char owner[FS_ID_MAX + 1];         /* pay/cancel: user_id the caller claims */
 	int64_t produced_us;               /* mono time of the produce call */
 };
 
@@ -75,6 +76,12 @@ void call_reply(struct gw_call *c, int code, struct cJSON *body);
 void call_error(struct gw_call *c, int code, const char *error, const char *reason);
 
 /* Delivery report of the intent produced for pd (runs on the loop). */
-void routes_on_delivery(struct gateway *gw, struct pending *pd, rd_kafka_resp_err_t err);
+/*
+ * A delivery report. When it failed, maybe_stored says the broker may
+ * have stored the intent anyway (timed out or purged in flight): then the
+ * buyer must not be told that nothing happened.
+ */
+void routes_on_delivery(struct gateway *gw, struct pending *pd, rd_kafka_resp_err_t err,
+			bool maybe_stored);
 
 #endif

@@ -122,6 +122,19 @@ void store_mark_queued(struct store *s, const char *request_id, long long ttl_s)
 		log_debug("queued_marker_skipped", "request_id=%s", request_id);
 }
 
+void store_reset(struct store *s)
+{
+	redisAsyncContext *ac = s->ac;
+
+	if (ac == NULL)
+		return;
+	log_error("redis_stalled", "address=%s msg=\"no reply in time; reconnecting\"", s->address);
+	s->ac = NULL;
+	s->connected = false;
+	redisAsyncFree(ac);
+	store_schedule_retry(s);
+}
+
 void store_close(struct store *s)
 {
 	s->stopping = true;

@@ -50,6 +50,12 @@ int store_command_argv(struct store *s, redisCallbackFn *fn, void *privdata,
  */
 void store_mark_queued(struct store *s, const char *request_id, long long ttl_s);
 
+/*
+ * Drop the connection now (Redis stopped answering without closing it):
+ * pending callbacks run with reply NULL, and a reconnect is scheduled.
+ */
+void store_reset(struct store *s);
+
 /* Graceful: let sent commands get their replies, then disconnect; no reconnect. */
 void store_close(struct store *s);
 

@@ -4,6 +4,10 @@ metrics of every daemon."""
 import time
 import urllib.request
 
+import pytest
+
+from stack import wait_for
+
 
 def wait_state(stack, rid, want, timeout=20):
     deadline = time.time() + timeout
@@ -49,7 +53,12 @@ def test_purchase_pay_cancel_lifecycle(stack):
     code, body = stack.http('POST', '/v1/purchases',
                             {'sku': 'api-2', 'user_id': 'alice', 'qty': 1, 'request_id': 'req-a'})
     assert code in (202, 409), body
+    # Only the buyer may pay or cancel: the user id must match the purchase.
+    code, body = stack.http('POST', '/v1/purchases/req-a/pay', {'user_id': 'mallory'})
+    assert code == 404, body
     code, body = stack.http('POST', '/v1/purchases/req-a/pay')
+    assert code == 400, body
+    code, body = stack.http('POST', '/v1/purchases/req-a/pay', {'user_id': 'alice'})
     assert code == 202, body
     wait_state(stack, 'req-a', {'paid'})
 
@@ -60,7 +69,7 @@ def test_purchase_pay_cancel_lifecycle(stack):
     assert len(rid) >= 10
     wait_state(stack, rid, {'reserved'})
     assert stack.redis('HGET', 'fs:promo:api-2', 'remaining') == '1'
-    code, body = stack.http('POST', '/v1/purchases/%s/cancel' % rid)
+    code, body = stack.http('POST', '/v1/purchases/%s/cancel' % rid, {'user_id': 'bob'})
     assert code == 202, body
     wait_state(stack, rid, {'cancelled'})
     assert stack.redis('HGET', 'fs:promo:api-2', 'remaining') == '2'
@@ -125,3 +134,26 @@ def test_sighup_reloads_and_keeps_serving(stack):
         with urllib.request.urlopen('http://127.0.0.1:%d/healthz' % port, timeout=5) as r:
             assert r.status == 200, name
         os.kill(pid, 0)   # still the same process
+
+
+@pytest.mark.stack_env(FLASHSALE_GATEWAY_CACHE_MAX_AGE_MS='1000')
+def test_stalled_redis_is_dropped_and_reconnected(stack):
+    """A Redis that stops answering without closing the socket (here: paused)
+    must not hang the gateway: it drops the connection, answers 503 meanwhile,
+    and recovers when Redis does."""
+    import os
+    import signal
+    stack.create_promotion('stall-1', stock=5, per_user_limit=1, hold_seconds=600)
+    pid = int(open(os.path.join(stack.dir, 'run', 'redis.pid')).read())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: 'event=redis_stalled' in stack.log('gateway'), timeout=20,
+                 what='the gateway to drop the stalled Redis connection')
+        code, body = stack.http('GET', '/v1/purchases/anything', timeout=5)
+        assert code == 503, body
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: stack.http('GET', '/healthz')[0] == 200, timeout=20,
+             what='the gateway to reconnect')
+    code, body = stack.http('POST', '/v1/purchases', {'sku': 'stall-1', 'user_id': 'u1', 'qty': 1})
+    assert code == 202, body

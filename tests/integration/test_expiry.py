@@ -41,8 +41,8 @@ def test_unpaid_holds_expire_and_resell(stack):
 
     # Paying after the deadline changes nothing: the purchase stays expired
     # and the ledger holds one terminal event for it.
-    rid = stack.psql("SELECT request_id FROM orders WHERE sku = 'exp-1' LIMIT 1")[0][0]
-    code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid)
+    rid, user = stack.psql("SELECT request_id, user_id FROM orders WHERE sku = 'exp-1' LIMIT 1")[0]
+    code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid, {'user_id': user})
     assert code == 202, body
     wait_for(lambda: intents(stack, 'pay') == {'expired': 1}, timeout=20,
              what='the late payment to be applied')

@@ -69,14 +69,18 @@ static void test_note_sold_out(void **state)
 	(void)state;
 
 	memset(&c, 0, sizeof(c));
+	c.refreshed_redis_ms = 5000;
 	assert_int_equal(promo_put(&c, &a), 0);
 	assert_int_equal(promo_put(&c, &b), 0);
-	promo_note_sold_out(&c, "hot");
+	/* A refusal older than the table says nothing new: units may be back. */
+	promo_note_sold_out(&c, "hot", 4000);
+	assert_int_equal(promo_find(&c, "hot")->remaining, 50);
+	promo_note_sold_out(&c, "hot", 5001);
 	assert_int_equal(promo_find(&c, "hot")->remaining, 0);
 	assert_string_equal(promo_status(promo_find(&c, "hot"), 1500), "sold_out");
 	/* Only that SKU, and an unknown one is ignored. */
 	assert_int_equal(promo_find(&c, "cold")->remaining, 9);
-	promo_note_sold_out(&c, "unknown");
+	promo_note_sold_out(&c, "unknown", 6000);
 	assert_int_equal(c.n, 2);
 	free(c.items);
 }

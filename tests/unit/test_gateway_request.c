@@ -179,6 +179,30 @@ static void test_promo_body(void **state)
 			fail_msg("accepted: %s", bad[i]);
 }
 
+/* pay/cancel bodies: the owner's user_id, required and validated. */
+static void test_owner_body(void **state)
+{
+	char user[FS_ID_MAX + 1];
+	const char *code = NULL;
+	char err[256];
+	const char *good = "{\"user_id\":\"alice\"}";
+	const char *bad[] = {
+		"", "{}", "[]", "{\"user_id\":7}", "{\"user_id\":\"bad user\"}", "not json",
+	};
+	(void)state;
+
+	assert_int_equal(request_parse_owner(good, strlen(good), MAX_BODY, user, &code,
+					     err, sizeof(err)), 0);
+	assert_string_equal(user, "alice");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		code = NULL;
+		if (request_parse_owner(bad[i], strlen(bad[i]), MAX_BODY, user, &code,
+					err, sizeof(err)) != -1)
+			fail_msg("accepted: %s", bad[i]);
+		assert_non_null(code);
+	}
+}
+
 static void test_ratelimit(void **state)
 {
 	struct ratelimit rl;
@@ -232,6 +256,7 @@ int main(void)
 		cmocka_unit_test(test_malformed),
 		cmocka_unit_test(test_long_ids_and_body),
 		cmocka_unit_test(test_promo_body),
+		cmocka_unit_test(test_owner_body),
 		cmocka_unit_test(test_ratelimit),
 		cmocka_unit_test(test_ratelimit_many_users),
 	};
