@@ -35,7 +35,8 @@ static cJSON *req_object(const char *body, size_t len, size_t max_body,
 			while (end < body + len && (*end == ' ' || *end == '\t' ||
 						    *end == '\r' || *end == '\n'))
 				end++;
-			if (end < body + len && *end != '\0') {
+			/* Only whitespace may follow: not even a NUL and junk after it. */
+			if (end < body + len) {
 				cJSON_Delete(root);
 				root = NULL;
 			}
@@ -44,6 +45,13 @@ static cJSON *req_object(const char *body, size_t len, size_t max_body,
 	if (root == NULL) {
 		*code = "invalid_json";
 		snprintf(err, errlen, "body is not valid JSON");
+		return NULL;
+	}
+	/* cJSON decodes \u0000 into a C string that ends there: "a\u0000b" would be "a". */
+	if (memmem(body, len, "\\u0000", 6) != NULL) {
+		cJSON_Delete(root);
+		*code = "invalid_json";
+		snprintf(err, errlen, "strings must not contain NUL characters");
 		return NULL;
 	}
 	if (!cJSON_IsObject(root)) {

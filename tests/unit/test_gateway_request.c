@@ -70,6 +70,7 @@ static void test_malformed(void **state)
 		{ "{\"sku\":\"S\",\"user_id\":\"u\",\"qty\":1", "invalid_json", NULL },
 		{ "{\"sku\":\"S\",\"user_id\":\"u\",\"qty\":1} x", "invalid_json", NULL },
 		{ "[1,2]", "invalid_json", NULL },
+		{ "{\"sku\":\"S\\u0000x\",\"user_id\":\"u\",\"qty\":1}", "invalid_json", NULL },
 		{ "\"str\"", "invalid_json", NULL },
 		{ "", "invalid_json", NULL },
 		{ "{\"user_id\":\"u\",\"qty\":1}", "invalid_field", "sku" },
@@ -179,6 +180,20 @@ static void test_promo_body(void **state)
 			fail_msg("accepted: %s", bad[i]);
 }
 
+/* A NUL byte and junk after the object are not "trailing whitespace". */
+static void test_nul_then_junk(void **state)
+{
+	static const char body[] = "{\"sku\":\"S\",\"user_id\":\"u\",\"qty\":1}\0junk";
+	struct purchase_req pr;
+	const char *code = NULL;
+	char err[256];
+	(void)state;
+
+	assert_int_equal(request_parse_purchase(body, sizeof(body) - 1, MAX_BODY, &pr, &code,
+						err, sizeof(err)), -1);
+	assert_string_equal(code, "invalid_json");
+}
+
 /* pay/cancel bodies: the owner's user_id, required and validated. */
 static void test_owner_body(void **state)
 {
@@ -257,6 +272,7 @@ int main(void)
 		cmocka_unit_test(test_long_ids_and_body),
 		cmocka_unit_test(test_promo_body),
 		cmocka_unit_test(test_owner_body),
+		cmocka_unit_test(test_nul_then_junk),
 		cmocka_unit_test(test_ratelimit),
 		cmocka_unit_test(test_ratelimit_many_users),
 	};
