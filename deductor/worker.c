@@ -136,6 +136,7 @@ struct worker {
 	struct daemon_thread th;
 	bool fatal;            /* worker thread only: stopping on a failure */
 	int redis_up;          /* atomic */
+	int assigned;          /* atomic: partitions this member owns (health) */
 	int64_t not_ready_since_us; /* atomic: start of the current outage, 0 if none */
 
 	/* The batch: items[i] decoded into intents[i] (NULL when invalid). */
@@ -256,16 +257,20 @@ static void worker_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
 		log_info("partitions_assigned", "count=%d", parts->cnt);
 		aerr = rd_kafka_assign(rk, parts);
+		__atomic_store_n(&w->assigned, aerr == RD_KAFKA_RESP_ERR_NO_ERROR ? parts->cnt : 0,
+				 __ATOMIC_RELAXED);
 		break;
 	case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
 		log_info("partitions_revoked", "count=%d", parts->cnt);
 		worker_drop_partitions(w, parts);
 		aerr = rd_kafka_assign(rk, NULL);
+		__atomic_store_n(&w->assigned, 0, __ATOMIC_RELAXED);
 		break;
 	default:
 		log_warn("rebalance_error", "err=%s", rd_kafka_err2name(err));
 		worker_drop_partitions(w, parts);
 		aerr = rd_kafka_assign(rk, NULL);
+		__atomic_store_n(&w->assigned, 0, __ATOMIC_RELAXED);
 		break;
 	}
 	if (aerr != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -1023,8 +1028,14 @@ bool worker_health(struct worker *w, char *detail, size_t n)
 	bool alive = !daemon_thread_finished(&w->th) && beat_age * 1000 <= HEARTBEAT_MAX_US;
 	bool ready = since == 0 || now - since <= NOT_READY_MAX_US;
 
+	/*
+	 * Owning no partition is healthy (a group may have more members than
+	 * partitions); it is reported so a starter can wait for the first
+	 * assignment before sending traffic.
+	 */
 	snprintf(detail, n, "{\"worker_alive\":%s,\"heartbeat_age_ms\":%" PRId64
-		 ",\"redis_connected\":%s,\"redis_not_ready_ms\":%" PRId64 "}",
-		 alive ? "true" : "false", beat_age, redis ? "true" : "false", outage);
+		 ",\"redis_connected\":%s,\"redis_not_ready_ms\":%" PRId64 ",\"partitions\":%d}",
+		 alive ? "true" : "false", beat_age, redis ? "true" : "false", outage,
+		 __atomic_load_n(&w->assigned, __ATOMIC_RELAXED));
 	return alive && redis && ready;
 }
