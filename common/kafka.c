@@ -237,3 +237,27 @@ size_t kafka_poll_batch(rd_kafka_t *consumer, size_t max, int first_ms, int wait
 	}
 	return n;
 }
+
+rd_kafka_t *kafka_producer_new(const struct kafka_cfg *kc, const char *client_id,
+			       void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *),
+			       void (*error_cb)(rd_kafka_t *, int, const char *, void *),
+			       void *opaque, char *err, size_t errlen)
+{
+	rd_kafka_conf_t *conf = kafka_conf_new(kc, KAFKA_PRODUCER, client_id, NULL, err, errlen);
+	rd_kafka_t *rk;
+	char why[512];
+
+	if (conf == NULL)
+		return NULL;
+	rd_kafka_conf_set_opaque(conf, opaque);
+	rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+	if (error_cb != NULL)
+		rd_kafka_conf_set_error_cb(conf, error_cb);
+	/* rd_kafka_new takes the conf only when it succeeds. */
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof(why));
+	if (rk == NULL) {
+		rd_kafka_conf_destroy(conf);
+		snprintf(err, errlen, "kafka producer: %s", why);
+	}
+	return rk;
+}

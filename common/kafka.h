@@ -46,6 +46,18 @@ rd_kafka_conf_t *kafka_conf_new(const struct kafka_cfg *kc, enum kafka_role role
 				const char *client_id, const char *group_id,
 				char *err, size_t errlen) __attribute__((warn_unused_result));
 
+/*
+ * An idempotent producer (kafka_conf_new KAFKA_PRODUCER) whose delivery
+ * reports go to dr_cb and, when error_cb is not NULL, errors to error_cb
+ * instead of the logging default; opaque is handed to both. NULL with the
+ * reason in err.
+ */
+rd_kafka_t *kafka_producer_new(const struct kafka_cfg *kc, const char *client_id,
+			       void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *),
+			       void (*error_cb)(rd_kafka_t *, int, const char *, void *),
+			       void *opaque, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+
 /* Set one property, with the reason in err on failure. */
 int kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
 		   char *err, size_t errlen) __attribute__((warn_unused_result));

@@ -328,18 +328,10 @@ struct worker *worker_new(const struct deductor_cfg *cfg, char *err, size_t errl
 		goto fail;
 	}
 
-	conf = kafka_conf_new(&cfg->kafka, KAFKA_PRODUCER, "flashsale-deductor", NULL,
-			      err, errlen);
-	if (conf == NULL)
+	w->producer = kafka_producer_new(&cfg->kafka, "flashsale-deductor", worker_dr_cb, NULL,
+					 w, err, errlen);
+	if (w->producer == NULL)
 		goto fail;
-	rd_kafka_conf_set_opaque(conf, w);
-	rd_kafka_conf_set_dr_msg_cb(conf, worker_dr_cb);
-	w->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kmsg, sizeof(kmsg));
-	if (w->producer == NULL) {
-		rd_kafka_conf_destroy(conf);
-		snprintf(err, errlen, "kafka producer: %s", kmsg);
-		goto fail;
-	}
 
 	conf = kafka_conf_new(&cfg->kafka, KAFKA_CONSUMER, "flashsale-deductor", cfg->group,
 			      err, errlen);

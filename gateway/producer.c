@@ -67,24 +67,13 @@ static void producer_timer_cb(evutil_socket_t fd, short what, void *arg)
 int producer_init(struct producer *p, struct gateway *gw, char *err, size_t errlen)
 {
 	struct timeval tv = { 0, 100 * 1000 };
-	rd_kafka_conf_t *conf;
-	char rerr[512];
 
 	memset(p, 0, sizeof(*p));
 	p->pipefd[0] = p->pipefd[1] = -1;
-	conf = kafka_conf_new(&gw->cfg.kafka, KAFKA_PRODUCER, "flashsale-gateway", NULL,
-			      err, errlen);
-	if (conf == NULL)
+	p->rk = kafka_producer_new(&gw->cfg.kafka, "flashsale-gateway", producer_dr_cb,
+				   producer_error_cb, gw, err, errlen);
+	if (p->rk == NULL)
 		return -1;
-	rd_kafka_conf_set_opaque(conf, gw);
-	rd_kafka_conf_set_dr_msg_cb(conf, producer_dr_cb);
-	rd_kafka_conf_set_error_cb(conf, producer_error_cb);
-	p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, rerr, sizeof(rerr));
-	if (p->rk == NULL) {
-		rd_kafka_conf_destroy(conf);
-		snprintf(err, errlen, "rd_kafka_new: %s", rerr);
-		return -1;
-	}
 	if (pipe2(p->pipefd, O_NONBLOCK | O_CLOEXEC) < 0) {
 		snprintf(err, errlen, "pipe: %s", strerror(errno));
 		return -1;

@@ -573,17 +573,10 @@ struct worker *worker_new(const struct worker_cfg *cfg, struct store *store,
 		goto fail;
 	}
 
-	conf = kafka_conf_new(cfg->kafka, KAFKA_PRODUCER, WORKER_CLIENT_ID, NULL, err, errlen);
-	if (conf == NULL)
+	w->producer = kafka_producer_new(cfg->kafka, WORKER_CLIENT_ID, worker_dr_cb, NULL, w,
+					 err, errlen);
+	if (w->producer == NULL)
 		goto fail;
-	rd_kafka_conf_set_opaque(conf, w);
-	rd_kafka_conf_set_dr_msg_cb(conf, worker_dr_cb);
-	w->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, rkerr, sizeof(rkerr));
-	if (w->producer == NULL) {
-		rd_kafka_conf_destroy(conf);
-		snprintf(err, errlen, "kafka producer: %s", rkerr);
-		goto fail;
-	}
 
 	conf = kafka_conf_new(cfg->kafka, KAFKA_CONSUMER, WORKER_CLIENT_ID, cfg->group,
 			      err, errlen);

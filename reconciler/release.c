@@ -521,9 +521,7 @@ static void *release_main(void *arg)
 struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_t errlen)
 {
 	struct release *r = calloc(1, sizeof(*r));
-	rd_kafka_conf_t *conf;
 	char rid[27];
-	char kerr[512];
 
 	if (r == NULL) {
 		snprintf(err, errlen, "out of memory");
@@ -533,18 +531,10 @@ struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_
 	/* Unique per process: request_id_new is random and time-ordered. */
 	request_id_new(rid);
 	snprintf(r->token, sizeof(r->token), "%s-%d", rid, (int)getpid() % 10000);
-	conf = kafka_conf_new(&cfg->kafka, KAFKA_PRODUCER, "flashsale-reconciler", NULL,
-			      err, errlen);
-	if (conf == NULL)
+	r->rk = kafka_producer_new(&cfg->kafka, "flashsale-reconciler", release_dr_cb, NULL, r,
+				   err, errlen);
+	if (r->rk == NULL)
 		goto fail;
-	rd_kafka_conf_set_dr_msg_cb(conf, release_dr_cb);
-	rd_kafka_conf_set_opaque(conf, r);
-	r->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
-	if (r->rk == NULL) {
-		rd_kafka_conf_destroy(conf);
-		snprintf(err, errlen, "kafka producer: %s", kerr);
-		goto fail;
-	}
 	if (daemon_thread_start(&r->th, release_main, r, err, errlen) < 0) {
 		rd_kafka_destroy(r->rk);
 		goto fail;
