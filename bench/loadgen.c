@@ -18,6 +18,7 @@
 #include "flashsale_config.h"
 
 #define LG_MAX_SKUS 4096
+#define LG_MAX_GEN_SKUS 100000
 #define LG_MAX_BUYERS 10000000u
 
 static void
@@ -25,12 +26,19 @@ usage(FILE *out)
 {
 	fprintf(out,
 "usage: flashsale-loadgen [options] --sku SKU [--sku SKU2,SKU3 ...]\n"
+"       flashsale-loadgen [options] --skus N [--sku-prefix P]\n"
 "\n"
 "Simulated flash-sale buyers against the gateway's HTTP API.\n"
 "\n"
 "  -u, --url URL            gateway base URL (default http://127.0.0.1:8080)\n"
 "      --host-header HOST   Host header to send (default host:port of URL)\n"
-"  -s, --sku SKU[,SKU..]    SKU(s) to buy, uniformly; repeatable (required)\n"
+"  -s, --sku SKU[,SKU..]    SKU(s) to buy, uniformly; repeatable\n"
+"      --skus N             instead of --sku: N SKUs named P0..P(N-1)\n"
+"                           (N <= 100000), bought uniformly\n"
+"      --sku-prefix P       prefix of the --skus names (default \"sku-\")\n"
+"      --per-sku K          list K SKUs one by one in the report (default:\n"
+"                           every --sku, the first 100 of --skus; all SKUs\n"
+"                           are always summarised in per_sku_summary)\n"
 "  -n, --buyers N           buyers, one request id each (default 1000)\n"
 "      --users U            distinct user ids, dealt evenly over buyers\n"
 "                           in random order (default = buyers)\n"
@@ -56,6 +64,16 @@ usage(FILE *out)
 "      --timeout-ms MS      per-request timeout (default 10000)\n"
 "      --progress           live progress line on stderr\n"
 "      --json FILE          also write the report as JSON (\"-\": stdout)\n"
+"      --timeseries FILE    CSV, one row per interval from the first request:\n"
+"                           t_s,sent,accepted,refused,final,answers_per_s,\n"
+"                           purchases_per_s,purchase_p50_ms,purchase_p99_ms,\n"
+"                           stock_remaining\n"
+"      --interval-ms MS     timeseries interval (default 250)\n"
+"      --stock-url URL      with --timeseries: GET this Prometheus text\n"
+"                           endpoint every interval (e.g. the reconciler's\n"
+"                           /metrics) ...\n"
+"      --stock-metric NAME  ... and record the value of the line starting\n"
+"                           with NAME (labels included) as stock_remaining\n"
 "  -q, --quiet              no human summary on stdout\n"
 "  -h, --help               this help\n"
 "  -V, --version            print the version\n"
@@ -69,6 +87,8 @@ enum {
 	OPT_RAMP_MS, OPT_DUP_RATIO, OPT_RETRIES, OPT_POLL_MS, OPT_WAIT_FINAL,
 	OPT_NO_WAIT_FINAL, OPT_FINAL_TIMEOUT, OPT_PAY_RATIO, OPT_CANCEL_RATIO,
 	OPT_SEED, OPT_RUN_ID, OPT_TIMEOUT_MS, OPT_PROGRESS, OPT_JSON,
+	OPT_SKUS, OPT_SKU_PREFIX, OPT_PER_SKU, OPT_TIMESERIES, OPT_INTERVAL_MS,
+	OPT_STOCK_URL, OPT_STOCK_METRIC,
 };
 
 static const struct option long_opts[] = {
@@ -94,6 +114,13 @@ static const struct option long_opts[] = {
 	{ "timeout-ms", required_argument, NULL, OPT_TIMEOUT_MS },
 	{ "progress", no_argument, NULL, OPT_PROGRESS },
 	{ "json", required_argument, NULL, OPT_JSON },
+	{ "skus", required_argument, NULL, OPT_SKUS },
+	{ "sku-prefix", required_argument, NULL, OPT_SKU_PREFIX },
+	{ "per-sku", required_argument, NULL, OPT_PER_SKU },
+	{ "timeseries", required_argument, NULL, OPT_TIMESERIES },
+	{ "interval-ms", required_argument, NULL, OPT_INTERVAL_MS },
+	{ "stock-url", required_argument, NULL, OPT_STOCK_URL },
+	{ "stock-metric", required_argument, NULL, OPT_STOCK_METRIC },
 	{ "quiet", no_argument, NULL, 'q' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
@@ -196,6 +223,32 @@ add_skus(struct lg_config *cf, const char *arg)
 	free(copy);
 }
 
+/* --skus N: names prefix0 .. prefix(N-1). */
+static void
+gen_skus(struct lg_config *cf, const char *prefix, size_t n)
+{
+	char name[128];
+	size_t i;
+
+	snprintf(name, sizeof(name), "%s%zu", prefix, n - 1);
+	if (!id_chars_ok(name, ".:", 64))
+		bad_usage(prefix, "--sku-prefix ([A-Za-z0-9._:-], names <= 64)");
+	cf->skus = calloc(n, sizeof(*cf->skus));
+	if (cf->skus == NULL) {
+		fprintf(stderr, "flashsale-loadgen: out of memory\n");
+		exit(1);
+	}
+	for (i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "%s%zu", prefix, i);
+		if ((cf->skus[i] = strdup(name)) == NULL) {
+			fprintf(stderr, "flashsale-loadgen: out of memory\n");
+			exit(1);
+		}
+		cf->nskus++;
+	}
+	cf->sku_prefix = prefix;
+}
+
 static void
 free_skus(struct lg_config *cf)
 {
@@ -224,7 +277,11 @@ main(int argc, char **argv)
 		.seed = 1,
 		.user_prefix = "user-",
 		.timeout_ms = 10000,
+		.per_sku_max = LG_PER_SKU_AUTO,
+		.interval_ms = 250,
 	};
+	const char *sku_prefix = NULL;
+	size_t gen_nskus = 0;
 	struct lg_result res;
 	const char *json_path = NULL;
 	bool quiet = false;
@@ -302,6 +359,30 @@ main(int argc, char **argv)
 		case OPT_JSON:
 			json_path = optarg;
 			break;
+		case OPT_SKUS:
+			gen_nskus = (size_t)parse_u64(optarg, 1, LG_MAX_GEN_SKUS);
+			break;
+		case OPT_SKU_PREFIX:
+			sku_prefix = optarg;
+			break;
+		case OPT_PER_SKU:
+			cf.per_sku_max = (size_t)parse_u64(optarg, 0,
+				LG_MAX_GEN_SKUS);
+			break;
+		case OPT_TIMESERIES:
+			cf.timeseries_path = optarg;
+			break;
+		case OPT_INTERVAL_MS:
+			cf.interval_ms = (uint32_t)parse_u64(optarg, 10, 3600000);
+			break;
+		case OPT_STOCK_URL:
+			cf.stock_url = optarg;
+			break;
+		case OPT_STOCK_METRIC:
+			if (optarg[0] == '\0' || strchr(optarg, '\n') != NULL)
+				bad_usage(optarg, current_opt);
+			cf.stock_metric = optarg;
+			break;
 		case 'q':
 			quiet = true;
 			break;
@@ -325,8 +406,30 @@ main(int argc, char **argv)
 		free_skus(&cf);
 		return 2;
 	}
+	if (gen_nskus > 0 && cf.nskus > 0) {
+		fprintf(stderr, "flashsale-loadgen: --sku and --skus cannot be combined\n");
+		free_skus(&cf);
+		return 2;
+	}
+	if (sku_prefix != NULL && gen_nskus == 0) {
+		fprintf(stderr, "flashsale-loadgen: --sku-prefix needs --skus\n");
+		free_skus(&cf);
+		return 2;
+	}
+	if ((cf.stock_url == NULL) != (cf.stock_metric == NULL)) {
+		fprintf(stderr, "flashsale-loadgen: --stock-url and --stock-metric go together\n");
+		free_skus(&cf);
+		return 2;
+	}
+	if (cf.stock_url != NULL && cf.timeseries_path == NULL) {
+		fprintf(stderr, "flashsale-loadgen: --stock-url needs --timeseries\n");
+		free_skus(&cf);
+		return 2;
+	}
+	if (gen_nskus > 0)
+		gen_skus(&cf, sku_prefix ? sku_prefix : "sku-", gen_nskus);
 	if (cf.nskus == 0) {
-		fprintf(stderr, "flashsale-loadgen: at least one --sku is required (see --help)\n");
+		fprintf(stderr, "flashsale-loadgen: --sku or --skus is required (see --help)\n");
 		return 2;
 	}
 	if (cf.pay_ratio + cf.cancel_ratio > 1.0 + 1e-9) {
@@ -383,6 +486,11 @@ main(int argc, char **argv)
 	if (json_path != NULL &&
 	    lg_report_json(json_path, &cf, &res, code, err, sizeof(err)) != 0) {
 		fprintf(stderr, "flashsale-loadgen: %s\n", err);
+		code = 1;
+	}
+	if (res.ts_write_failed) {
+		fprintf(stderr, "flashsale-loadgen: cannot write %s\n",
+			cf.timeseries_path);
 		code = 1;
 	}
 	if (res.responses == 0)

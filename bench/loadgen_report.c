@@ -7,7 +7,12 @@
 #include <cJSON.h>
 
 static const double pcts[] = { 0.50, 0.90, 0.99, 0.999 };
+/* "p99_9" predates "p999"; both stay in the JSON for older readers. */
 static const char *const pct_names[] = { "p50", "p90", "p99", "p99_9" };
+static const char *const pct_labels[] = { "p50", "p90", "p99", "p99.9" };
+
+/* --skus N lists this many SKUs one by one unless --per-sku says otherwise. */
+#define LG_PER_SKU_DEFAULT 100
 
 void
 lg_report_prepare(struct lg_result *res)
@@ -28,15 +33,20 @@ print_lat(FILE *out, const char *label, const struct lg_samples *s)
 {
 	size_t i;
 
-	fprintf(out, "  %-30s n=%zu", label, s->n);
+	fprintf(out, "  %-30s n=%llu", label,
+		(unsigned long long)lg_samples_count(s));
 	if (s->n == 0) {
 		fputc('\n', out);
 		return;
 	}
 	for (i = 0; i < sizeof(pcts) / sizeof(pcts[0]); i++)
-		fprintf(out, " %s=%.1f", pct_names[i], ms(lg_samples_pct(s, pcts[i])));
-	fprintf(out, " max=%.1f mean=%.1f ms\n", ms(lg_samples_max(s)),
+		fprintf(out, " %s=%.1f", pct_labels[i],
+			ms(lg_samples_pct(s, pcts[i])));
+	fprintf(out, " max=%.1f mean=%.1f ms", ms(lg_samples_max(s)),
 		lg_samples_mean(s) / 1000.0);
+	if (s->n < lg_samples_count(s))
+		fprintf(out, " (percentiles from %zu sampled)", s->n);
+	fputc('\n', out);
 }
 
 static void
@@ -55,15 +65,64 @@ print_counts(FILE *out, const char *label, const struct lg_counts *t)
 
 #define U(x) ((unsigned long long)(x))
 
+size_t
+lg_report_per_sku_listed(const struct lg_config *cf)
+{
+	size_t max = cf->per_sku_max;
+
+	if (max == LG_PER_SKU_AUTO)
+		max = cf->sku_prefix != NULL ? LG_PER_SKU_DEFAULT : cf->nskus;
+	return max < cf->nskus ? max : cf->nskus;
+}
+
+/* min / median / max of one per-SKU counter over every SKU. */
+struct sku_spread {
+	uint64_t min, p50, max;
+	size_t nonzero;
+};
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+static void
+sku_spread(const struct lg_config *cf, const struct lg_result *res,
+	size_t field, uint64_t *tmp, struct sku_spread *sp)
+{
+	size_t i;
+
+	memset(sp, 0, sizeof(*sp));
+	if (cf->nskus == 0)
+		return;
+	for (i = 0; i < cf->nskus; i++) {
+		const struct lg_sku_stats *k = &res->per_sku[i];
+
+		tmp[i] = field == 0 ? k->buyers : field == 1 ? k->accepted : k->paid;
+		sp->nonzero += tmp[i] != 0;
+	}
+	qsort(tmp, cf->nskus, sizeof(*tmp), cmp_u64);
+	sp->min = tmp[0];
+	sp->p50 = tmp[(cf->nskus - 1) / 2];
+	sp->max = tmp[cf->nskus - 1];
+}
+
 void
 lg_report_print(FILE *out, const struct lg_config *cf,
 	const struct lg_result *res, int exit_code)
 {
 	size_t i;
 
-	fprintf(out, "flashsale-loadgen: %s buyers=%u users=%u skus=%zu "
+	size_t listed = lg_report_per_sku_listed(cf);
+
+	fprintf(out, "flashsale-loadgen: %s buyers=%u users=%u skus=%zu%s%s%s "
 		"concurrency=%u ramp=%ums seed=%llu run-id=%s\n",
-		cf->url, cf->buyers, cf->users, cf->nskus, cf->concurrency,
+		cf->url, cf->buyers, cf->users, cf->nskus,
+		cf->sku_prefix ? " (" : "", cf->sku_prefix ? cf->sku_prefix : "",
+		cf->sku_prefix ? "0..)" : "", cf->concurrency,
 		cf->ramp_ms, U(cf->seed), cf->run_id);
 	if (res->interrupted)
 		fprintf(out, "  INTERRUPTED: the numbers below are partial\n");
@@ -109,10 +168,36 @@ lg_report_print(FILE *out, const struct lg_config *cf,
 	print_lat(out, "scheduled start -> final", &res->final_lat);
 	fprintf(out, "  %-30s run=%.1f ms first-request->all-done=%.1f ms\n",
 		"durations", ms(res->run_us), ms(res->first_to_done_us));
-	for (i = 0; i < cf->nskus; i++)
+	if (cf->timeseries_path != NULL)
+		fprintf(out, "  %-30s %llu rows in %s%s\n", "timeseries",
+			U(res->ts_rows), cf->timeseries_path,
+			res->ts_write_failed ? " (WRITE FAILED)" : "");
+	if (cf->stock_url != NULL)
+		fprintf(out, "  %-30s samples=%llu failed=%llu last=%s%.15g\n",
+			"stock metric", U(res->stock_samples),
+			U(res->stock_failures), res->stock_seen ? "" : "none ",
+			res->stock_last);
+	for (i = 0; i < listed; i++)
 		fprintf(out, "  sku %-26s buyers=%llu accepted=%llu paid=%llu\n",
 			cf->skus[i], U(res->per_sku[i].buyers),
 			U(res->per_sku[i].accepted), U(res->per_sku[i].paid));
+	if (listed < cf->nskus) {
+		uint64_t *tmp = malloc(cf->nskus * sizeof(*tmp));
+		struct sku_spread sp[3];
+		size_t f;
+
+		fprintf(out, "  %-30s %zu more not listed (--per-sku)\n",
+			"skus", cf->nskus - listed);
+		for (f = 0; tmp != NULL && f < 3; f++) {
+			sku_spread(cf, res, f, tmp, &sp[f]);
+			fprintf(out, "  %-30s min=%llu median=%llu max=%llu "
+				"skus>0=%zu\n", f == 0 ? "per sku: buyers" :
+				f == 1 ? "per sku: accepted" : "per sku: paid",
+				U(sp[f].min), U(sp[f].p50), U(sp[f].max),
+				sp[f].nonzero);
+		}
+		free(tmp);
+	}
 	fprintf(out, "  %-30s %d\n", "exit", exit_code);
 }
 
@@ -122,12 +207,15 @@ json_lat(const struct lg_samples *s)
 	cJSON *o = cJSON_CreateObject();
 	size_t i;
 
-	cJSON_AddNumberToObject(o, "count", (double)s->n);
+	cJSON_AddNumberToObject(o, "count", (double)lg_samples_count(s));
 	for (i = 0; i < sizeof(pcts) / sizeof(pcts[0]); i++)
 		cJSON_AddNumberToObject(o, pct_names[i],
 			ms(lg_samples_pct(s, pcts[i])));
+	cJSON_AddNumberToObject(o, "p999", ms(lg_samples_pct(s, 0.999)));
 	cJSON_AddNumberToObject(o, "max", ms(lg_samples_max(s)));
 	cJSON_AddNumberToObject(o, "mean", lg_samples_mean(s) / 1000.0);
+	if (s->n < lg_samples_count(s))
+		cJSON_AddNumberToObject(o, "sampled", (double)s->n);
 	if (s->dropped)
 		cJSON_AddNumberToObject(o, "dropped", (double)s->dropped);
 	return o;
@@ -148,14 +236,21 @@ static cJSON *
 json_config(const struct lg_config *cf)
 {
 	cJSON *o = cJSON_CreateObject(), *skus = cJSON_CreateArray();
-	size_t i;
+	size_t i, n;
 
 	cJSON_AddStringToObject(o, "url", cf->url);
 	cJSON_AddNumberToObject(o, "buyers", cf->buyers);
 	cJSON_AddNumberToObject(o, "users", cf->users);
-	for (i = 0; i < cf->nskus; i++)
+	/* generated SKUs: only those listed per SKU, the rest is P<i> */
+	n = cf->sku_prefix != NULL ? lg_report_per_sku_listed(cf) : cf->nskus;
+	for (i = 0; i < n; i++)
 		cJSON_AddItemToArray(skus, cJSON_CreateString(cf->skus[i]));
 	cJSON_AddItemToObject(o, "skus", skus);
+	cJSON_AddNumberToObject(o, "sku_count", (double)cf->nskus);
+	if (cf->sku_prefix != NULL)
+		cJSON_AddStringToObject(o, "sku_prefix", cf->sku_prefix);
+	else
+		cJSON_AddNullToObject(o, "sku_prefix");
 	cJSON_AddNumberToObject(o, "qty_max", cf->qty_max);
 	cJSON_AddNumberToObject(o, "ramp_ms", cf->ramp_ms);
 	cJSON_AddNumberToObject(o, "concurrency", cf->concurrency);
@@ -170,7 +265,74 @@ json_config(const struct lg_config *cf)
 	cJSON_AddStringToObject(o, "run_id", cf->run_id);
 	cJSON_AddStringToObject(o, "user_prefix", cf->user_prefix);
 	cJSON_AddNumberToObject(o, "timeout_ms", cf->timeout_ms);
+	if (cf->timeseries_path != NULL) {
+		cJSON_AddStringToObject(o, "timeseries", cf->timeseries_path);
+		cJSON_AddNumberToObject(o, "interval_ms", cf->interval_ms);
+	}
+	if (cf->stock_url != NULL) {
+		cJSON_AddStringToObject(o, "stock_url", cf->stock_url);
+		cJSON_AddStringToObject(o, "stock_metric", cf->stock_metric);
+	}
 	return o;
+}
+
+/*
+ * Every SKU summarised in a few numbers, so 10,000 SKUs do not need 10,000
+ * entries: how many are listed in "per_sku", and min/median/max with the
+ * count of SKUs above zero for buyers, accepted and paid.
+ */
+static cJSON *
+json_sku_summary(const struct lg_config *cf, const struct lg_result *res,
+	size_t listed)
+{
+	static const char *const fields[] = { "buyers", "accepted", "paid" };
+	cJSON *o = cJSON_CreateObject();
+	uint64_t *tmp = malloc((cf->nskus ? cf->nskus : 1) * sizeof(*tmp));
+	size_t f;
+
+	cJSON_AddNumberToObject(o, "skus", (double)cf->nskus);
+	cJSON_AddNumberToObject(o, "listed", (double)listed);
+	for (f = 0; tmp != NULL && f < 3; f++) {
+		struct sku_spread sp;
+		cJSON *k = cJSON_AddObjectToObject(o, fields[f]);
+
+		sku_spread(cf, res, f, tmp, &sp);
+		cJSON_AddNumberToObject(k, "min", (double)sp.min);
+		cJSON_AddNumberToObject(k, "median", (double)sp.p50);
+		cJSON_AddNumberToObject(k, "max", (double)sp.max);
+		cJSON_AddNumberToObject(k, "skus_nonzero", (double)sp.nonzero);
+	}
+	free(tmp);
+	return o;
+}
+
+int
+lg_report_ts_header(FILE *f)
+{
+	return fputs("t_s,sent,accepted,refused,final,answers_per_s,"
+		"purchases_per_s,purchase_p50_ms,purchase_p99_ms,"
+		"stock_remaining\n", f) == EOF || fflush(f) != 0 ? -1 : 0;
+}
+
+int
+lg_report_ts_row(FILE *f, const struct lg_ts_row *row)
+{
+	char lat[64] = "", stock[40] = "";
+
+	if (row->have_lat)
+		snprintf(lat, sizeof(lat), "%.3f,%.3f", row->purchase_p50_ms,
+			row->purchase_p99_ms);
+	else
+		snprintf(lat, sizeof(lat), ",");
+	if (row->have_stock)
+		snprintf(stock, sizeof(stock), "%.15g", row->stock_remaining);
+	/* flushed per row so a live plot can tail the file */
+	if (fprintf(f, "%.3f,%llu,%llu,%llu,%llu,%.1f,%.1f,%s,%s\n",
+	    row->t_s, U(row->sent), U(row->accepted), U(row->refused),
+	    U(row->final), row->answers_per_s, row->purchases_per_s, lat,
+	    stock) < 0 || fflush(f) != 0)
+		return -1;
+	return 0;
 }
 
 int
@@ -181,7 +343,7 @@ lg_report_json(const char *path, const struct lg_config *cf,
 	cJSON *o;
 	char *text, num[16];
 	FILE *f;
-	size_t i;
+	size_t i, listed;
 	int rc = 0;
 
 	if (doc == NULL) {
@@ -256,13 +418,32 @@ lg_report_json(const char *path, const struct lg_config *cf,
 		cJSON_AddNullToObject(o, "first_request_to_all_final");
 
 	o = cJSON_AddObjectToObject(doc, "per_sku");
-	for (i = 0; i < cf->nskus; i++) {
+	listed = lg_report_per_sku_listed(cf);
+	for (i = 0; i < listed; i++) {
 		cJSON *k = cJSON_AddObjectToObject(o, cf->skus[i]);
 
 		cJSON_AddNumberToObject(k, "buyers", (double)res->per_sku[i].buyers);
 		cJSON_AddNumberToObject(k, "accepted",
 			(double)res->per_sku[i].accepted);
 		cJSON_AddNumberToObject(k, "paid", (double)res->per_sku[i].paid);
+	}
+	cJSON_AddItemToObject(doc, "per_sku_summary", json_sku_summary(cf, res,
+		listed));
+	if (cf->timeseries_path != NULL) {
+		o = cJSON_AddObjectToObject(doc, "timeseries");
+		cJSON_AddStringToObject(o, "path", cf->timeseries_path);
+		cJSON_AddNumberToObject(o, "interval_ms", cf->interval_ms);
+		cJSON_AddNumberToObject(o, "rows", (double)res->ts_rows);
+		cJSON_AddBoolToObject(o, "write_failed", res->ts_write_failed);
+	}
+	if (cf->stock_url != NULL) {
+		o = cJSON_AddObjectToObject(doc, "stock");
+		cJSON_AddNumberToObject(o, "samples", (double)res->stock_samples);
+		cJSON_AddNumberToObject(o, "failures", (double)res->stock_failures);
+		if (res->stock_seen)
+			cJSON_AddNumberToObject(o, "last", res->stock_last);
+		else
+			cJSON_AddNullToObject(o, "last");
 	}
 	cJSON_AddBoolToObject(doc, "interrupted", res->interrupted);
 	cJSON_AddBoolToObject(doc, "gateway_reached", res->responses > 0);

@@ -11,10 +11,16 @@
  * spent queued inside the generator (all connections busy) counts against
  * the gateway: a slow gateway cannot make the generator send less and hide
  * its own slowness (coordinated omission).
+ *
+ * Memory is bounded per buyer: a 56-byte buyer, one purchase and at most
+ * one final latency sample (8 bytes each); per-request samples go to a
+ * fixed-size reservoir, per-interval ones to a reused buffer.
  */
 #include "loadgen_run.h"
+#include "loadgen_report.h"
 
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +61,10 @@ enum lg_phase {
 #define LG_BODY_MAX (64 * 1024)
 #define LG_BACKOFF_BASE_US 50000
 #define LG_BACKOFF_MAX_US 1000000
+#define LG_REQUEST_SAMPLES (2u << 20)	/* request latency reservoir (16 MB) */
+#define LG_REASONS 64			/* distinct first-answer reasons kept */
+#define LG_REASON_OTHER 255
+#define LG_STOCK_BODY_MAX (4 * 1024 * 1024)
 
 struct lg_run;
 
@@ -62,8 +72,9 @@ struct lg_buyer {
 	struct lg_run *run;
 	int32_t next;			/* ready-queue link */
 	uint32_t user;
-	uint16_t sku;
+	uint32_t sku;
 	uint16_t qty;
+	int16_t first_status;
 	uint8_t phase;
 	uint8_t job;			/* the call it wants or has in flight */
 	uint8_t plan;
@@ -73,8 +84,7 @@ struct lg_buyer {
 	bool action_done;		/* pay/cancel settled (202 or given up) */
 	bool action_refused;		/* ... and it was refused: stop waiting */
 	uint8_t tries;			/* retries of the current call */
-	int first_status;
-	char first_reason[LG_NAME_MAX];
+	uint8_t first_reason;		/* index into lg_run.reasons */
 	int64_t sched_us;		/* scheduled arrival */
 	int64_t accepted_us;
 };
@@ -122,6 +132,29 @@ struct lg_run {
 
 	int64_t prog_last_us;
 	uint64_t prog_last_sent;
+
+	/* first answers' reasons, interned so a buyer keeps one byte */
+	char reasons[LG_REASONS][LG_NAME_MAX];
+	uint32_t nreasons;
+
+	/* --timeseries: one CSV row per tick, from the first request on */
+	FILE *ts;
+	struct event *tick_ev;
+	struct timeval tick_tv;
+	int64_t tick_last_us;
+	uint64_t tick_last_answers;
+	uint64_t iv_purchase_answers;
+	struct lg_samples iv_purchase_lat;
+
+	/* --stock-url: one GET per tick on its own connection */
+	struct evhttp_uri *stock_uri;
+	const char *stock_host;
+	int stock_port;
+	char stock_path[1024];
+	char stock_host_header[300];
+	struct evhttp_connection *stock_conn;
+	bool stock_busy;		/* a sample is in flight */
+	bool stock_broken;		/* reconnect before the next sample */
 };
 
 static const char *const final_states[] = {
@@ -396,8 +429,12 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 	count_send(r, b);
 	s->buyer = (int32_t)bi;
 	s->sent_us = mono_now_us();
-	if (r->first_send_us == 0)
+	if (r->first_send_us == 0) {
 		r->first_send_us = s->sent_us;
+		r->tick_last_us = s->sent_us;
+		if (r->tick_ev != NULL)
+			evtimer_add(r->tick_ev, &r->tick_tv);
+	}
 	if (evhttp_make_request(s->conn, req, cmd, path) != 0) {
 		/*
 		 * libevent could not even start connecting (no fd?). It may
@@ -442,9 +479,9 @@ pump_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/* Copy the answer's body as a NUL-terminated string (NULL if none). */
+/* Copy the answer's body, at most max bytes, NUL-terminated (NULL if none). */
 static char *
-body_copy(struct evhttp_request *req)
+body_copy(struct evhttp_request *req, size_t max)
 {
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
 	size_t len = in ? evbuffer_get_length(in) : 0;
@@ -452,8 +489,8 @@ body_copy(struct evhttp_request *req)
 
 	if (len == 0)
 		return NULL;
-	if (len > LG_BODY_MAX)
-		len = LG_BODY_MAX;
+	if (len > max)
+		len = max;
 	s = malloc(len + 1);
 	if (s == NULL)
 		return NULL;
@@ -481,7 +518,7 @@ on_response(struct evhttp_request *req, void *arg)
 	}
 	r->idle[r->nidle++] = (uint32_t)(s - r->slots);
 	lg_samples_add(&r->res->request_lat, mono_now_us() - s->sent_us);
-	body = code ? body_copy(req) : NULL;
+	body = code ? body_copy(req, LG_BODY_MAX) : NULL;
 	handle_answer(r, b, code, body);
 	free(body);
 	schedule_pump(r);
@@ -539,6 +576,27 @@ is_final_state(const char *st)
 	return false;
 }
 
+/* The one-byte id of a reason string; LG_REASON_OTHER past the table. */
+static uint8_t
+reason_id(struct lg_run *r, const char *reason)
+{
+	uint32_t i;
+
+	for (i = 0; i < r->nreasons; i++)
+		if (strcmp(r->reasons[i], reason) == 0)
+			return (uint8_t)i;
+	if (r->nreasons >= LG_REASONS || strlen(reason) >= LG_NAME_MAX)
+		return LG_REASON_OTHER;
+	strcpy(r->reasons[r->nreasons], reason);
+	return (uint8_t)r->nreasons++;
+}
+
+static const char *
+reason_name(const struct lg_run *r, uint8_t id)
+{
+	return id < r->nreasons ? r->reasons[id] : "other";
+}
+
 static void
 buyer_accepted(struct lg_run *r, struct lg_buyer *b)
 {
@@ -557,7 +615,8 @@ purchase_settled(struct lg_run *r, struct lg_buyer *b)
 	if (!b->accepted) {
 		if (b->first_answered) {
 			res->refused++;
-			lg_counts_add(&res->refused_by, b->first_reason, 1);
+			lg_counts_add(&res->refused_by,
+				reason_name(r, b->first_reason), 1);
 		} else {
 			res->purchase_failed++;
 		}
@@ -601,10 +660,14 @@ on_purchase_answer(struct lg_run *r, struct lg_buyer *b, int code,
 		res->http_errors++;	/* 2xx/3xx we do not expect */
 
 	if (b->phase == PH_PURCHASE) {
-		lg_samples_add(&res->purchase_lat, mono_now_us() - b->sched_us);
+		int64_t lat = mono_now_us() - b->sched_us;
+
+		lg_samples_add(&res->purchase_lat, lat);
+		if (r->ts != NULL)
+			lg_samples_add(&r->iv_purchase_lat, lat);
 		b->first_answered = true;
-		b->first_status = code;
-		snprintf(b->first_reason, sizeof(b->first_reason), "%s", reason);
+		b->first_status = (int16_t)code;
+		b->first_reason = reason_id(r, reason);
 		if (code == 202)
 			buyer_accepted(r, b);
 		if (b->dup) {
@@ -616,7 +679,7 @@ on_purchase_answer(struct lg_run *r, struct lg_buyer *b, int code,
 		}
 	} else {
 		if (code != b->first_status ||
-		    strcmp(reason, b->first_reason) != 0)
+		    reason_id(r, reason) != b->first_reason)
 			res->duplicate_mismatch++;
 		if (code == 202 && !b->accepted)
 			buyer_accepted(r, b);
@@ -729,6 +792,8 @@ handle_answer(struct lg_run *r, struct lg_buyer *b, int code, const char *body)
 		res->http_errors++;
 	else
 		res->responses++;
+	if (code != 0 && b->job == JOB_PURCHASE)
+		r->iv_purchase_answers++;
 
 	switch (b->job) {
 	case JOB_PURCHASE:
@@ -806,6 +871,166 @@ progress_cb(evutil_socket_t fd, short what, void *arg)
 	progress_line(arg, false);
 }
 
+/* ---- --timeseries and --stock-url ---- */
+
+/*
+ * Write the row for the interval that ends now and start the next one.
+ * The cost is a sort of this interval's purchase latencies only.
+ */
+static void
+ts_row(struct lg_run *r, int64_t now)
+{
+	struct lg_result *res = r->res;
+	struct lg_ts_row row;
+	double dt = (double)(now - r->tick_last_us) / 1e6;
+
+	memset(&row, 0, sizeof(row));
+	row.t_s = (double)(now - r->first_send_us) / 1e6;
+	row.sent = res->sent;
+	row.accepted = res->accepted;
+	row.refused = res->refused;
+	row.final = res->final;
+	if (dt > 0) {
+		row.answers_per_s =
+			(double)(res->responses - r->tick_last_answers) / dt;
+		row.purchases_per_s = (double)r->iv_purchase_answers / dt;
+	}
+	if (r->iv_purchase_lat.n > 0) {
+		lg_samples_sort(&r->iv_purchase_lat);
+		row.have_lat = true;
+		row.purchase_p50_ms =
+			(double)lg_samples_pct(&r->iv_purchase_lat, 0.50) / 1000.0;
+		row.purchase_p99_ms =
+			(double)lg_samples_pct(&r->iv_purchase_lat, 0.99) / 1000.0;
+	}
+	row.have_stock = res->stock_seen;
+	row.stock_remaining = res->stock_last;
+	if (lg_report_ts_row(r->ts, &row) != 0)
+		res->ts_write_failed = true;
+	res->ts_rows++;
+	r->tick_last_us = now;
+	r->tick_last_answers = res->responses;
+	r->iv_purchase_answers = 0;
+	lg_samples_reset(&r->iv_purchase_lat);
+}
+
+/* Pick the first line "NAME value" out of a Prometheus text body. */
+static bool
+prom_value(const char *body, const char *name, double *out)
+{
+	size_t nlen = strlen(name);
+	const char *line = body;
+
+	for (;;) {
+		const char *eol = strchr(line, '\n');
+
+		if (strncmp(line, name, nlen) == 0 &&
+		    (line[nlen] == ' ' || line[nlen] == '\t')) {
+			char *end;
+			double v = strtod(line + nlen, &end);
+
+			if (end == line + nlen || !isfinite(v))
+				return false;
+			*out = v;
+			return true;
+		}
+		if (eol == NULL)
+			return false;
+		line = eol + 1;
+	}
+}
+
+static void
+stock_cb(struct evhttp_request *req, void *arg)
+{
+	struct lg_run *r = arg;
+	struct lg_result *res = r->res;
+	int code = req ? evhttp_request_get_response_code(req) : 0;
+	char *body;
+	double v;
+
+	r->stock_busy = false;
+	if (r->stopping)
+		return;
+	if (code != 200) {
+		if (code <= 0)
+			r->stock_broken = true;
+		res->stock_failures++;
+		return;
+	}
+	body = body_copy(req, LG_STOCK_BODY_MAX);
+	if (body != NULL && prom_value(body, r->cf->stock_metric, &v)) {
+		res->stock_last = v;
+		res->stock_seen = true;
+		res->stock_samples++;
+	} else {
+		res->stock_failures++;
+	}
+	free(body);
+}
+
+/*
+ * Ask the stock endpoint once, unless the previous ask is still out. A
+ * failure only counts: the row keeps the last value seen.
+ */
+static void
+stock_sample(struct lg_run *r)
+{
+	struct evhttp_request *req;
+	struct evkeyvalq *h;
+	struct timeval tv;
+
+	if (r->stock_uri == NULL || r->stock_busy || r->stopping)
+		return;
+	if (r->stock_conn == NULL || r->stock_broken) {
+		/* not inside the connection's callbacks: freeing is safe */
+		if (r->stock_conn != NULL)
+			evhttp_connection_free(r->stock_conn);
+		r->stock_conn = evhttp_connection_base_new(r->base, NULL,
+			r->stock_host, (unsigned short)r->stock_port);
+		if (r->stock_conn == NULL) {
+			r->res->stock_failures++;
+			return;
+		}
+		/* a slow endpoint delays samples, never the buyers */
+		tv.tv_sec = 2;
+		tv.tv_usec = 0;
+		if (r->timeout_tv.tv_sec < 2)
+			tv = r->timeout_tv;
+		evhttp_connection_set_timeout_tv(r->stock_conn, &tv);
+		evhttp_connection_set_retries(r->stock_conn, 0);
+		r->stock_broken = false;
+	}
+	req = evhttp_request_new(stock_cb, r);
+	if (req == NULL) {
+		r->res->stock_failures++;
+		return;
+	}
+	h = evhttp_request_get_output_headers(req);
+	evhttp_add_header(h, "Host", r->stock_host_header);
+	evhttp_add_header(h, "Connection", "keep-alive");
+	evhttp_add_header(h, "Accept", "text/plain");
+	r->stock_busy = true;
+	if (evhttp_make_request(r->stock_conn, req, EVHTTP_REQ_GET,
+	    r->stock_path) != 0 && r->stock_busy) {
+		/* as in slot_send: the callback may already have run */
+		r->stock_busy = false;
+		r->stock_broken = true;
+		r->res->stock_failures++;
+	}
+}
+
+static void
+tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct lg_run *r = arg;
+
+	if (r->stopping)
+		return;
+	ts_row(r, mono_now_us());
+	stock_sample(r);
+}
+
 static void
 signal_cb(evutil_socket_t sig, short what, void *arg)
 {
@@ -816,6 +1041,16 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 }
 
 /* ---- set-up and tear-down ---- */
+
+/* "host:port", with brackets around an IPv6 literal, for a Host header. */
+static void
+host_port(char *out, size_t outlen, const char *host, int port)
+{
+	if (strchr(host, ':') != NULL)
+		snprintf(out, outlen, "[%s]:%d", host, port);
+	else
+		snprintf(out, outlen, "%s:%d", host, port);
+}
 
 static int
 run_parse_url(struct lg_run *r, char *err, size_t errlen)
@@ -851,12 +1086,45 @@ run_parse_url(struct lg_run *r, char *err, size_t errlen)
 	if (cf->host_header != NULL)
 		snprintf(r->host_header, sizeof(r->host_header), "%s",
 			cf->host_header);
-	else if (strchr(r->host, ':') != NULL)
-		snprintf(r->host_header, sizeof(r->host_header), "[%s]:%d",
-			r->host, r->port);
 	else
-		snprintf(r->host_header, sizeof(r->host_header), "%s:%d",
-			r->host, r->port);
+		host_port(r->host_header, sizeof(r->host_header), r->host,
+			r->port);
+	return 0;
+}
+
+static int
+run_parse_stock_url(struct lg_run *r, char *err, size_t errlen)
+{
+	const char *url = r->cf->stock_url, *scheme, *path, *query;
+
+	r->stock_uri = evhttp_uri_parse(url);
+	if (r->stock_uri == NULL) {
+		snprintf(err, errlen, "cannot parse --stock-url %s", url);
+		return -1;
+	}
+	scheme = evhttp_uri_get_scheme(r->stock_uri);
+	r->stock_host = evhttp_uri_get_host(r->stock_uri);
+	if (scheme == NULL || strcasecmp(scheme, "http") != 0 ||
+	    r->stock_host == NULL || r->stock_host[0] == '\0') {
+		snprintf(err, errlen,
+			"--stock-url must be http://host[:port]/path: %s", url);
+		return -1;
+	}
+	r->stock_port = evhttp_uri_get_port(r->stock_uri);
+	if (r->stock_port <= 0)
+		r->stock_port = 80;
+	path = evhttp_uri_get_path(r->stock_uri);
+	query = evhttp_uri_get_query(r->stock_uri);
+	if (path == NULL || path[0] == '\0')
+		path = "/";
+	if ((size_t)snprintf(r->stock_path, sizeof(r->stock_path), "%s%s%s",
+	    path, query ? "?" : "", query ? query : "") >=
+	    sizeof(r->stock_path)) {
+		snprintf(err, errlen, "--stock-url too long");
+		return -1;
+	}
+	host_port(r->stock_host_header, sizeof(r->stock_host_header),
+		r->stock_host, r->stock_port);
 	return 0;
 }
 
@@ -877,7 +1145,7 @@ run_plan_buyers(struct lg_run *r)
 		b->run = r;
 		b->next = LG_NO_BUYER;
 		b->user = i % cf->users;
-		b->sku = (uint16_t)rng_below(&s, (uint32_t)cf->nskus);
+		b->sku = rng_below(&s, (uint32_t)cf->nskus);
 		b->qty = (uint16_t)(1 + rng_below(&s, cf->qty_max));
 		b->dup = rng_unit(&s) < cf->dup_ratio;
 		u = rng_unit(&s);
@@ -951,10 +1219,20 @@ run_free(struct lg_run *r)
 		event_free(r->sigint_ev);
 	if (r->sigterm_ev)
 		event_free(r->sigterm_ev);
+	if (r->tick_ev)
+		event_free(r->tick_ev);
+	if (r->stock_conn)
+		evhttp_connection_free(r->stock_conn);
 	if (r->base)
 		event_base_free(r->base);	/* also frees pending once-timers */
 	if (r->uri)
 		evhttp_uri_free(r->uri);
+	if (r->stock_uri)
+		evhttp_uri_free(r->stock_uri);
+	if (r->ts != NULL && fclose(r->ts) != 0)
+		r->res->ts_write_failed = true;
+	r->ts = NULL;
+	lg_samples_free(&r->iv_purchase_lat);
 	free(r->slots);
 	free(r->idle);
 	free(r->buyers);
@@ -982,6 +1260,10 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 	raise_fd_limit(cf->concurrency);
 	if (run_parse_url(r, err, errlen) != 0)
 		goto fail;
+	if (cf->stock_url != NULL && run_parse_stock_url(r, err, errlen) != 0)
+		goto fail;
+	res->request_lat.limit = LG_REQUEST_SAMPLES;
+	res->request_lat.rng = cf->seed ^ 0x1a7e5ULL;
 	res->per_sku = calloc(cf->nskus, sizeof(*res->per_sku));
 	r->buyers = calloc(cf->buyers ? cf->buyers : 1, sizeof(*r->buyers));
 	r->slots = calloc(cf->concurrency, sizeof(*r->slots));
@@ -997,10 +1279,26 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 	r->progress_ev = event_new(r->base, -1, EV_PERSIST, progress_cb, r);
 	r->sigint_ev = evsignal_new(r->base, SIGINT, signal_cb, r);
 	r->sigterm_ev = evsignal_new(r->base, SIGTERM, signal_cb, r);
+	if (cf->timeseries_path != NULL) {
+		r->tick_ev = event_new(r->base, -1, EV_PERSIST, tick_cb, r);
+		r->tick_tv.tv_sec = (time_t)(cf->interval_ms / 1000);
+		r->tick_tv.tv_usec = (suseconds_t)(cf->interval_ms % 1000) * 1000;
+	}
 	if (!r->pump_ev || !r->arrive_ev || !r->progress_ev ||
-	    !r->sigint_ev || !r->sigterm_ev) {
+	    !r->sigint_ev || !r->sigterm_ev ||
+	    (cf->timeseries_path != NULL && !r->tick_ev)) {
 		snprintf(err, errlen, "cannot create events");
 		goto fail;
+	}
+	if (cf->timeseries_path != NULL) {
+		r->ts = fopen(cf->timeseries_path, "w");
+		if (r->ts == NULL) {
+			snprintf(err, errlen, "cannot open %s: %s",
+				cf->timeseries_path, strerror(errno));
+			goto fail;
+		}
+		if (lg_report_ts_header(r->ts) != 0)
+			res->ts_write_failed = true;
 	}
 	for (i = 0; i < cf->concurrency; i++) {
 		r->slots[i].run = r;
@@ -1024,10 +1322,14 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 	for (i = 0; i < cf->buyers; i++)
 		r->buyers[i].sched_us += r->t0_us;
 	if (cf->buyers > 0) {
+		stock_sample(r);	/* the stock before the sale, for the first row */
 		arrive_cb(-1, EV_TIMEOUT, r);
 		event_base_dispatch(r->base);
 	}
 	end_us = mono_now_us();
+	/* the last, usually shorter, interval up to the end of the run */
+	if (r->ts != NULL && r->first_send_us != 0 && end_us > r->tick_last_us)
+		ts_row(r, end_us);
 
 	if (cf->progress)
 		progress_line(r, true);

@@ -6,6 +6,25 @@
 void
 lg_samples_add(struct lg_samples *s, int64_t us)
 {
+	if (us < 0)
+		us = 0;
+	s->seen++;
+	s->sum += (double)us;
+	if (us > s->max)
+		s->max = us;
+	if (s->limit != 0 && s->n >= s->limit) {
+		/* Algorithm R: each of the seen samples is held with equal chance */
+		uint64_t z = (s->rng += 0x9e3779b97f4a7c15ULL), j;
+
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+		j = (z ^ (z >> 31)) % s->seen;
+		if (j < s->n) {
+			s->v[j] = us;
+			s->sorted = false;
+		}
+		return;
+	}
 	if (s->n == s->cap) {
 		size_t ncap = s->cap ? s->cap * 2 : 1024;
 		int64_t *nv = realloc(s->v, ncap * sizeof(*nv));
@@ -17,8 +36,25 @@ lg_samples_add(struct lg_samples *s, int64_t us)
 		s->v = nv;
 		s->cap = ncap;
 	}
-	s->v[s->n++] = us < 0 ? 0 : us;
+	s->v[s->n++] = us;
 	s->sorted = false;
+}
+
+void
+lg_samples_reset(struct lg_samples *s)
+{
+	s->n = 0;
+	s->seen = 0;
+	s->max = 0;
+	s->sum = 0;
+	s->dropped = 0;
+	s->sorted = false;
+}
+
+uint64_t
+lg_samples_count(const struct lg_samples *s)
+{
+	return s->seen;
 }
 
 static int
@@ -60,20 +96,13 @@ lg_samples_pct(const struct lg_samples *s, double p)
 int64_t
 lg_samples_max(const struct lg_samples *s)
 {
-	return s->n ? s->v[s->n - 1] : 0;
+	return s->max;
 }
 
 double
 lg_samples_mean(const struct lg_samples *s)
 {
-	double sum = 0;
-	size_t i;
-
-	if (s->n == 0)
-		return 0;
-	for (i = 0; i < s->n; i++)
-		sum += (double)s->v[i];
-	return sum / (double)s->n;
+	return s->seen ? s->sum / (double)s->seen : 0;
 }
 
 void

@@ -2,8 +2,11 @@
  * Sample sets and named counters for the load generator's report.
  *
  * Latencies are kept as every sample (microseconds), not a histogram: one
- * sample per buyer and per request stays small at the scales we run (a
- * 100k-buyer benchmark keeps a few MB) and gives exact percentiles.
+ * sample per buyer stays small even at a million buyers (8 MB) and gives
+ * exact percentiles. A set whose size grows with something else than the
+ * buyers (one sample per request: polls) can be given a limit, past which
+ * it keeps a uniform random sample (reservoir) of that many; count, max
+ * and mean stay exact, percentiles become estimates from the reservoir.
  */
 #ifndef FLASHSALE_LOADGEN_STATS_H
 #define FLASHSALE_LOADGEN_STATS_H
@@ -16,8 +19,13 @@
 
 struct lg_samples {
 	int64_t *v;
-	size_t n;
+	size_t n;		/* samples held in v */
 	size_t cap;
+	size_t limit;		/* 0: keep all; else reservoir size (set before use) */
+	uint64_t seen;		/* samples offered */
+	int64_t max;
+	double sum;
+	uint64_t rng;		/* reservoir replacement choices */
 	size_t dropped;		/* samples lost to a failed allocation */
 	bool sorted;
 };
@@ -34,12 +42,20 @@ struct lg_counts {
 	size_t cap;
 };
 
-/* Append one sample; on allocation failure the sample is counted as dropped. */
+/*
+ * Add one sample (negative counts as 0); on allocation failure it still
+ * counts for count/max/mean but is missing from the percentiles (dropped).
+ */
 void lg_samples_add(struct lg_samples *s, int64_t us);
+/* Forget every sample but keep the buffer, for a set reused per interval. */
+void lg_samples_reset(struct lg_samples *s);
+/* Samples offered (not only those held). */
+uint64_t lg_samples_count(const struct lg_samples *s);
 /* Sort once before asking for percentiles. */
 void lg_samples_sort(struct lg_samples *s);
 /* Nearest-rank percentile, p in [0,1]; 0 when there is no sample. Needs lg_samples_sort. */
 int64_t lg_samples_pct(const struct lg_samples *s, double p);
+/* Exact even for a reservoir; no sorting needed. */
 int64_t lg_samples_max(const struct lg_samples *s);
 double lg_samples_mean(const struct lg_samples *s);
 void lg_samples_free(struct lg_samples *s);

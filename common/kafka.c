@@ -118,6 +118,11 @@ rd_kafka_conf_t *kafka_conf_new(const struct kafka_cfg *kc, enum kafka_role role
 		    kafka_conf_set(conf, "enable.idempotence", "true", err, errlen) < 0 ||
 		    kafka_conf_set(conf, "partitioner", "murmur2_random", err, errlen) < 0 ||
 		    kafka_conf_set(conf, "linger.ms", "5", err, errlen) < 0 ||
+		    /* Intents and ledger events of one SKU are near-identical:
+		     * lz4 batches are several times smaller on the broker and
+		     * the wire for little CPU (and the development mock, which
+		     * keeps 5 MB per partition, holds that many more). */
+		    kafka_conf_set(conf, "compression.codec", "lz4", err, errlen) < 0 ||
 		    kafka_conf_set(conf, "message.timeout.ms", timeout, err, errlen) < 0)
 			goto fail;
 		break;
@@ -239,6 +244,7 @@ size_t kafka_poll_batch(rd_kafka_t *consumer, size_t max, int first_ms, int wait
 }
 
 rd_kafka_t *kafka_producer_new(const struct kafka_cfg *kc, const char *client_id,
+			       const char *topic,
 			       void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *),
 			       void (*error_cb)(rd_kafka_t *, int, const char *, void *),
 			       void *opaque, char *err, size_t errlen)
@@ -258,6 +264,17 @@ rd_kafka_t *kafka_producer_new(const struct kafka_cfg *kc, const char *client_id
 	if (rk == NULL) {
 		rd_kafka_conf_destroy(conf);
 		snprintf(err, errlen, "kafka producer: %s", why);
+		return NULL;
+	}
+	if (topic != NULL) {
+		/* Otherwise the topic is first looked up by the first produce,
+		 * and that message (a whole deductor batch after a restart)
+		 * waits about half a second for the metadata. The handle only
+		 * starts the lookup; rk keeps the topic after we let go of it. */
+		rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+
+		if (t != NULL)
+			rd_kafka_topic_destroy(t);
 	}
 	return rk;
 }

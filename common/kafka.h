@@ -49,10 +49,12 @@ rd_kafka_conf_t *kafka_conf_new(const struct kafka_cfg *kc, enum kafka_role role
 /*
  * An idempotent producer (kafka_conf_new KAFKA_PRODUCER) whose delivery
  * reports go to dr_cb and, when error_cb is not NULL, errors to error_cb
- * instead of the logging default; opaque is handed to both. NULL with the
- * reason in err.
+ * instead of the logging default; opaque is handed to both. When topic is
+ * not NULL the producer starts looking up that topic's leaders at once, so
+ * that the first message does not wait for it. NULL with the reason in err.
  */
 rd_kafka_t *kafka_producer_new(const struct kafka_cfg *kc, const char *client_id,
+			       const char *topic,
 			       void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *),
 			       void (*error_cb)(rd_kafka_t *, int, const char *, void *),
 			       void *opaque, char *err, size_t errlen)

@@ -328,7 +328,8 @@ struct worker *worker_new(const struct deductor_cfg *cfg, char *err, size_t errl
 		goto fail;
 	}
 
-	w->producer = kafka_producer_new(&cfg->kafka, "flashsale-deductor", worker_dr_cb, NULL,
+	w->producer = kafka_producer_new(&cfg->kafka, "flashsale-deductor", FS_TOPIC_LEDGER,
+					 worker_dr_cb, NULL,
 					 w, err, errlen);
 	if (w->producer == NULL)
 		goto fail;

@@ -70,7 +70,8 @@ int producer_init(struct producer *p, struct gateway *gw, char *err, size_t errl
 
 	memset(p, 0, sizeof(*p));
 	p->pipefd[0] = p->pipefd[1] = -1;
-	p->rk = kafka_producer_new(&gw->cfg.kafka, "flashsale-gateway", producer_dr_cb,
+	p->rk = kafka_producer_new(&gw->cfg.kafka, "flashsale-gateway", FS_TOPIC_INTENTS,
+				   producer_dr_cb,
 				   producer_error_cb, gw, err, errlen);
 	if (p->rk == NULL)
 		return -1;

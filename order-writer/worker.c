@@ -573,7 +573,8 @@ struct worker *worker_new(const struct worker_cfg *cfg, struct store *store,
 		goto fail;
 	}
 
-	w->producer = kafka_producer_new(cfg->kafka, WORKER_CLIENT_ID, worker_dr_cb, NULL, w,
+	w->producer = kafka_producer_new(cfg->kafka, WORKER_CLIENT_ID, FS_TOPIC_DEADLETTER,
+					 worker_dr_cb, NULL, w,
 					 err, errlen);
 	if (w->producer == NULL)
 		goto fail;

@@ -531,7 +531,8 @@ struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_
 	/* Unique per process: request_id_new is random and time-ordered. */
 	request_id_new(rid);
 	snprintf(r->token, sizeof(r->token), "%s-%d", rid, (int)getpid() % 10000);
-	r->rk = kafka_producer_new(&cfg->kafka, "flashsale-reconciler", release_dr_cb, NULL, r,
+	r->rk = kafka_producer_new(&cfg->kafka, "flashsale-reconciler", FS_TOPIC_INTENTS,
+				   release_dr_cb, NULL, r,
 				   err, errlen);
 	if (r->rk == NULL)
 		goto fail;

@@ -1,0 +1,259 @@
+/*
+ * flashsale-bench-ceiling: the "HTTP ceiling" baseline of the gateway
+ * benchmark. An evhttp server set up exactly like the gateway's (one event
+ * loop, same body limit, timeout and methods, keep-alive) that answers every
+ * request with the gateway's 202 purchase answer and does nothing else, so
+ * that gateway req/s divided by ceiling req/s, measured in the same run on the
+ * same machine, says how much of the HTTP stack's limit the gateway reaches.
+ *
+ * Exit status: 0 stopped by SIGTERM/SIGINT, 1 start-up failure, 2 usage error.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "flashsale_config.h"
+#include "log.h"
+
+#define APP "bench-ceiling"
+
+/*
+ * What the gateway sends for an accepted purchase: same headers and a body
+ * of the same length (a 26-char request id, newline included).
+ */
+static const char ceiling_body[] =
+	"{\"request_id\":\"00000000000000000000000000\",\"state\":\"queued\"}\n";
+
+struct ceiling {
+	struct event_base *base;
+	struct evhttp *http;
+	struct event *sig_term;
+	struct event *sig_int;
+};
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+"usage: flashsale-bench-ceiling [options]\n"
+"\n"
+"HTTP ceiling baseline: an evhttp server configured like the gateway that\n"
+"answers every request with the gateway's 202 purchase answer, doing no work.\n"
+"\n"
+"      --host ADDR        address to bind (default 127.0.0.1)\n"
+"      --port N           port to bind, 0 = ephemeral (default 0)\n"
+"      --port-file PATH   write the bound port there (atomically: tmp + rename)\n"
+"  -h, --help             this help\n"
+"  -V, --version          print the version\n"
+"\n"
+"Runs until SIGTERM or SIGINT. Exit: 0 stopped, 1 start-up failure,\n"
+"2 usage error.\n");
+}
+
+/* Every request, any method or path: the fixed answer, body ignored. */
+static void ceiling_handle(struct evhttp_request *req, void *arg)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	struct evbuffer *out = evhttp_request_get_output_buffer(req);
+
+	(void)arg;
+	evbuffer_drain(in, evbuffer_get_length(in));
+	evhttp_add_header(h, "Content-Type", "application/json");
+	evbuffer_add_reference(out, ceiling_body, sizeof(ceiling_body) - 1, NULL, NULL);
+	evhttp_send_reply(req, 202, "Accepted", NULL);
+}
+
+static void ceiling_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct ceiling *c = arg;
+
+	(void)what;
+	log_info("stopping", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
+	event_base_loopbreak(c->base);
+}
+
+/* Write "<port>\n" to path through path.tmp + rename: readers see all or nothing. */
+static int port_file_write(const char *path, int port, char *err, size_t errlen)
+{
+	char tmp[PATH_MAX];
+	FILE *f;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+		snprintf(err, errlen, "path too long");
+		return -1;
+	}
+	f = fopen(tmp, "w");
+	if (f == NULL) {
+		snprintf(err, errlen, "open of the temporary file: %s", strerror(errno));
+		return -1;
+	}
+	if (fprintf(f, "%d\n", port) < 0 || fflush(f) != 0) {
+		snprintf(err, errlen, "write of the temporary file: %s", strerror(errno));
+		fclose(f);
+		unlink(tmp);
+		return -1;
+	}
+	if (fclose(f) != 0) {
+		snprintf(err, errlen, "close of the temporary file: %s", strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	if (rename(tmp, path) != 0) {
+		snprintf(err, errlen, "rename of the temporary file: %s", strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+/* The port the listener actually got (for --port 0). -1 when unknown. */
+static int bound_port(struct evhttp_bound_socket *bs)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	evutil_socket_t fd = evhttp_bound_socket_get_fd(bs);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		return -1;
+	if (ss.ss_family == AF_INET)
+		return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+	if (ss.ss_family == AF_INET6)
+		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	return -1;
+}
+
+static void ceiling_free(struct ceiling *c)
+{
+	if (c->sig_term != NULL)
+		event_free(c->sig_term);
+	if (c->sig_int != NULL)
+		event_free(c->sig_int);
+	if (c->http != NULL)
+		evhttp_free(c->http);
+	if (c->base != NULL)
+		event_base_free(c->base);
+	memset(c, 0, sizeof(*c));
+}
+
+enum { OPT_HOST = 256, OPT_PORT, OPT_PORT_FILE };
+
+static const struct option long_opts[] = {
+	{ "host", required_argument, NULL, OPT_HOST },
+	{ "port", required_argument, NULL, OPT_PORT },
+	{ "port-file", required_argument, NULL, OPT_PORT_FILE },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, 'V' },
+	{ NULL, 0, NULL, 0 },
+};
+
+int main(int argc, char **argv)
+{
+	struct ceiling c;
+	struct evhttp_bound_socket *bs;
+	const char *host = "127.0.0.1", *port_file = NULL;
+	char err[512];
+	long port = 0;
+	int opt, got;
+
+	memset(&c, 0, sizeof(c));
+	log_init(APP);
+	while ((opt = getopt_long(argc, argv, "hV", long_opts, NULL)) != -1) {
+		char *end;
+
+		switch (opt) {
+		case OPT_HOST:
+			host = optarg;
+			break;
+		case OPT_PORT:
+			errno = 0;
+			port = strtol(optarg, &end, 10);
+			if (errno != 0 || end == optarg || *end != '\0' || port < 0 || port > 65535) {
+				fprintf(stderr, "flashsale-bench-ceiling: --port: not a port: %s\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case OPT_PORT_FILE:
+			port_file = optarg;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("flashsale-bench-ceiling %s\n", FLASHSALE_VERSION);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "flashsale-bench-ceiling: unexpected argument %s\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+
+	/* A client closing its socket must be an error return, not our death. */
+	signal(SIGPIPE, SIG_IGN);
+	c.base = event_base_new();
+	if (c.base == NULL) {
+		log_error("startup_failed", "msg=\"event_base_new\"");
+		return 1;
+	}
+	c.http = evhttp_new(c.base);
+	if (c.http == NULL) {
+		log_error("startup_failed", "msg=\"evhttp_new\"");
+		ceiling_free(&c);
+		return 1;
+	}
+	/* The gateway's settings (gateway/main.c) with its default gateway.max_body. */
+	evhttp_set_max_body_size(c.http, 65536);
+	evhttp_set_timeout(c.http, 30);
+	evhttp_set_allowed_methods(c.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
+	evhttp_set_gencb(c.http, ceiling_handle, &c);
+	bs = evhttp_bind_socket_with_handle(c.http, host, (ev_uint16_t)port);
+	if (bs == NULL) {
+		log_error("startup_failed", "msg=\"cannot listen on %s:%ld\"", host, port);
+		ceiling_free(&c);
+		return 1;
+	}
+	got = bound_port(bs);
+	if (got < 0) {
+		log_error("startup_failed", "msg=\"getsockname: %s\"", strerror(errno));
+		ceiling_free(&c);
+		return 1;
+	}
+	c.sig_term = evsignal_new(c.base, SIGTERM, ceiling_signal_cb, &c);
+	c.sig_int = evsignal_new(c.base, SIGINT, ceiling_signal_cb, &c);
+	if (c.sig_term == NULL || c.sig_int == NULL ||
+	    evsignal_add(c.sig_term, NULL) < 0 || evsignal_add(c.sig_int, NULL) < 0) {
+		log_error("startup_failed", "msg=\"cannot install signal events\"");
+		ceiling_free(&c);
+		return 1;
+	}
+	/* Last: a poller that sees the file may connect at once. */
+	if (port_file != NULL && port_file_write(port_file, got, err, sizeof(err)) < 0) {
+		log_error("startup_failed", "path=%s msg=\"port file: %s\"", port_file, err);
+		ceiling_free(&c);
+		return 1;
+	}
+	log_info("listening", "host=%s port=%d version=%s", host, got, FLASHSALE_VERSION);
+
+	event_base_dispatch(c.base);
+
+	ceiling_free(&c);
+	log_info("stopped", "msg=\"bye\"");
+	return 0;
+}
