@@ -1,6 +1,7 @@
 #include "loadgen_report.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -199,6 +200,27 @@ lg_report_print(FILE *out, const struct lg_config *cf,
 		free(tmp);
 	}
 	fprintf(out, "  %-30s %d\n", "exit", exit_code);
+}
+
+/*
+ * This process's peak resident set (VmHWM), in KiB; 0 if unknown. Read from
+ * /proc rather than getrusage(): ru_maxrss keeps the high-water mark of the
+ * forking parent from before exec, which is the harness's, not ours.
+ */
+static long
+peak_rss_kib(void)
+{
+	char line[128];
+	long kib = 0;
+	FILE *f = fopen("/proc/self/status", "r");
+
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (sscanf(line, "VmHWM: %ld kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
 }
 
 static cJSON *
@@ -406,6 +428,8 @@ lg_report_json(const char *path, const struct lg_config *cf,
 	cJSON_AddItemToObject(o, "purchase", json_lat(&res->purchase_lat));
 	cJSON_AddItemToObject(o, "request", json_lat(&res->request_lat));
 	cJSON_AddItemToObject(o, "to_final", json_lat(&res->final_lat));
+
+	cJSON_AddNumberToObject(doc, "peak_rss_kib", (double)peak_rss_kib());
 
 	o = cJSON_AddObjectToObject(doc, "durations_ms");
 	cJSON_AddNumberToObject(o, "run", ms(res->run_us));

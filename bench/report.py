@@ -33,7 +33,7 @@ RATIOS = (
 )
 
 TS_COLUMNS = ("t_s", "answers_per_s", "purchases_per_s", "purchase_p50_ms",
-              "purchase_p99_ms", "stock_remaining", "sent", "accepted", "refused", "final")
+              "purchase_p99_ms", "sent", "accepted", "refused", "final")
 
 
 def fmt(v, unit=""):
@@ -159,13 +159,20 @@ set output 'latency.png'
 set title 'Whole sale: purchase latency from scheduled start (answers in each interval)'
 set ylabel 'ms'
 plot 'sale.dat' using 1:4 with lines lw 2 title 'p50', '' using 1:5 with lines lw 2 title 'p99'
-set output 'stock.png'
-set title 'Whole sale: units remaining over all SKUs (reconciler gauge)'
-set ylabel 'units'
-plot 'sale.dat' using 1:6 with steps lw 2 title 'remaining'
 """)
         if ok:
-            made += ["throughput.png", "latency.png", "stock.png"]
+            made += ["throughput.png", "latency.png"]
+    if os.path.exists(os.path.join(out, "stock-sale.dat")):
+        ok = gnuplot(out, term + """
+set output 'stock.png'
+set title 'Whole sale: units by state over time (Redis, sampled every 50 ms)'
+set xlabel 'seconds since the load generator started'; set ylabel 'units'
+plot 'stock-sale.dat' using 1:2 with lines lw 2 title 'remaining', \\
+     '' using 1:3 with lines lw 2 title 'held (awaiting payment)', \\
+     '' using 1:4 with lines lw 2 title 'sold (paid)'
+""")
+        if ok:
+            made.append("stock.png")
     rows = (res.get("stages") or {}).get("scaling") or []
     if rows:
         _, sku_counts = write_scaling(out, rows)

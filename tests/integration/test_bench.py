@@ -1,0 +1,82 @@
+"""bench/run keeps working: a smoke run at tiny sizes must produce every
+stage's figures, the report, the JSON and the plots, with every invariant
+held. Figures are never compared with thresholds here (benchmarks are not
+timed tests); they must only exist and be positive.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from stack import build_dir, source_root
+
+PNGS = ("throughput.png", "latency.png", "stock.png", "scaling.png")
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    out = tempfile.mkdtemp(prefix="fsb-smoke-", dir="/tmp")
+    cmd = [sys.executable, os.path.join(source_root(), "bench", "run"), "--smoke",
+           "--no-setup", "--build", build_dir(), "--results", out]
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=840)
+    res_path = os.path.join(out, "results.json")
+    res = json.load(open(res_path)) if os.path.exists(res_path) else {}
+    yield p, res, out
+    subprocess.run(["rm", "-rf", out])
+
+
+def positive(v):
+    return isinstance(v, (int, float)) and v > 0
+
+
+def test_run_succeeds_with_invariants_held(smoke):
+    p, res, _ = smoke
+    assert p.returncode == 0, p.stdout[-6000:]
+    assert res.get("invariants") == [], res.get("invariants")
+    assert res.get("errors") == [], res.get("errors")
+
+
+def test_every_stage_produced_a_figure(smoke):
+    _, res, _ = smoke
+    s = res["stages"]
+    assert positive(s["accept"]["rps"]) and positive(s["accept"]["ceiling_rps"])
+    assert positive(s["accept"]["accepted"])
+    assert positive(s["soldout"]["rps"])
+    for run in ("hot", "spread"):
+        assert positive(s["deduct"][run]["rate"])
+        assert s["deduct"][run]["intents"] == res["settings"]["deduct_intents"]
+    assert positive(s["deduct"]["evalsha_unpipelined"]["rps"])
+    assert positive(s["deduct"]["evalsha_pipelined"]["rps"])
+    assert positive(s["persist"]["rate"]) and positive(s["persist"]["copy_rate"])
+    assert positive(s["persist"]["pgbench"]["tps"])
+    sale = s["sale"]
+    assert positive(sale["seconds_to_all_final"])
+    for k in ("p50", "p99", "p999"):
+        assert positive(sale["purchase_ms"][k])
+    assert sale["stock"]["sold"] + sale["stock"]["held"] + sale["stock"]["remaining"] \
+        == sale["stock"]["initial"]
+    grid = {(r["buyers"], r["skus"]) for r in s["scaling"]}
+    assert grid == {(b, k) for b in res["settings"]["scale_buyers"]
+                    for k in res["settings"]["scale_skus"]}
+    for r in s["scaling"]:
+        assert positive(r["seconds_to_all_final"]) and positive(r["peak_rss_server_mib"])
+    for name, value in res["ratios"].items():
+        assert positive(value), name
+
+
+def test_report_json_and_plots_written(smoke):
+    _, res, out = smoke
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## Stage by stage" in report and "## Scaling" in report
+    assert "Slowest pipeline stage" in report
+    for png in PNGS:
+        path = os.path.join(out, png)
+        assert os.path.getsize(path) > 1000, png
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
+    assert sorted(res["plots"]) == sorted(PNGS)
