@@ -66,14 +66,8 @@ usage(FILE *out)
 "      --json FILE          also write the report as JSON (\"-\": stdout)\n"
 "      --timeseries FILE    CSV, one row per interval from the first request:\n"
 "                           t_s,sent,accepted,refused,final,answers_per_s,\n"
-"                           purchases_per_s,purchase_p50_ms,purchase_p99_ms,\n"
-"                           stock_remaining\n"
+"                           purchases_per_s,purchase_p50_ms,purchase_p99_ms\n"
 "      --interval-ms MS     timeseries interval (default 250)\n"
-"      --stock-url URL      with --timeseries: GET this Prometheus text\n"
-"                           endpoint every interval (e.g. the reconciler's\n"
-"                           /metrics) ...\n"
-"      --stock-metric NAME  ... and record the value of the line starting\n"
-"                           with NAME (labels included) as stock_remaining\n"
 "  -q, --quiet              no human summary on stdout\n"
 "  -h, --help               this help\n"
 "  -V, --version            print the version\n"
@@ -88,7 +82,6 @@ enum {
 	OPT_NO_WAIT_FINAL, OPT_FINAL_TIMEOUT, OPT_PAY_RATIO, OPT_CANCEL_RATIO,
 	OPT_SEED, OPT_RUN_ID, OPT_TIMEOUT_MS, OPT_PROGRESS, OPT_JSON,
 	OPT_SKUS, OPT_SKU_PREFIX, OPT_PER_SKU, OPT_TIMESERIES, OPT_INTERVAL_MS,
-	OPT_STOCK_URL, OPT_STOCK_METRIC,
 };
 
 static const struct option long_opts[] = {
@@ -119,8 +112,6 @@ static const struct option long_opts[] = {
 	{ "per-sku", required_argument, NULL, OPT_PER_SKU },
 	{ "timeseries", required_argument, NULL, OPT_TIMESERIES },
 	{ "interval-ms", required_argument, NULL, OPT_INTERVAL_MS },
-	{ "stock-url", required_argument, NULL, OPT_STOCK_URL },
-	{ "stock-metric", required_argument, NULL, OPT_STOCK_METRIC },
 	{ "quiet", no_argument, NULL, 'q' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
@@ -375,14 +366,6 @@ main(int argc, char **argv)
 		case OPT_INTERVAL_MS:
 			cf.interval_ms = (uint32_t)parse_u64(optarg, 10, 3600000);
 			break;
-		case OPT_STOCK_URL:
-			cf.stock_url = optarg;
-			break;
-		case OPT_STOCK_METRIC:
-			if (optarg[0] == '\0' || strchr(optarg, '\n') != NULL)
-				bad_usage(optarg, current_opt);
-			cf.stock_metric = optarg;
-			break;
 		case 'q':
 			quiet = true;
 			break;
@@ -413,16 +396,6 @@ main(int argc, char **argv)
 	}
 	if (sku_prefix != NULL && gen_nskus == 0) {
 		fprintf(stderr, "flashsale-loadgen: --sku-prefix needs --skus\n");
-		free_skus(&cf);
-		return 2;
-	}
-	if ((cf.stock_url == NULL) != (cf.stock_metric == NULL)) {
-		fprintf(stderr, "flashsale-loadgen: --stock-url and --stock-metric go together\n");
-		free_skus(&cf);
-		return 2;
-	}
-	if (cf.stock_url != NULL && cf.timeseries_path == NULL) {
-		fprintf(stderr, "flashsale-loadgen: --stock-url needs --timeseries\n");
 		free_skus(&cf);
 		return 2;
 	}

@@ -173,11 +173,6 @@ lg_report_print(FILE *out, const struct lg_config *cf,
 		fprintf(out, "  %-30s %llu rows in %s%s\n", "timeseries",
 			U(res->ts_rows), cf->timeseries_path,
 			res->ts_write_failed ? " (WRITE FAILED)" : "");
-	if (cf->stock_url != NULL)
-		fprintf(out, "  %-30s samples=%llu failed=%llu last=%s%.15g\n",
-			"stock metric", U(res->stock_samples),
-			U(res->stock_failures), res->stock_seen ? "" : "none ",
-			res->stock_last);
 	for (i = 0; i < listed; i++)
 		fprintf(out, "  sku %-26s buyers=%llu accepted=%llu paid=%llu\n",
 			cf->skus[i], U(res->per_sku[i].buyers),
@@ -291,10 +286,6 @@ json_config(const struct lg_config *cf)
 		cJSON_AddStringToObject(o, "timeseries", cf->timeseries_path);
 		cJSON_AddNumberToObject(o, "interval_ms", cf->interval_ms);
 	}
-	if (cf->stock_url != NULL) {
-		cJSON_AddStringToObject(o, "stock_url", cf->stock_url);
-		cJSON_AddStringToObject(o, "stock_metric", cf->stock_metric);
-	}
 	return o;
 }
 
@@ -332,27 +323,24 @@ int
 lg_report_ts_header(FILE *f)
 {
 	return fputs("t_s,sent,accepted,refused,final,answers_per_s,"
-		"purchases_per_s,purchase_p50_ms,purchase_p99_ms,"
-		"stock_remaining\n", f) == EOF || fflush(f) != 0 ? -1 : 0;
+		"purchases_per_s,purchase_p50_ms,purchase_p99_ms\n", f) == EOF || fflush(f) != 0 ? -1 : 0;
 }
 
 int
 lg_report_ts_row(FILE *f, const struct lg_ts_row *row)
 {
-	char lat[64] = "", stock[40] = "";
+	char lat[64] = "";
 
 	if (row->have_lat)
 		snprintf(lat, sizeof(lat), "%.3f,%.3f", row->purchase_p50_ms,
 			row->purchase_p99_ms);
 	else
 		snprintf(lat, sizeof(lat), ",");
-	if (row->have_stock)
-		snprintf(stock, sizeof(stock), "%.15g", row->stock_remaining);
 	/* flushed per row so a live plot can tail the file */
-	if (fprintf(f, "%.3f,%llu,%llu,%llu,%llu,%.1f,%.1f,%s,%s\n",
+	if (fprintf(f, "%.3f,%llu,%llu,%llu,%llu,%.1f,%.1f,%s\n",
 	    row->t_s, U(row->sent), U(row->accepted), U(row->refused),
-	    U(row->final), row->answers_per_s, row->purchases_per_s, lat,
-	    stock) < 0 || fflush(f) != 0)
+	    U(row->final), row->answers_per_s, row->purchases_per_s,
+	    lat) < 0 || fflush(f) != 0)
 		return -1;
 	return 0;
 }
@@ -459,15 +447,6 @@ lg_report_json(const char *path, const struct lg_config *cf,
 		cJSON_AddNumberToObject(o, "interval_ms", cf->interval_ms);
 		cJSON_AddNumberToObject(o, "rows", (double)res->ts_rows);
 		cJSON_AddBoolToObject(o, "write_failed", res->ts_write_failed);
-	}
-	if (cf->stock_url != NULL) {
-		o = cJSON_AddObjectToObject(doc, "stock");
-		cJSON_AddNumberToObject(o, "samples", (double)res->stock_samples);
-		cJSON_AddNumberToObject(o, "failures", (double)res->stock_failures);
-		if (res->stock_seen)
-			cJSON_AddNumberToObject(o, "last", res->stock_last);
-		else
-			cJSON_AddNullToObject(o, "last");
 	}
 	cJSON_AddBoolToObject(doc, "interrupted", res->interrupted);
 	cJSON_AddBoolToObject(doc, "gateway_reached", res->responses > 0);

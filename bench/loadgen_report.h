@@ -20,8 +20,6 @@ struct lg_ts_row {
 	bool have_lat;			/* a purchase answer in this interval */
 	double purchase_p50_ms;
 	double purchase_p99_ms;
-	bool have_stock;		/* a stock value was ever read */
-	double stock_remaining;
 };
 
 /* The CSV header line and one row; -1 on a write error. */

@@ -64,7 +64,6 @@ enum lg_phase {
 #define LG_REQUEST_SAMPLES (2u << 20)	/* request latency reservoir (16 MB) */
 #define LG_REASONS 64			/* distinct first-answer reasons kept */
 #define LG_REASON_OTHER 255
-#define LG_STOCK_BODY_MAX (4 * 1024 * 1024)
 
 struct lg_run;
 
@@ -146,15 +145,7 @@ struct lg_run {
 	uint64_t iv_purchase_answers;
 	struct lg_samples iv_purchase_lat;
 
-	/* --stock-url: one GET per tick on its own connection */
-	struct evhttp_uri *stock_uri;
-	const char *stock_host;
-	int stock_port;
-	char stock_path[1024];
-	char stock_host_header[300];
-	struct evhttp_connection *stock_conn;
-	bool stock_busy;		/* a sample is in flight */
-	bool stock_broken;		/* reconnect before the next sample */
+
 };
 
 static const char *const final_states[] = {
@@ -871,7 +862,7 @@ progress_cb(evutil_socket_t fd, short what, void *arg)
 	progress_line(arg, false);
 }
 
-/* ---- --timeseries and --stock-url ---- */
+/* ---- --timeseries ---- */
 
 /*
  * Write the row for the interval that ends now and start the next one.
@@ -903,8 +894,6 @@ ts_row(struct lg_run *r, int64_t now)
 		row.purchase_p99_ms =
 			(double)lg_samples_pct(&r->iv_purchase_lat, 0.99) / 1000.0;
 	}
-	row.have_stock = res->stock_seen;
-	row.stock_remaining = res->stock_last;
 	if (lg_report_ts_row(r->ts, &row) != 0)
 		res->ts_write_failed = true;
 	res->ts_rows++;
@@ -912,112 +901,6 @@ ts_row(struct lg_run *r, int64_t now)
 	r->tick_last_answers = res->responses;
 	r->iv_purchase_answers = 0;
 	lg_samples_reset(&r->iv_purchase_lat);
-}
-
-/* Pick the first line "NAME value" out of a Prometheus text body. */
-static bool
-prom_value(const char *body, const char *name, double *out)
-{
-	size_t nlen = strlen(name);
-	const char *line = body;
-
-	for (;;) {
-		const char *eol = strchr(line, '\n');
-
-		if (strncmp(line, name, nlen) == 0 &&
-		    (line[nlen] == ' ' || line[nlen] == '\t')) {
-			char *end;
-			double v = strtod(line + nlen, &end);
-
-			if (end == line + nlen || !isfinite(v))
-				return false;
-			*out = v;
-			return true;
-		}
-		if (eol == NULL)
-			return false;
-		line = eol + 1;
-	}
-}
-
-static void
-stock_cb(struct evhttp_request *req, void *arg)
-{
-	struct lg_run *r = arg;
-	struct lg_result *res = r->res;
-	int code = req ? evhttp_request_get_response_code(req) : 0;
-	char *body;
-	double v;
-
-	r->stock_busy = false;
-	if (r->stopping)
-		return;
-	if (code != 200) {
-		if (code <= 0)
-			r->stock_broken = true;
-		res->stock_failures++;
-		return;
-	}
-	body = body_copy(req, LG_STOCK_BODY_MAX);
-	if (body != NULL && prom_value(body, r->cf->stock_metric, &v)) {
-		res->stock_last = v;
-		res->stock_seen = true;
-		res->stock_samples++;
-	} else {
-		res->stock_failures++;
-	}
-	free(body);
-}
-
-/*
- * Ask the stock endpoint once, unless the previous ask is still out. A
- * failure only counts: the row keeps the last value seen.
- */
-static void
-stock_sample(struct lg_run *r)
-{
-	struct evhttp_request *req;
-	struct evkeyvalq *h;
-	struct timeval tv;
-
-	if (r->stock_uri == NULL || r->stock_busy || r->stopping)
-		return;
-	if (r->stock_conn == NULL || r->stock_broken) {
-		/* not inside the connection's callbacks: freeing is safe */
-		if (r->stock_conn != NULL)
-			evhttp_connection_free(r->stock_conn);
-		r->stock_conn = evhttp_connection_base_new(r->base, NULL,
-			r->stock_host, (unsigned short)r->stock_port);
-		if (r->stock_conn == NULL) {
-			r->res->stock_failures++;
-			return;
-		}
-		/* a slow endpoint delays samples, never the buyers */
-		tv.tv_sec = 2;
-		tv.tv_usec = 0;
-		if (r->timeout_tv.tv_sec < 2)
-			tv = r->timeout_tv;
-		evhttp_connection_set_timeout_tv(r->stock_conn, &tv);
-		evhttp_connection_set_retries(r->stock_conn, 0);
-		r->stock_broken = false;
-	}
-	req = evhttp_request_new(stock_cb, r);
-	if (req == NULL) {
-		r->res->stock_failures++;
-		return;
-	}
-	h = evhttp_request_get_output_headers(req);
-	evhttp_add_header(h, "Host", r->stock_host_header);
-	evhttp_add_header(h, "Connection", "keep-alive");
-	evhttp_add_header(h, "Accept", "text/plain");
-	r->stock_busy = true;
-	if (evhttp_make_request(r->stock_conn, req, EVHTTP_REQ_GET,
-	    r->stock_path) != 0 && r->stock_busy) {
-		/* as in slot_send: the callback may already have run */
-		r->stock_busy = false;
-		r->stock_broken = true;
-		r->res->stock_failures++;
-	}
 }
 
 static void
@@ -1028,7 +911,6 @@ tick_cb(evutil_socket_t fd, short what, void *arg)
 	if (r->stopping)
 		return;
 	ts_row(r, mono_now_us());
-	stock_sample(r);
 }
 
 static void
@@ -1089,42 +971,6 @@ run_parse_url(struct lg_run *r, char *err, size_t errlen)
 	else
 		host_port(r->host_header, sizeof(r->host_header), r->host,
 			r->port);
-	return 0;
-}
-
-static int
-run_parse_stock_url(struct lg_run *r, char *err, size_t errlen)
-{
-	const char *url = r->cf->stock_url, *scheme, *path, *query;
-
-	r->stock_uri = evhttp_uri_parse(url);
-	if (r->stock_uri == NULL) {
-		snprintf(err, errlen, "cannot parse --stock-url %s", url);
-		return -1;
-	}
-	scheme = evhttp_uri_get_scheme(r->stock_uri);
-	r->stock_host = evhttp_uri_get_host(r->stock_uri);
-	if (scheme == NULL || strcasecmp(scheme, "http") != 0 ||
-	    r->stock_host == NULL || r->stock_host[0] == '\0') {
-		snprintf(err, errlen,
-			"--stock-url must be http://host[:port]/path: %s", url);
-		return -1;
-	}
-	r->stock_port = evhttp_uri_get_port(r->stock_uri);
-	if (r->stock_port <= 0)
-		r->stock_port = 80;
-	path = evhttp_uri_get_path(r->stock_uri);
-	query = evhttp_uri_get_query(r->stock_uri);
-	if (path == NULL || path[0] == '\0')
-		path = "/";
-	if ((size_t)snprintf(r->stock_path, sizeof(r->stock_path), "%s%s%s",
-	    path, query ? "?" : "", query ? query : "") >=
-	    sizeof(r->stock_path)) {
-		snprintf(err, errlen, "--stock-url too long");
-		return -1;
-	}
-	host_port(r->stock_host_header, sizeof(r->stock_host_header),
-		r->stock_host, r->stock_port);
 	return 0;
 }
 
@@ -1221,14 +1067,10 @@ run_free(struct lg_run *r)
 		event_free(r->sigterm_ev);
 	if (r->tick_ev)
 		event_free(r->tick_ev);
-	if (r->stock_conn)
-		evhttp_connection_free(r->stock_conn);
 	if (r->base)
 		event_base_free(r->base);	/* also frees pending once-timers */
 	if (r->uri)
 		evhttp_uri_free(r->uri);
-	if (r->stock_uri)
-		evhttp_uri_free(r->stock_uri);
 	if (r->ts != NULL && fclose(r->ts) != 0)
 		r->res->ts_write_failed = true;
 	r->ts = NULL;
@@ -1259,8 +1101,6 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 	signal(SIGPIPE, SIG_IGN);
 	raise_fd_limit(cf->concurrency);
 	if (run_parse_url(r, err, errlen) != 0)
-		goto fail;
-	if (cf->stock_url != NULL && run_parse_stock_url(r, err, errlen) != 0)
 		goto fail;
 	res->request_lat.limit = LG_REQUEST_SAMPLES;
 	res->request_lat.rng = cf->seed ^ 0x1a7e5ULL;
@@ -1322,7 +1162,6 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 	for (i = 0; i < cf->buyers; i++)
 		r->buyers[i].sched_us += r->t0_us;
 	if (cf->buyers > 0) {
-		stock_sample(r);	/* the stock before the sale, for the first row */
 		arrive_cb(-1, EV_TIMEOUT, r);
 		event_base_dispatch(r->base);
 	}

@@ -39,8 +39,6 @@ struct lg_config {
 	bool progress;
 	const char *timeseries_path;	/* CSV, one row per interval; NULL: none */
 	uint32_t interval_ms;
-	const char *stock_url;		/* Prometheus text endpoint; NULL: none */
-	const char *stock_metric;	/* line prefix, labels included */
 };
 
 struct lg_sku_stats {
@@ -100,13 +98,9 @@ struct lg_result {
 
 	struct lg_sku_stats *per_sku;	/* indexed like config skus */
 
-	/* --timeseries / --stock-url */
+	/* --timeseries */
 	uint64_t ts_rows;
 	bool ts_write_failed;
-	uint64_t stock_samples;		/* successful stock reads */
-	uint64_t stock_failures;
-	bool stock_seen;
-	double stock_last;
 };
 
 /*

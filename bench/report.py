@@ -263,7 +263,7 @@ def markdown(res, made):
     if p:
         pg = p.get("pgbench") or {}
         L += ["", "### 4. Order-writer", "",
-              "The order-writer, stopped while stages 1 and 3 ran, drains their %s ledger "
+              "The order-writer, stopped while stage 3 ran, drains its %s ledger "
               "events into PostgreSQL (timed by polling its metrics every 20 ms, from the "
               "last poll that saw nothing applied): %s s, %s events/s. COPY of the rows it "
               "wrote (%s) into copies of the same tables with the same indexes, in one "

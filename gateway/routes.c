@@ -39,6 +39,12 @@ static const char *const refusal_names[REF_N] = {
 };
 static struct metric m_refusals[REF_N];
 static char m_refusal_labels[REF_N][48];
+static struct metric m_replays = {
+	.name = "gateway_purchase_replays_total",
+	.help = "Purchases a filter would have refused, answered 202 because the request id "
+		"was already accepted",
+	.type = METRIC_COUNTER,
+};
 
 struct metric gw_m_accepted = {
 	.name = "gateway_purchases_accepted_total",
@@ -89,6 +95,7 @@ void routes_metrics_register(void)
 		m_refusals[i].type = METRIC_COUNTER;
 		metrics_register(&m_refusals[i]);
 	}
+	metrics_register(&m_replays);
 	metrics_register(&gw_m_accepted);
 	metrics_register(&gw_m_inflight);
 	metrics_register(&gw_m_produce_latency);
@@ -206,6 +213,65 @@ static void refuse(struct evhttp_request *req, enum refusal why, int code,
 	send_error(req, ROUTE_PURCHASE, code, error, reason, close);
 }
 
+static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	struct pending *pd = privdata;
+	redisReply *r = reply;
+	cJSON *o;
+
+	pd->call.gw->redis_pending--;
+	if (r != NULL && r->type == REDIS_REPLY_STRING) {
+		o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "request_id", pd->request_id);
+		cJSON_AddStringToObject(o, "state", r->str);
+		metric_add(&m_replays, 1);
+		call_reply(&pd->call, 202, o);
+	} else {
+		metric_add(&m_refusals[pd->refusal], 1);
+		call_error(&pd->call, pd->refusal_code, pd->refusal_error, pd->refusal_reason);
+	}
+	free(pd);
+}
+
+/*
+ * A refusal by one of the filters that change over a sale (sold out, ended,
+ * rate limited) must not contradict an earlier answer to the same request
+ * id: a buyer whose 202 got lost retries, and must not be told "sold out"
+ * about the unit it holds. So when the client chose the request id, it is
+ * looked up first (one HGET on the async connection): a known id gets what
+ * its first send got, 202, with the purchase's current state. Without Redis,
+ * or with the look-ups saturated, the plain refusal goes out, as before.
+ * error and reason must be static strings.
+ */
+static void refuse_unless_known(struct gateway *gw, struct evhttp_request *req,
+				const struct purchase_req *pr, enum refusal why, int code,
+				const char *error, const char *reason)
+{
+	char key[FS_ID_MAX + 16];
+	const char *hget[] = { "HGET", key, "st" };
+	struct pending *pd;
+
+	if (pr->generated_id || !store_ready(&gw->store) ||
+	    gw->redis_pending >= gw->cfg.max_inflight ||
+	    (pd = calloc(1, sizeof(*pd))) == NULL) {
+		refuse(req, why, code, error, reason, false);
+		return;
+	}
+	strcpy(pd->request_id, pr->request_id);
+	pd->refusal = why;
+	pd->refusal_code = code;
+	pd->refusal_error = error;
+	pd->refusal_reason = reason;
+	snprintf(key, sizeof(key), "fs:req:%s", pr->request_id);
+	if (store_command_argv(&gw->store, replay_cb, pd, 3, hget, NULL) < 0) {
+		free(pd);
+		refuse(req, why, code, error, reason, false);
+		return;
+	}
+	gw->redis_pending++;
+	call_init(&pd->call, gw, req, ROUTE_PURCHASE);
+}
+
 /* ---- handlers ---- */
 
 /* The body as a contiguous string, or NULL when too large (len still set). */
@@ -257,11 +323,11 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 		return;
 	}
 	if (now >= p->end_ms + WINDOW_SLACK_MS) {
-		refuse(req, REF_ENDED, 409, "ended", "the sale has ended", false);
+		refuse_unless_known(gw, req, &pr, REF_ENDED, 409, "ended", "the sale has ended");
 		return;
 	}
 	if (p->remaining <= 0) {
-		refuse(req, REF_SOLD_OUT, 409, "sold_out", "sold out", false);
+		refuse_unless_known(gw, req, &pr, REF_SOLD_OUT, 409, "sold_out", "sold out");
 		return;
 	}
 	if (pr.qty > p->limit) {
@@ -270,7 +336,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 		return;
 	}
 	if (!ratelimit_take(&gw->rl, pr.user_id, mono_us())) {
-		refuse(req, REF_RATE_LIMITED, 429, "rate_limited", FRIENDLY, false);
+		refuse_unless_known(gw, req, &pr, REF_RATE_LIMITED, 429, "rate_limited", FRIENDLY);
 		return;
 	}
 	if (gw->prod.inflight >= gw->cfg.max_inflight) {

@@ -53,6 +53,11 @@ struct pending {
 	char state[32];                    /* pay/cancel: st when asked */
 	char owner[FS_ID_MAX + 1];         /* pay/cancel: user_id the caller claims */
 	int64_t produced_us;               /* mono time of the produce call */
+	/* purchase refused by a filter, pending the request id's look-up */
+	int refusal;                       /* enum refusal in routes.c */
+	int refusal_code;
+	const char *refusal_error;         /* static strings */
+	const char *refusal_reason;
 };
 
 /* Metrics the other modules update. */

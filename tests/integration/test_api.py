@@ -88,6 +88,34 @@ def test_purchase_pay_cancel_lifecycle(stack):
     assert code == 200 and body['stock'] == 3, body
 
 
+def test_retry_after_sold_out_gets_the_first_answer(stack):
+    """A buyer whose 202 was lost retries with the same request id after the
+    gateway learned the SKU sold out: the retry must say what the first send
+    said (202, now with the unit reserved), not "sold out"."""
+    stack.create_promotion('api-3', stock=1, per_user_limit=1, hold_seconds=600)
+    code, body = stack.http('POST', '/v1/purchases',
+                            {'sku': 'api-3', 'user_id': 'carol', 'qty': 1, 'request_id': 'req-c'})
+    assert code == 202, body
+    wait_state(stack, 'req-c', {'reserved'})
+
+    def gateway_says_sold_out():
+        code, body = stack.http('POST', '/v1/purchases', {'sku': 'api-3', 'user_id': 'dave',
+                                                          'qty': 1})
+        return code == 409 and body['error'] == 'sold_out'
+    wait_for(gateway_says_sold_out, timeout=20, what="the gateway's sold-out filter")
+    code, body = stack.http('POST', '/v1/purchases',
+                            {'sku': 'api-3', 'user_id': 'carol', 'qty': 1, 'request_id': 'req-c'})
+    assert code == 202 and body == {'request_id': 'req-c', 'state': 'reserved'}, (code, body)
+    # A new client-chosen id is still refused at the gateway.
+    code, body = stack.http('POST', '/v1/purchases',
+                            {'sku': 'api-3', 'user_id': 'erin', 'qty': 1, 'request_id': 'req-e'})
+    assert code == 409 and body['error'] == 'sold_out', body
+    replays = [l for l in urllib.request.urlopen(stack.url + '/metrics', timeout=10).read()
+               .decode().splitlines() if l.startswith('flashsale_gateway_purchase_replays_total ')]
+    assert replays == ['flashsale_gateway_purchase_replays_total 1'], replays
+    assert stack.redis('HGET', 'fs:promo:api-3', 'held') == '1'
+
+
 def test_admin_needs_token(stack):
     # A retry must repeat the window: left out, it defaults to "now".
     now = int(time.time() * 1000)
