@@ -11,9 +11,11 @@
  * same request ids again: the deductor applies them once (replays).
  *
  * The stack's Kafka mock (librdkafka's mock cluster) keeps only the last
- * ~5 MiB per partition, about 60000 of these intents: a larger pre-fill of
- * one partition loses its oldest intents before the deductor reads them
- * (the consumer logs "offset reset ... Offset out of range").
+ * ~5 MiB per partition: about 60,000 of these intents uncompressed, several
+ * times that in the producers' lz4 batches (200,000 on one partition were
+ * all read). A larger pre-fill of one partition loses its oldest intents
+ * before the deductor reads them (the consumer logs "offset reset ...
+ * Offset out of range"), which bench/run's held == filled check reports.
  *
  * Exit status: 0 every message acknowledged, 1 some failed or the flush timed
  * out (or the producer could not be created), 2 usage error.

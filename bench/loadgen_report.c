@@ -148,6 +148,7 @@ lg_report_print(FILE *out, const struct lg_config *cf,
 	fprintf(out, "  %-30s %llu (answers differing: %llu)\n",
 		"duplicates sent", U(res->sent_duplicate),
 		U(res->duplicate_mismatch));
+	print_counts(out, "answers differing, first->second", &res->mismatch_by);
 	fprintf(out, "  %-30s %llu\n", "purchase failed (no answer)",
 		U(res->purchase_failed));
 	fprintf(out, "  %-30s %llu\n", "final", U(res->final));
@@ -388,6 +389,8 @@ lg_report_json(const char *path, const struct lg_config *cf,
 	cJSON_AddNumberToObject(doc, "duplicates_sent", (double)res->sent_duplicate);
 	cJSON_AddNumberToObject(doc, "duplicate_mismatches",
 		(double)res->duplicate_mismatch);
+	cJSON_AddItemToObject(doc, "duplicate_mismatch_kinds",
+		json_counts(&res->mismatch_by));
 	cJSON_AddNumberToObject(doc, "refused_total", (double)res->refused);
 	cJSON_AddItemToObject(doc, "refused", json_counts(&res->refused_by));
 	cJSON_AddNumberToObject(doc, "purchase_failed", (double)res->purchase_failed);

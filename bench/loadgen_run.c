@@ -670,8 +670,14 @@ on_purchase_answer(struct lg_run *r, struct lg_buyer *b, int code,
 		}
 	} else {
 		if (code != b->first_status ||
-		    reason_id(r, reason) != b->first_reason)
+		    reason_id(r, reason) != b->first_reason) {
+			char pair[LG_NAME_MAX];
+
 			res->duplicate_mismatch++;
+			snprintf(pair, sizeof(pair), "%s->%s",
+				reason_name(r, b->first_reason), reason);
+			lg_counts_add(&res->mismatch_by, pair, 1);
+		}
 		if (code == 202 && !b->accepted)
 			buyer_accepted(r, b);
 	}
@@ -1189,6 +1195,7 @@ void
 lg_result_free(struct lg_result *res)
 {
 	lg_counts_free(&res->refused_by);
+	lg_counts_free(&res->mismatch_by);
 	lg_counts_free(&res->final_by);
 	lg_samples_free(&res->purchase_lat);
 	lg_samples_free(&res->request_lat);

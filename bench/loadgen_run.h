@@ -67,6 +67,7 @@ struct lg_result {
 	struct lg_counts refused_by;	/* reason -> buyers */
 	uint64_t purchase_failed;	/* buyers with no answer after retries */
 	uint64_t duplicate_mismatch;	/* second answer differed from first */
+	struct lg_counts mismatch_by;	/* "first->second" reasons -> buyers */
 	uint64_t retries_exhausted;
 
 	/* after acceptance */

@@ -291,6 +291,10 @@ def markdown(res, made):
               "- Accepted %s, refused at the gateway %s; final states %s" % (
                   fmt(sale.get("accepted")), fmt(sale.get("refused")),
                   sale.get("final_states")),
+              "- Retries with the same request id: %s sent, %s answered differently from "
+              "the first send %s" % (fmt(sale.get("duplicates_sent")),
+                                     fmt(sale.get("duplicate_mismatches")),
+                                     sale.get("duplicate_mismatch_kinds") or ""),
               "- Stock at the end: %s" % sale.get("stock"),
               "- Peak memory (MiB): %s" % sale.get("peak_rss_mib"), ""]
         for png in ("throughput.png", "latency.png", "stock.png"):
@@ -299,13 +303,13 @@ def markdown(res, made):
     rows = s.get("scaling")
     if rows:
         L += ["", "## Scaling", "",
-              "| buyers | SKUs | units/SKU | first request to all final | purchase p99 | "
-              "peak RSS, servers | gateway | deductor | broker | Redis | PostgreSQL (largest) | "
-              "load generator |", "|" + "---|" * 12]
+              "| buyers | SKUs | units/SKU | accepted | first request to all final | "
+              "purchase p99 | peak RSS, servers | gateway | deductor | broker | Redis | "
+              "PostgreSQL (largest) | load generator |", "|" + "---|" * 13]
         for r in rows:
             mem = r.get("peak_rss_mib") or {}
-            L.append("| %s | %s | %s | %s s | %s | %s MiB | %s | %s | %s | %s | %s | %s |" % (
-                fmt(r["buyers"]), fmt(r["skus"]), fmt(r["stock_per_sku"]),
+            L.append("| %s | %s | %s | %s | %s s | %s | %s MiB | %s | %s | %s | %s | %s | %s |" % (
+                fmt(r["buyers"]), fmt(r["skus"]), fmt(r["stock_per_sku"]), fmt(r.get("accepted")),
                 r.get("seconds_to_all_final"), pct(r.get("purchase_ms"), "p99"),
                 r.get("peak_rss_server_mib"), mem.get("gateway"), mem.get("deductor"),
                 mem.get("kafka"), mem.get("redis"), mem.get("postgres"),
@@ -320,8 +324,7 @@ def markdown(res, made):
                  "(per SKU sold + held + remaining == initial, remaining >= 0, Redis equals "
                  "PostgreSQL once drained, one order per request id, nobody over the limit, "
                  "no hold past its deadline); every buyer with a 202 saw a final state; "
-                 "duplicates got the first answer; the accept and deductor stages held "
-                 "exactly one unit per accepted intent.")
+                 "the accept and deductor stages held exactly one unit per accepted intent.")
     if errs:
         L += ["", "## Stage errors", ""]
         L += ["- **%s**: `%s`" % (e["stage"], e["error"].splitlines()[-1][:300] if e["error"]
