@@ -26,6 +26,7 @@
 
 #include "flashsale_config.h"
 #include "log.h"
+#include "util.h"
 
 #define APP "bench-ceiling"
 
@@ -84,40 +85,6 @@ static void ceiling_signal_cb(evutil_socket_t sig, short what, void *arg)
 	event_base_loopbreak(c->base);
 }
 
-/* Write "<port>\n" to path through path.tmp + rename: readers see all or nothing. */
-static int port_file_write(const char *path, int port, char *err, size_t errlen)
-{
-	char tmp[PATH_MAX];
-	FILE *f;
-
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
-		snprintf(err, errlen, "path too long");
-		return -1;
-	}
-	f = fopen(tmp, "w");
-	if (f == NULL) {
-		snprintf(err, errlen, "open of the temporary file: %s", strerror(errno));
-		return -1;
-	}
-	if (fprintf(f, "%d\n", port) < 0 || fflush(f) != 0) {
-		snprintf(err, errlen, "write of the temporary file: %s", strerror(errno));
-		fclose(f);
-		unlink(tmp);
-		return -1;
-	}
-	if (fclose(f) != 0) {
-		snprintf(err, errlen, "close of the temporary file: %s", strerror(errno));
-		unlink(tmp);
-		return -1;
-	}
-	if (rename(tmp, path) != 0) {
-		snprintf(err, errlen, "rename of the temporary file: %s", strerror(errno));
-		unlink(tmp);
-		return -1;
-	}
-	return 0;
-}
-
 /* The port the listener actually got (for --port 0). -1 when unknown. */
 static int bound_port(struct evhttp_bound_socket *bs)
 {
@@ -163,7 +130,7 @@ int main(int argc, char **argv)
 	struct ceiling c;
 	struct evhttp_bound_socket *bs;
 	const char *host = "127.0.0.1", *port_file = NULL;
-	char err[512];
+	char err[512], port_text[16];
 	long port = 0;
 	int opt, got;
 
@@ -244,7 +211,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	/* Last: a poller that sees the file may connect at once. */
-	if (port_file != NULL && port_file_write(port_file, got, err, sizeof(err)) < 0) {
+	snprintf(port_text, sizeof(port_text), "%d", got);
+	if (port_file != NULL && util_write_atomic(port_file, port_text, err, sizeof(err)) < 0) {
 		log_error("startup_failed", "path=%s msg=\"port file: %s\"", port_file, err);
 		ceiling_free(&c);
 		return 1;

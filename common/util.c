@@ -1,6 +1,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
@@ -115,4 +116,39 @@ void request_id_new(char out[27])
 		out[i] = alphabet[v];
 	}
 	out[26] = '\0';
+}
+
+/* Write text plus a newline to path through path.tmp + rename, so a reader
+ * polling for the file never sees it half written. */
+int util_write_atomic(const char *path, const char *text, char *err, size_t errlen)
+{
+	char tmp[4096];
+	FILE *f;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+		snprintf(err, errlen, "path too long");
+		return -1;
+	}
+	f = fopen(tmp, "w");
+	if (f == NULL) {
+		snprintf(err, errlen, "open of the temporary file: %s", strerror(errno));
+		return -1;
+	}
+	if (fprintf(f, "%s\n", text) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0) {
+		snprintf(err, errlen, "write of the temporary file: %s", strerror(errno));
+		fclose(f);
+		unlink(tmp);
+		return -1;
+	}
+	if (fclose(f) != 0) {
+		snprintf(err, errlen, "close of the temporary file: %s", strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	if (rename(tmp, path) != 0) {
+		snprintf(err, errlen, "rename of the temporary file: %s", strerror(errno));
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
 }

@@ -23,4 +23,12 @@ bool valid_user_id(const char *s);
 /* Write a new random request id (26 chars, Crockford base32, time-ordered) + NUL. */
 void request_id_new(char out[27]);
 
+/*
+ * Replace path with text plus a newline, through path.tmp, fsync and rename,
+ * so that a reader polling for the file (a port or a bootstrap list) never
+ * sees it half written. 0, or -1 with the reason in err.
+ */
+int util_write_atomic(const char *path, const char *text, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+
 #endif

@@ -9,11 +9,9 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
@@ -21,30 +19,10 @@
 
 #include "flashsale_config.h"
 #include "kafka.h"
+#include "log.h"
+#include "util.h"
 
 #define APP "kafka-mock"
-
-/* One logfmt line on stderr, like common/log.c, without linking common. */
-static void mock_log(const char *level, const char *event, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void mock_log(const char *level, const char *event, const char *fmt, ...)
-{
-	struct timespec ts;
-	struct tm tm;
-	char when[32];
-	va_list ap;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-	fprintf(stderr, "ts=%s.%03ldZ level=%s app=" APP " event=%s ",
-		when, ts.tv_nsec / 1000000, level, event);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
 
 static void usage(FILE *f)
 {
@@ -61,46 +39,15 @@ static void usage(FILE *f)
 		"SIGTERM or SIGINT stops the cluster (its data is lost).\n");
 }
 
-/* Write text plus a newline to path through path.tmp + rename, so a reader
- * polling for the file never sees it half written. */
-static int write_atomic(const char *path, const char *text, char *err, size_t errlen)
-{
-	char tmp[4096];
-	FILE *f;
-
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
-		snprintf(err, errlen, "path too long");
-		return -1;
-	}
-	f = fopen(tmp, "w");
-	if (f == NULL) {
-		snprintf(err, errlen, "open of the temporary file: %s", strerror(errno));
-		return -1;
-	}
-	if (fprintf(f, "%s\n", text) < 0 || fflush(f) != 0 || fsync(fileno(f)) != 0) {
-		snprintf(err, errlen, "write of the temporary file: %s", strerror(errno));
-		fclose(f);
-		unlink(tmp);
-		return -1;
-	}
-	if (fclose(f) != 0) {
-		snprintf(err, errlen, "close of the temporary file: %s", strerror(errno));
-		unlink(tmp);
-		return -1;
-	}
-	if (rename(tmp, path) != 0) {
-		snprintf(err, errlen, "rename of the temporary file: %s", strerror(errno));
-		unlink(tmp);
-		return -1;
-	}
-	return 0;
-}
-
 /* librdkafka's own log lines, kept in the same logfmt shape. */
 static void rk_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-	mock_log(level <= 3 ? "error" : level <= 4 ? "warn" : "info", "rdkafka_log",
-		 "fac=%s msg=\"%s\"", fac, buf);
+	if (level <= 3)
+		log_error("rdkafka_log", "fac=%s msg=\"%s\"", fac, buf);
+	else if (level <= 4)
+		log_warn("rdkafka_log", "fac=%s msg=\"%s\"", fac, buf);
+	else
+		log_info("rdkafka_log", "fac=%s msg=\"%s\"", fac, buf);
 }
 
 int main(int argc, char **argv)
@@ -133,6 +80,7 @@ int main(int argc, char **argv)
 	int status = 1;
 	int c;
 
+	log_init(APP);
 	while ((c = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'b':
@@ -171,7 +119,7 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
 	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) {
-		mock_log("error", "sigmask_failed", "msg=\"%s\"", strerror(errno));
+		log_error("sigmask_failed", "msg=\"%s\"", strerror(errno));
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -182,12 +130,12 @@ int main(int argc, char **argv)
 	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (rk == NULL) {
 		rd_kafka_conf_destroy(conf);
-		mock_log("error", "rdkafka_new_failed", "msg=\"%s\"", errstr);
+		log_error("rdkafka_new_failed", "msg=\"%s\"", errstr);
 		return 1;
 	}
 	mc = rd_kafka_mock_cluster_new(rk, (int)brokers);
 	if (mc == NULL) {
-		mock_log("error", "mock_cluster_failed", "brokers=%ld", brokers);
+		log_error("mock_cluster_failed", "brokers=%ld", brokers);
 		goto out;
 	}
 	for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
@@ -196,28 +144,28 @@ int main(int argc, char **argv)
 		rerr = rd_kafka_mock_topic_create(mc, topics[i].name, topics[i].partitions,
 						  (int)brokers);
 		if (rerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
-			mock_log("error", "topic_create_failed", "topic=%s msg=\"%s\"",
+			log_error("topic_create_failed", "topic=%s msg=\"%s\"",
 				 topics[i].name, rd_kafka_err2str(rerr));
 			goto out;
 		}
 	}
 	bootstraps = rd_kafka_mock_cluster_bootstraps(mc);
-	if (bootstrap_file != NULL && write_atomic(bootstrap_file, bootstraps,
+	if (bootstrap_file != NULL && util_write_atomic(bootstrap_file, bootstraps,
 						   errstr, sizeof(errstr)) != 0) {
-		mock_log("error", "bootstrap_file_failed", "file=%s msg=\"%s\"",
+		log_error("bootstrap_file_failed", "file=%s msg=\"%s\"",
 			 bootstrap_file, errstr);
 		goto out;
 	}
 	printf("%s\n", bootstraps);
 	fflush(stdout);
-	mock_log("info", "ready", "brokers=%ld bootstrap=%s partitions=%d", brokers,
+	log_info("ready", "brokers=%ld bootstrap=%s partitions=%d", brokers,
 		 bootstraps, FS_PARTITIONS);
 
 	while (sig != SIGTERM && sig != SIGINT) {
 		if (sigwait(&set, &sig) != 0)
 			break;
 	}
-	mock_log("info", "stopping", "signal=%d", sig);
+	log_info("stopping", "signal=%d", sig);
 	status = 0;
 out:
 	if (mc != NULL)

@@ -3,9 +3,11 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "util.h"
@@ -146,6 +148,40 @@ static void test_clocks(void **state)
 	assert_true(b - a < 10 * 1000 * 1000);
 }
 
+static void read_back(const char *path, char *buf, size_t len)
+{
+	FILE *f = fopen(path, "r");
+	size_t n;
+
+	assert_non_null(f);
+	n = fread(buf, 1, len - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+}
+
+static void test_write_atomic(void **state)
+{
+	char dir[] = "/tmp/fs-util-XXXXXX", path[64], tmp[80], buf[64], err[256];
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/port", dir);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	assert_int_equal(util_write_atomic(path, "41234", err, sizeof(err)), 0);
+	read_back(path, buf, sizeof(buf));
+	assert_string_equal(buf, "41234\n");
+	/* A second write replaces the file whole and leaves no temporary behind. */
+	assert_int_equal(util_write_atomic(path, "7", err, sizeof(err)), 0);
+	read_back(path, buf, sizeof(buf));
+	assert_string_equal(buf, "7\n");
+	assert_int_equal(access(tmp, F_OK), -1);
+	/* A directory that does not exist is an error with a reason. */
+	err[0] = '\0';
+	assert_int_equal(util_write_atomic("/nonexistent-dir/x", "1", err, sizeof(err)), -1);
+	assert_true(strlen(err) > 0);
+	unlink(path);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -154,6 +190,7 @@ int main(void)
 		cmocka_unit_test(test_request_id_new),
 		cmocka_unit_test(test_request_id_time),
 		cmocka_unit_test(test_clocks),
+		cmocka_unit_test(test_write_atomic),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
