@@ -8,8 +8,7 @@
 #include <cJSON.h>
 
 static const double pcts[] = { 0.50, 0.90, 0.99, 0.999 };
-/* "p99_9" predates "p999"; both stay in the JSON for older readers. */
-static const char *const pct_names[] = { "p50", "p90", "p99", "p99_9" };
+static const char *const pct_names[] = { "p50", "p90", "p99", "p999" };
 static const char *const pct_labels[] = { "p50", "p90", "p99", "p99.9" };
 
 /* --skus N lists this many SKUs one by one unless --per-sku says otherwise. */
@@ -229,7 +228,6 @@ json_lat(const struct lg_samples *s)
 	for (i = 0; i < sizeof(pcts) / sizeof(pcts[0]); i++)
 		cJSON_AddNumberToObject(o, pct_names[i],
 			ms(lg_samples_pct(s, pcts[i])));
-	cJSON_AddNumberToObject(o, "p999", ms(lg_samples_pct(s, 0.999)));
 	cJSON_AddNumberToObject(o, "max", ms(lg_samples_max(s)));
 	cJSON_AddNumberToObject(o, "mean", lg_samples_mean(s) / 1000.0);
 	if (s->n < lg_samples_count(s))

@@ -149,6 +149,21 @@ class Stack:
         except ValueError:
             return status, text
 
+    def metrics(self, name, timeout=5):
+        """A daemon's /metrics as {"name{labels}": value}."""
+        url = "http://127.0.0.1:%d/metrics" % self.ports[name]
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and line[0] != "#":
+                key, _, value = line.rpartition(" ")
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    pass
+        return out
+
     def redis(self, *args):
         p = subprocess.run(["redis-cli", "-s", os.path.join(self.dir, "redis.sock"),
                             *[str(a) for a in args]],

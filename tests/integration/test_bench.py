@@ -60,6 +60,9 @@ def test_every_stage_produced_a_figure(smoke):
         assert positive(sale["purchase_ms"][k])
     assert sale["stock"]["sold"] + sale["stock"]["held"] + sale["stock"]["remaining"] \
         == sale["stock"]["initial"]
+    # Retries answered differently are reported by kind, and the kinds add up.
+    assert sale["duplicates_sent"] > 0
+    assert sum(sale["duplicate_mismatch_kinds"].values()) == sale["duplicate_mismatches"]
     grid = {(r["buyers"], r["skus"]) for r in s["scaling"]}
     assert grid == {(b, k) for b in res["settings"]["scale_buyers"]
                     for k in res["settings"]["scale_skus"]}

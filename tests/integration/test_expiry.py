@@ -1,7 +1,5 @@
 """Holds left unpaid past their deadline come back and are sold again."""
-import re
 import time
-import urllib.request
 
 from sale import assert_audit_clean, assert_invariants, buyers, finish, orders_by_state
 from stack import wait_for
@@ -9,13 +7,9 @@ from stack import wait_for
 
 def intents(stack, kind):
     """Intents of one kind the deductor has applied, by outcome (/metrics)."""
-    url = 'http://127.0.0.1:%d/metrics' % stack.ports['deductor']
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    out = {}
-    for m in re.finditer(r'^flashsale_deductor_intents_total\{kind="%s",'
-                         r'outcome="(\w+)"\} (\d+)$' % kind, text, re.M):
-        out[m.group(1)] = int(m.group(2))
-    return {k: v for k, v in out.items() if v}
+    prefix = 'flashsale_deductor_intents_total{kind="%s",outcome="' % kind
+    return {k[len(prefix):-2]: int(v) for k, v in stack.metrics('deductor').items()
+            if k.startswith(prefix) and v}
 
 
 def test_unpaid_holds_expire_and_resell(stack):
