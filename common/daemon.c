@@ -104,22 +104,25 @@ static void json_escape_add(struct evbuffer *b, const char *s)
 static void daemon_healthz_cb(struct evhttp_request *req, void *arg)
 {
 	struct evbuffer *b;
+	static const char *const words[] = { "ok", "degraded", "unhealthy" };
 	char detail[2048] = "";
-	bool ok = true;
+	enum daemon_health h = HEALTH_OK;
 	size_t dl;
 	(void)arg;
 
 	if (!daemon_get_only(req))
 		return;
 	if (http_hooks.health != NULL)
-		ok = http_hooks.health(http_hooks.arg, detail, sizeof(detail));
+		h = http_hooks.health(http_hooks.arg, detail, sizeof(detail));
+	if (h < HEALTH_OK || h > HEALTH_FAILED)
+		h = HEALTH_FAILED;
 	detail[sizeof(detail) - 1] = '\0';
 	b = evbuffer_new();
 	if (b == NULL) {
 		evhttp_send_error(req, 500, "Internal Server Error");
 		return;
 	}
-	evbuffer_add_printf(b, "{\"status\":\"%s\"", ok ? "ok" : "unhealthy");
+	evbuffer_add_printf(b, "{\"status\":\"%s\"", words[h]);
 	/* detail is a JSON object: merge its members into ours. */
 	dl = strlen(detail);
 	while (dl > 0 && (detail[dl - 1] == '\n' || detail[dl - 1] == ' '))
@@ -145,7 +148,8 @@ static void daemon_healthz_cb(struct evhttp_request *req, void *arg)
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 			  "application/json");
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
-	evhttp_send_reply(req, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", b);
+	evhttp_send_reply(req, h == HEALTH_FAILED ? 503 : 200,
+			  h == HEALTH_FAILED ? "Service Unavailable" : "OK", b);
 	evbuffer_free(b);
 }
 
@@ -325,7 +329,7 @@ void daemon_reload_config(struct cf_table *config, void (*changed)(const char *k
 struct worker_loop {
 	struct cf_table *config;
 	struct daemon_thread *thread;
-	bool (*health)(void *arg, char *detail, size_t n);
+	daemon_health_fn health;
 	void *arg;
 	struct event_base *base;
 	bool drained;
@@ -346,7 +350,7 @@ static void worker_loop_reload(void *arg)
 	daemon_reload_config(l->config, NULL, NULL);
 }
 
-static bool worker_loop_health(void *arg, char *detail, size_t n)
+static enum daemon_health worker_loop_health(void *arg, char *detail, size_t n)
 {
 	struct worker_loop *l = arg;
 
@@ -362,7 +366,7 @@ static void worker_loop_watch(evutil_socket_t fd, short what, void *arg)
 		event_base_loopbreak(l->base);
 }
 
-bool daemon_run_worker(struct daemon_thread *t, bool (*health)(void *arg, char *detail, size_t n),
+bool daemon_run_worker(struct daemon_thread *t, daemon_health_fn health,
 		       void *arg, const char *host, int port, struct cf_table *config)
 {
 	struct worker_loop l = { .config = config, .thread = t, .health = health, .arg = arg };

@@ -19,11 +19,24 @@ struct evhttp;
 struct evhttp_request;
 struct cf_table;
 
+/*
+ * What /healthz says. DEGRADED is answered 200 (restarting the process
+ * would not help: a dependency needs repair) with "status":"degraded" and
+ * the reason in the detail; FAILED is answered 503.
+ */
+enum daemon_health {
+	HEALTH_OK = 0,
+	HEALTH_DEGRADED,
+	HEALTH_FAILED,
+};
+
+typedef enum daemon_health (*daemon_health_fn)(void *arg, char *detail, size_t n);
+
 struct daemon_hooks {
 	void (*on_drain)(void *arg);   /* required */
 	void (*on_reload)(void *arg);  /* may be NULL */
-	/* /healthz: return true when healthy, and fill detail (JSON object text). */
-	bool (*health)(void *arg, char *detail, size_t n);
+	/* /healthz: fill detail (JSON object text) and say how healthy. */
+	daemon_health_fn health;
 	void *arg;
 };
 
@@ -74,7 +87,7 @@ int daemon_thread_join(struct daemon_thread *t);
  * and STOPPING. The caller then joins and frees the worker. Returns true when
  * the stop was a drain. Start-up failures die().
  */
-bool daemon_run_worker(struct daemon_thread *t, bool (*health)(void *arg, char *detail, size_t n),
+bool daemon_run_worker(struct daemon_thread *t, daemon_health_fn health,
 		       void *arg, const char *host, int port, struct cf_table *config)
 	__attribute__((warn_unused_result));
 

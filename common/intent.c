@@ -49,6 +49,10 @@ int intent_validate(const fs_intent *in, const void *key, size_t keylen,
 		snprintf(err, errlen, "invalid user_id");
 		return -1;
 	}
+	if (in->accepted_at_ms < 0) {
+		snprintf(err, errlen, "invalid accepted_at_ms %lld", (long long)in->accepted_at_ms);
+		return -1;
+	}
 	return 0;
 }
 

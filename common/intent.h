@@ -10,6 +10,15 @@
 #include <stddef.h>
 #include "flashsale.pb-c.h"
 
+#define FS_TOPIC_INTENTS "flashsale.intents"
+#define FS_TOPIC_LEDGER "flashsale.ledger"
+#define FS_TOPIC_DEADLETTER "flashsale.deadletter"
+/*
+ * Both the intents and the ledger topic have this many partitions. Fixed:
+ * changing it would move SKUs between partitions mid-sale.
+ */
+#define FS_PARTITIONS 12
+
 typedef Flashsale__Intent fs_intent;
 typedef Flashsale__LedgerEvent fs_ledger_event;
 

@@ -140,6 +140,16 @@ rd_kafka_conf_t *kafka_conf_new(const struct kafka_cfg *kc, enum kafka_role role
 		    kafka_conf_set(conf, "heartbeat.interval.ms", "1000", err, errlen) < 0)
 			goto fail;
 		break;
+	case KAFKA_READER:
+		/* librdkafka wants a group id even for assign(); nothing is committed. */
+		if (kafka_conf_set(conf, "group.id", group_id ? group_id : client_id, err,
+				   errlen) < 0 ||
+		    kafka_conf_set(conf, "enable.auto.commit", "false", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "enable.auto.offset.store", "false", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "enable.partition.eof", "true", err, errlen) < 0 ||
+		    kafka_conf_set(conf, "auto.offset.reset", "earliest", err, errlen) < 0)
+			goto fail;
+		break;
 	default:
 		snprintf(err, errlen, "unknown kafka role %d", (int)role);
 		goto fail;
@@ -277,4 +287,120 @@ rd_kafka_t *kafka_producer_new(const struct kafka_cfg *kc, const char *client_id
 			rd_kafka_topic_destroy(t);
 	}
 	return rk;
+}
+
+int32_t kafka_partition_of(const char *key, size_t keylen)
+{
+	/* With a key this partitioner is pure murmur2: it reads neither the
+	 * topic handle nor the opaques. */
+	return rd_kafka_msg_partitioner_murmur2_random(NULL, key, keylen, FS_PARTITIONS,
+						       NULL, NULL);
+}
+
+rd_kafka_t *kafka_reader_new(const struct kafka_cfg *kc, const char *client_id,
+			     char *err, size_t errlen)
+{
+	rd_kafka_conf_t *conf = kafka_conf_new(kc, KAFKA_READER, client_id, NULL, err, errlen);
+	rd_kafka_t *rk;
+	char why[512];
+
+	if (conf == NULL)
+		return NULL;
+	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
+	if (rk == NULL) {
+		rd_kafka_conf_destroy(conf);
+		snprintf(err, errlen, "kafka reader: %s", why);
+		return NULL;
+	}
+	return rk;
+}
+
+int kafka_read_ranges(rd_kafka_t *rk, const char *topic, const struct kafka_range *r,
+		      size_t n, int64_t idle_ms,
+		      int (*fn)(void *arg, const rd_kafka_message_t *m), void *arg,
+		      char *err, size_t errlen)
+{
+	rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new((int)n);
+	int64_t pos[FS_PARTITIONS], to[FS_PARTITIONS], last_progress;
+	rd_kafka_resp_err_t kerr;
+	int waiting = 0, rc = -1;
+
+	for (int p = 0; p < FS_PARTITIONS; p++)
+		pos[p] = to[p] = 0;
+	for (size_t i = 0; i < n; i++) {
+		int32_t p = r[i].partition;
+
+		if (p < 0 || p >= FS_PARTITIONS) {
+			snprintf(err, errlen, "%s[%d]: no such partition", topic, (int)p);
+			goto out;
+		}
+		if (r[i].from >= r[i].to)
+			continue;
+		pos[p] = r[i].from;
+		to[p] = r[i].to;
+		rd_kafka_topic_partition_list_add(parts, topic, p)->offset = r[i].from;
+		waiting++;
+	}
+	if (waiting == 0) {
+		rc = 0;
+		goto out;
+	}
+	kerr = rd_kafka_assign(rk, parts);
+	if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		snprintf(err, errlen, "kafka assign %s: %s", topic, rd_kafka_err2str(kerr));
+		goto out;
+	}
+	last_progress = mono_us();
+	while (waiting > 0) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+		int32_t p;
+
+		if (m == NULL) {
+			if (mono_us() - last_progress > idle_ms * 1000) {
+				snprintf(err, errlen, "%s: no progress for %lld ms with %d "
+					 "partitions short of their end", topic,
+					 (long long)idle_ms, waiting);
+				goto out_assigned;
+			}
+			continue;
+		}
+		p = m->partition;
+		if (p < 0 || p >= FS_PARTITIONS || pos[p] >= to[p]) {
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+			/* The end of the log: nothing more will come below to. */
+			if (m->offset >= to[p]) {
+				pos[p] = to[p];
+				waiting--;
+			}
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+			log_warn("read_error", "topic=%s partition=%d msg=\"%s\"", topic, (int)p,
+				 rd_kafka_message_errstr(m));
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		if (m->offset >= pos[p] && m->offset < to[p] && fn(arg, m) < 0) {
+			snprintf(err, errlen, "%s[%d]@%lld: not applied", topic, (int)p,
+				 (long long)m->offset);
+			rd_kafka_message_destroy(m);
+			goto out_assigned;
+		}
+		if (m->offset >= pos[p])
+			pos[p] = m->offset + 1;
+		last_progress = mono_us();
+		if (pos[p] >= to[p])
+			waiting--;
+		rd_kafka_message_destroy(m);
+	}
+	rc = 0;
+out_assigned:
+	(void)rd_kafka_assign(rk, NULL);
+out:
+	rd_kafka_topic_partition_list_destroy(parts);
+	return rc;
 }

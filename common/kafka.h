@@ -11,11 +11,7 @@
 #include <stdint.h>
 #include <librdkafka/rdkafka.h>
 
-#define FS_TOPIC_INTENTS "flashsale.intents"
-#define FS_TOPIC_LEDGER "flashsale.ledger"
-#define FS_TOPIC_DEADLETTER "flashsale.deadletter"
-/* Fixed: changing it would move SKUs between partitions mid-sale. */
-#define FS_PARTITIONS 12
+#include "intent.h"     /* topic names and FS_PARTITIONS: the wire contract */
 
 /* Keys every daemon shares; embed in the daemon's cf_key table with KAFKA_CF_KEYS. */
 struct kafka_cfg {
@@ -35,6 +31,7 @@ struct kafka_cfg {
 enum kafka_role {
 	KAFKA_PRODUCER,   /* acks=all, idempotent, murmur2_random, small linger */
 	KAFKA_CONSUMER,   /* group member, manual offset store, auto commit of stored offsets */
+	KAFKA_READER,     /* assign-only reader: never commits, reports partition EOF */
 };
 
 /*
@@ -89,5 +86,35 @@ size_t kafka_poll_batch(rd_kafka_t *consumer, size_t max, int first_ms, int wait
  * at most timeout_ms. Returns 0 when the out-queue is empty.
  */
 int kafka_flush(rd_kafka_t *producer, int timeout_ms) __attribute__((warn_unused_result));
+
+/*
+ * The partition every flashsale producer puts a key on (murmur2, the Java
+ * client's default, which kafka_conf_new configures): a SKU's intents and
+ * ledger events all live on kafka_partition_of(sku) of their topic.
+ */
+int32_t kafka_partition_of(const char *key, size_t keylen);
+
+/* An assign-only consumer (KAFKA_READER) for kafka_read_ranges. NULL with err. */
+rd_kafka_t *kafka_reader_new(const struct kafka_cfg *kc, const char *client_id,
+			     char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Offsets [from, to) of one partition; to is usually a high watermark. */
+struct kafka_range {
+	int32_t partition;
+	int64_t from;
+	int64_t to;
+};
+
+/*
+ * Read every range of topic with the reader rk (kafka_reader_new), handing
+ * each message to fn(arg, m) in offset order per partition; fn must not keep
+ * m. Ranges with from >= to are skipped. Fails (-1, reason in err) when fn
+ * returns -1, or when idle_ms pass without a message while a range is
+ * unfinished. The reader is left unassigned either way.
+ */
+int kafka_read_ranges(rd_kafka_t *rk, const char *topic, const struct kafka_range *r,
+		      size_t n, int64_t idle_ms,
+		      int (*fn)(void *arg, const rd_kafka_message_t *m), void *arg,
+		      char *err, size_t errlen) __attribute__((warn_unused_result));
 
 #endif

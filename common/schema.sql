@@ -59,6 +59,14 @@ CREATE TABLE IF NOT EXISTS ledger_events (
     ledger_offset    bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_events_request ON ledger_events (request_id);
+-- Where the intent that made the event sat (-1 for events no intent made,
+-- such as an oversell correction), and the SKU's change number after it:
+-- a repair restores Redis' watermarks and sequences from them.
+ALTER TABLE ledger_events ADD COLUMN IF NOT EXISTS intent_partition integer NOT NULL DEFAULT -1;
+ALTER TABLE ledger_events ADD COLUMN IF NOT EXISTS intent_offset bigint NOT NULL DEFAULT -1;
+ALTER TABLE ledger_events ADD COLUMN IF NOT EXISTS sku_seq bigint NOT NULL DEFAULT 0;
+ALTER TABLE ledger_events ADD COLUMN IF NOT EXISTS changed boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS ledger_events_partition ON ledger_events (ledger_partition, ledger_offset);
 
 -- Next ledger offset to read per partition, committed in the same transaction
 -- as the rows it covers: PostgreSQL holds exactly the ledger prefix below it.

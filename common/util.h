@@ -8,6 +8,9 @@
 
 #define FS_ID_MAX 64   /* longest request_id, sku or user_id */
 
+/* A result the caller must look at (0/-1, bool, or a pointer that may be NULL). */
+#define FS_MUSTCHECK __attribute__((warn_unused_result))
+
 /* Wall clock in ms since the epoch (informational only: deadlines use Redis TIME). */
 int64_t now_ms(void);
 /* Monotonic clock in microseconds, for latencies and timeouts. */

@@ -55,5 +55,7 @@ int ledger_build(struct ledger_out *out, const fs_intent *in, const struct step_
 	ev->intent_partition = partition;
 	ev->intent_offset = offset;
 	ev->epoch = res->epoch;
+	ev->sku_seq = res->sku_seq;
+	ev->changed = res->changed;
 	return 0;
 }

@@ -30,6 +30,13 @@ static struct cf_key keys[] = {
 	  "Seconds Redis keeps a request's record (the idempotency horizon for replays)" },
 	{ "deductor.retry_backoff_ms", CF_INT, &cfg.retry_backoff_ms, "200", 10, 5000,
 	  "First wait before retrying after a Redis, Kafka or not_ready failure (doubles up to 5 s)" },
+	{ "deductor.pay_max_lag_ms", CF_INT, &cfg.pay_max_lag_ms, "600000", 0, 86400000,
+	  "A PAY counts at the time the gateway accepted it, but at most this long before it "
+	  "is applied (bounds what a forged old stamp can reach)" },
+	{ "deductor.probe_events", CF_INT, &cfg.probe_events, "512", 1, 1000000,
+	  "Ledger events read back per newly assigned partition to learn what Redis must hold" },
+	{ "deductor.probe_timeout_ms", CF_INT, &cfg.probe_timeout_ms, "10000", 100, 600000,
+	  "Give up reading the ledger back after this long without progress (retried)" },
 	{ NULL, 0, NULL, NULL, 0, 0, NULL },
 };
 
@@ -39,7 +46,7 @@ static struct cf_table table = {
 	.keys = keys,
 };
 
-static bool app_health(void *w, char *detail, size_t n)
+static enum daemon_health app_health(void *w, char *detail, size_t n)
 {
 	return worker_health(w, detail, n);
 }

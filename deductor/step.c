@@ -1,6 +1,7 @@
 #include "step.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,8 +9,8 @@
 #include "flashsale.pb-c.h"
 
 /* The script's reply: {'ok', ev, state, reason, user, qty, deadline, now,
- * remaining, held, sold, initial, epoch, changed}. */
-#define STEP_REPLY_LEN 14
+ * remaining, held, sold, initial, epoch, changed, sku_seq}. */
+#define STEP_REPLY_LEN 15
 
 static const char *const event_names[] = {
 	[FLASHSALE__LEDGER_EVENT__KIND__RESERVED] = "reserved",
@@ -40,7 +41,7 @@ const char *step_event_name(int kind)
 }
 
 void step_cmd_build(struct step_cmd *cmd, const char *sha, const fs_intent *in,
-		    long long record_ttl_s)
+		    const struct step_args *a, const struct step_params *prm)
 {
 	const char *user = in->user_id != NULL ? in->user_id : "";
 	int i;
@@ -50,22 +51,37 @@ void step_cmd_build(struct step_cmd *cmd, const char *sha, const fs_intent *in,
 	snprintf(cmd->holds, sizeof(cmd->holds), "fs:holds:%s", in->sku);
 	snprintf(cmd->req, sizeof(cmd->req), "fs:req:%s", in->request_id);
 	snprintf(cmd->qty, sizeof(cmd->qty), "%u", (unsigned)in->qty);
-	snprintf(cmd->ttl, sizeof(cmd->ttl), "%lld", record_ttl_s);
+	snprintf(cmd->ttl, sizeof(cmd->ttl), "%lld", prm->record_ttl_s);
+	snprintf(cmd->partition, sizeof(cmd->partition), "%" PRId32, a->partition);
+	snprintf(cmd->offset, sizeof(cmd->offset), "%" PRId64, a->offset);
+	snprintf(cmd->min_wm, sizeof(cmd->min_wm), "%" PRId64, a->min_wm);
+	snprintf(cmd->min_seq, sizeof(cmd->min_seq), "%" PRId64, a->min_seq);
+	snprintf(cmd->accepted_at, sizeof(cmd->accepted_at), "%" PRId64,
+		 (int64_t)in->accepted_at_ms);
+	snprintf(cmd->lag, sizeof(cmd->lag), "%lld", prm->pay_max_lag_ms);
 
 	cmd->argv[0] = "EVALSHA";
 	cmd->argv[1] = sha;
-	cmd->argv[2] = "5";
+	cmd->argv[2] = "7";
 	cmd->argv[3] = "fs:ready";
 	cmd->argv[4] = cmd->promo;
 	cmd->argv[5] = cmd->users;
 	cmd->argv[6] = cmd->holds;
 	cmd->argv[7] = cmd->req;
-	cmd->argv[8] = intent_kind_name(in->kind);
-	cmd->argv[9] = in->request_id;
-	cmd->argv[10] = in->sku;
-	cmd->argv[11] = user;
-	cmd->argv[12] = cmd->qty;
-	cmd->argv[13] = cmd->ttl;
+	cmd->argv[8] = "fs:wm";
+	cmd->argv[9] = "fs:fence";
+	cmd->argv[10] = intent_kind_name(in->kind);
+	cmd->argv[11] = in->request_id;
+	cmd->argv[12] = in->sku;
+	cmd->argv[13] = user;
+	cmd->argv[14] = cmd->qty;
+	cmd->argv[15] = cmd->ttl;
+	cmd->argv[16] = cmd->partition;
+	cmd->argv[17] = cmd->offset;
+	cmd->argv[18] = cmd->min_wm;
+	cmd->argv[19] = cmd->min_seq;
+	cmd->argv[20] = cmd->accepted_at;
+	cmd->argv[21] = cmd->lag;
 	for (i = 0; i < STEP_ARGC; i++)
 		cmd->argvlen[i] = strlen(cmd->argv[i]);
 }
@@ -154,6 +170,14 @@ void step_parse(const redisReply *r, struct step_result *out)
 		out->status = STEP_NOT_READY;
 		return;
 	}
+	if (strcmp(word, "fenced") == 0) {
+		out->status = STEP_FENCED;
+		if (r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING)
+			snprintf(out->error, sizeof(out->error), "%s", r->element[1]->str);
+		else
+			snprintf(out->error, sizeof(out->error), "fenced");
+		return;
+	}
 	if (strcmp(word, "ok") != 0) {
 		step_fail(out, "deduct.lua: unexpected answer ", word);
 		return;
@@ -179,6 +203,7 @@ void step_parse(const redisReply *r, struct step_result *out)
 	    !reply_int(r->element[11], &out->initial) ||
 	    !reply_int(r->element[12], &out->epoch) ||
 	    !reply_int(r->element[13], &changed) ||
+	    !reply_int(r->element[14], &out->sku_seq) ||
 	    qty < 0 || qty > UINT32_MAX) {
 		int kind = out->event_kind;
 
@@ -191,9 +216,9 @@ void step_parse(const redisReply *r, struct step_result *out)
 	out->status = STEP_OK;
 }
 
-int step_run(redisContext *c, const char *sha, long long record_ttl_s,
-	     fs_intent *const *intents, struct step_result *results, size_t n,
-	     char *err, size_t errlen)
+int step_run(redisContext *c, const char *sha, const struct step_params *prm,
+	     fs_intent *const *intents, const struct step_args *args,
+	     struct step_result *results, size_t n, char *err, size_t errlen)
 {
 	struct step_cmd cmd;
 	bool noscript = false, busy = false;
@@ -203,7 +228,7 @@ int step_run(redisContext *c, const char *sha, long long record_ttl_s,
 		results[i].status = STEP_PENDING;
 		if (intents[i] == NULL)
 			continue;
-		step_cmd_build(&cmd, sha, intents[i], record_ttl_s);
+		step_cmd_build(&cmd, sha, intents[i], &args[i], prm);
 		/* hiredis copies the arguments into its output buffer. */
 		if (redisAppendCommandArgv(c, STEP_ARGC, cmd.argv, cmd.argvlen) != REDIS_OK) {
 			snprintf(err, errlen, "redis append: %s", c->errstr);

@@ -19,8 +19,25 @@ extern const char fs_deduct_lua[];
 
 #define STEP_MUSTCHECK __attribute__((warn_unused_result))
 
-/* EVALSHA sha 5 k1..k5 kind rid sku user qty ttl */
-#define STEP_ARGC 14
+/*
+ * EVALSHA sha 7 k1..k7 kind rid sku user qty ttl partition offset min_wm
+ * min_seq accepted_at_ms pay_max_lag_ms
+ */
+#define STEP_ARGC 22
+
+/* Where an intent sits and what the ledger says Redis must already hold. */
+struct step_args {
+	int32_t partition;      /* of the intents topic */
+	int64_t offset;
+	int64_t min_wm;         /* highest offset of the partition seen on the ledger, -1 none */
+	int64_t min_seq;        /* highest sku_seq of the SKU seen on the ledger, 0 none */
+};
+
+/* Settings every step of a run shares. */
+struct step_params {
+	long long record_ttl_s;     /* deductor.record_ttl_s */
+	long long pay_max_lag_ms;   /* deductor.pay_max_lag_ms */
+};
 
 struct step_cmd {
 	const char *argv[STEP_ARGC];
@@ -31,12 +48,19 @@ struct step_cmd {
 	char req[16 + FS_ID_MAX];
 	char qty[16];
 	char ttl[24];
+	char partition[16];
+	char offset[24];
+	char min_wm[24];
+	char min_seq[24];
+	char accepted_at[24];
+	char lag[24];
 };
 
 enum step_status {
 	STEP_PENDING = 0,   /* not run (yet) */
 	STEP_OK,            /* the step answered an event */
 	STEP_NOT_READY,     /* fs:ready absent: Redis state lost, nothing applied */
+	STEP_FENCED,        /* the partition is fenced (Redis older than the ledger): error says why */
 	STEP_FAILED,        /* the script failed for this intent: error holds why */
 };
 
@@ -53,6 +77,7 @@ struct step_result {
 	int64_t at_ms;
 	int64_t remaining, held, sold, initial;
 	int64_t epoch;
+	int64_t sku_seq;
 	bool changed;
 	char error[256];
 };
@@ -63,7 +88,7 @@ struct step_result {
  * outlive the command's use.
  */
 void step_cmd_build(struct step_cmd *cmd, const char *sha, const fs_intent *in,
-		    long long record_ttl_s);
+		    const struct step_args *a, const struct step_params *prm);
 
 /* True when the reply says the script is not in Redis' cache. */
 bool step_reply_noscript(const redisReply *r);
@@ -96,12 +121,13 @@ enum step_run_status {
 };
 
 /*
- * Run the step for every non-NULL intents[i] in one pipeline and fill
- * results[i] (results of NULL intents are left STEP_PENDING). Every reply is
- * read even after a NOSCRIPT so that the connection stays in step.
+ * Run the step for every non-NULL intents[i] (at args[i]) in one pipeline
+ * and fill results[i] (results of NULL intents are left STEP_PENDING).
+ * Every reply is read even after a NOSCRIPT so that the connection stays in
+ * step.
  */
-int step_run(redisContext *c, const char *sha, long long record_ttl_s,
-	     fs_intent *const *intents, struct step_result *results, size_t n,
-	     char *err, size_t errlen) STEP_MUSTCHECK;
+int step_run(redisContext *c, const char *sha, const struct step_params *prm,
+	     fs_intent *const *intents, const struct step_args *args,
+	     struct step_result *results, size_t n, char *err, size_t errlen) STEP_MUSTCHECK;
 
 #endif

@@ -13,6 +13,7 @@
 
 #include "batch.h"
 #include "flashsale.pb-c.h"
+#include "guard.h"
 #include "intent.h"
 #include "ledger.h"
 #include "log.h"
@@ -26,6 +27,7 @@
 #define POLL_FIRST_MS 100
 #define SEEK_TIMEOUT_MS 5000
 #define HEARTBEAT_MAX_US (5 * 1000000LL)
+#define GUARD_SKUS_MAX 100000
 #define NOT_READY_MAX_US (30 * 1000000LL)
 
 /* ---- metrics ---- */
@@ -86,6 +88,21 @@ static struct metric m_redis_up = {
 	.help = "1 while the worker holds a Redis connection",
 	.type = METRIC_GAUGE,
 };
+static struct metric m_fenced = {
+	.name = "deductor_fenced_partitions",
+	.help = "Partitions fenced because Redis is older than the ledger (nothing applied)",
+	.type = METRIC_GAUGE,
+};
+static struct metric m_fenced_steps = {
+	.name = "deductor_fenced_steps_total",
+	.help = "Intents not applied because their partition is fenced (applied after repair)",
+	.type = METRIC_COUNTER,
+};
+static struct metric m_probes = {
+	.name = "deductor_ledger_probes_total",
+	.help = "Ledger tails read back after a partition assignment",
+	.type = METRIC_COUNTER,
+};
 
 void worker_metrics_register(void)
 {
@@ -117,6 +134,9 @@ void worker_metrics_register(void)
 	metrics_register(&m_redo_produce);
 	metrics_register(&m_redo_redis);
 	metrics_register(&m_redis_up);
+	metrics_register(&m_fenced);
+	metrics_register(&m_fenced_steps);
+	metrics_register(&m_probes);
 }
 
 /* ---- the worker ---- */
@@ -130,8 +150,13 @@ struct worker {
 	const struct deductor_cfg *cfg;
 	rd_kafka_t *consumer;
 	rd_kafka_t *producer;
+	rd_kafka_t *reader;    /* reads the ledger's tail back (guard_probe) */
 	redisContext *redis;
 	char sha[41];
+	struct step_params params;
+	struct dd_guard guard;
+	bool verify_redis;     /* compare fs:wm with the guard at the next idle turn */
+	int64_t next_probe_us; /* after a failed probe: not before this */
 
 	struct daemon_thread th;
 	bool fatal;            /* worker thread only: stopping on a failure */
@@ -142,6 +167,7 @@ struct worker {
 	/* The batch: items[i] decoded into intents[i] (NULL when invalid). */
 	struct item *items;
 	fs_intent **intents;
+	struct step_args *args;
 	struct step_result *results;
 	size_t nitems, cap;
 	struct batch batch;
@@ -256,6 +282,7 @@ static void worker_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	switch (err) {
 	case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
 		log_info("partitions_assigned", "count=%d", parts->cnt);
+		guard_assigned(&w->guard, parts);
 		aerr = rd_kafka_assign(rk, parts);
 		__atomic_store_n(&w->assigned, aerr == RD_KAFKA_RESP_ERR_NO_ERROR ? parts->cnt : 0,
 				 __ATOMIC_RELAXED);
@@ -263,12 +290,15 @@ static void worker_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
 		log_info("partitions_revoked", "count=%d", parts->cnt);
 		worker_drop_partitions(w, parts);
+		guard_revoked(&w->guard, parts);
+		metric_set(&m_fenced, guard_fenced_count(&w->guard));
 		aerr = rd_kafka_assign(rk, NULL);
 		__atomic_store_n(&w->assigned, 0, __ATOMIC_RELAXED);
 		break;
 	default:
 		log_warn("rebalance_error", "err=%s", rd_kafka_err2name(err));
 		worker_drop_partitions(w, parts);
+		guard_revoked(&w->guard, parts);
 		aerr = rd_kafka_assign(rk, NULL);
 		__atomic_store_n(&w->assigned, 0, __ATOMIC_RELAXED);
 		break;
@@ -302,8 +332,9 @@ static int worker_reserve(struct worker *w, size_t n)
 		return 0;
 	w->items = calloc(n, sizeof(*w->items));
 	w->intents = calloc(n, sizeof(*w->intents));
+	w->args = calloc(n, sizeof(*w->args));
 	w->results = calloc(n, sizeof(*w->results));
-	if (w->items == NULL || w->intents == NULL || w->results == NULL)
+	if (w->items == NULL || w->intents == NULL || w->args == NULL || w->results == NULL)
 		return -1;
 	w->cap = n;
 	return 0;
@@ -323,10 +354,20 @@ struct worker *worker_new(const struct deductor_cfg *cfg, char *err, size_t errl
 	}
 	w->cfg = cfg;
 	batch_init(&w->batch);
+	if (guard_init(&w->guard, GUARD_SKUS_MAX) < 0) {
+		snprintf(err, errlen, "guard: cannot create its lock");
+		free(w);
+		return NULL;
+	}
 	if (worker_reserve(w, (size_t)cfg->batch_size) < 0) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
+	w->params.record_ttl_s = cfg->record_ttl_s;
+	w->params.pay_max_lag_ms = cfg->pay_max_lag_ms;
+	w->reader = kafka_reader_new(&cfg->kafka, "flashsale-deductor-probe", err, errlen);
+	if (w->reader == NULL)
+		goto fail;
 
 	w->producer = kafka_producer_new(&cfg->kafka, "flashsale-deductor", FS_TOPIC_LEDGER,
 					 worker_dr_cb, NULL,
@@ -382,6 +423,8 @@ static int worker_redis_connect(struct worker *w, char *err, size_t errlen)
 		return -1;
 	}
 	worker_set_redis_up(w, true);
+	/* It may be another Redis than the last one, or an older copy of it. */
+	w->verify_redis = true;
 	log_info("redis_connected", "address=%s sha=%s", w->cfg->redis_address, w->sha);
 	return 0;
 }
@@ -450,7 +493,7 @@ static int worker_redis_step(struct worker *w)
 	for (;;) {
 		if (worker_redis_ensure(w, &backoff) < 0)
 			return -1;
-		rc = step_run(w->redis, w->sha, w->cfg->record_ttl_s, w->intents, w->results,
+		rc = step_run(w->redis, w->sha, &w->params, w->intents, w->args, w->results,
 			      w->nitems, err, sizeof(err));
 		if (rc == STEP_RUN_OK)
 			return 0;
@@ -616,9 +659,23 @@ static void worker_take(void *arg, rd_kafka_message_t *m)
 	it->invalid[0] = '\0';
 	w->intents[w->nitems] = intent_decode(m->payload, m->len, m->key, m->key_len,
 					      err, sizeof(err));
-	if (w->intents[w->nitems] == NULL)
+	if (w->intents[w->nitems] == NULL) {
 		snprintf(it->invalid, sizeof(it->invalid), "%s",
 			 err[0] != '\0' ? err : "invalid intent");
+	} else if (kafka_partition_of(m->key, m->key_len) != m->partition) {
+		/*
+		 * A SKU's intents must form one ordered stream, and its
+		 * partition's fence and repair cover exactly the SKUs that
+		 * hash to it: an intent placed by another partitioner would
+		 * escape both.
+		 */
+		snprintf(it->invalid, sizeof(it->invalid),
+			 "intent for sku %s on partition %" PRId32 " but its key hashes to %"
+			 PRId32 " (murmur2, see proto/README.md)", w->intents[w->nitems]->sku,
+			 m->partition, kafka_partition_of(m->key, m->key_len));
+		intent_free(w->intents[w->nitems]);
+		w->intents[w->nitems] = NULL;
+	}
 	w->nitems++;
 }
 
@@ -665,8 +722,11 @@ static int worker_produce(struct worker *w, size_t i, char *err, size_t errlen)
 	 */
 	give_up_us = mono_us() + w->cfg->kafka.produce_timeout_ms * 1000;
 	for (;;) {
+		/* The ledger partition is the intent's: what the guard reads
+		 * back for a partition is exactly that partition's events. */
 		kerr = rd_kafka_producev(w->producer,
 					 RD_KAFKA_V_TOPIC(FS_TOPIC_LEDGER),
+					 RD_KAFKA_V_PARTITION(m->partition),
 					 RD_KAFKA_V_KEY(in->sku, strlen(in->sku)),
 					 RD_KAFKA_V_VALUE(w->pack, len),
 					 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -771,24 +831,38 @@ static void worker_count(struct worker *w)
 }
 
 /*
- * Mark not_ready positions and track the outage. Returns true when some
- * intent answered not_ready.
+ * Mark not_ready and fenced positions (nothing at or after them is acted
+ * on; they are polled again), track the outage and the fences. Returns true
+ * when some partition is blocked.
  */
 static bool worker_block(struct worker *w)
 {
-	bool not_ready = false, ok = false;
+	bool not_ready = false, fenced = false, ok = false;
 	size_t i;
 
 	for (i = 0; i < w->nitems; i++) {
 		const rd_kafka_message_t *m = w->items[i].msg;
+		const struct step_result *r = &w->results[i];
 
-		if (w->results[i].status == STEP_NOT_READY) {
+		if (r->status == STEP_NOT_READY) {
 			batch_block(&w->batch, m->partition, m->offset);
 			not_ready = true;
-		} else if (w->results[i].status == STEP_OK) {
+		} else if (r->status == STEP_FENCED) {
+			batch_block(&w->batch, m->partition, m->offset);
+			fenced = true;
+			metric_add(&m_fenced_steps, 1);
+			if (guard_note_fenced(&w->guard, m->partition, w->intents[i]->sku, r->error))
+				log_error("partition_fenced", "partition=%" PRId32 " sku=%s why=\"%s\" "
+					  "msg=\"Redis is older than the ledger: nothing of this "
+					  "partition is applied until the reconciler repairs it\"",
+					  m->partition, w->intents[i]->sku, r->error);
+		} else if (r->status == STEP_OK) {
 			ok = true;
+			if (guard_note_clear(&w->guard, m->partition))
+				log_info("partition_unfenced", "partition=%" PRId32, m->partition);
 		}
 	}
+	metric_set(&m_fenced, guard_fenced_count(&w->guard));
 	if (not_ready) {
 		metric_add(&m_not_ready, 1);
 		if (__atomic_load_n(&w->not_ready_since_us, __ATOMIC_RELAXED) == 0) {
@@ -802,7 +876,7 @@ static bool worker_block(struct worker *w)
 		__atomic_store_n(&w->not_ready_since_us, 0, __ATOMIC_RELAXED);
 		log_info("redis_ready", "outage_ms=%" PRId64, (mono_us() - since) / 1000);
 	}
-	return not_ready;
+	return not_ready || fenced;
 }
 
 /*
@@ -825,6 +899,67 @@ static bool worker_batch_epoch(struct worker *w, bool *any, int64_t *epoch)
 		*epoch = w->results[i].epoch;
 	}
 	return true;
+}
+
+/*
+ * Read back the ledger's tail of newly assigned partitions (see guard.h).
+ * -1 when Kafka could not be read: nothing of the batch may be applied yet.
+ */
+static int worker_probe(struct worker *w)
+{
+	char err[512], q[512];
+	int64_t now = mono_us();
+
+	if (now < w->next_probe_us)
+		return -1;
+	metric_add(&m_probes, 1);
+	if (guard_probe(&w->guard, w->reader, w->cfg->probe_events, w->cfg->probe_timeout_ms,
+			err, sizeof(err)) == 0) {
+		w->verify_redis = true;
+		return 0;
+	}
+	log_warn("probe_failed", "msg=\"%s\"", log_quote(q, sizeof(q), err));
+	w->next_probe_us = now + w->cfg->retry_backoff_ms * 1000;
+	return -1;
+}
+
+/* The batch's events are on the ledger: raise the guard's floors. */
+static int worker_learn(struct worker *w)
+{
+	for (size_t i = 0; i < w->nitems; i++) {
+		const rd_kafka_message_t *m = w->items[i].msg;
+		const struct step_result *r = &w->results[i];
+
+		if (r->status != STEP_OK || !r->changed ||
+		    batch_is_blocked(&w->batch, m->partition, m->offset))
+			continue;
+		if (guard_learn(&w->guard, w->intents[i]->sku, m->partition, m->offset,
+				r->sku_seq) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * Between batches: read back newly assigned partitions and, after a Redis
+ * (re)connect, compare its watermarks with the ledger's, so that a stale
+ * Redis is fenced and reported before any intent arrives.
+ */
+static void worker_idle_verify(struct worker *w)
+{
+	char err[512], q[512];
+
+	if (guard_needs_probe(&w->guard) && worker_probe(w) < 0)
+		return;
+	if (!w->verify_redis || w->redis == NULL)
+		return;
+	if (guard_verify(&w->guard, w->redis, err, sizeof(err)) < 0) {
+		log_warn("redis_error", "cmd=verify msg=\"%s\"", log_quote(q, sizeof(q), err));
+		worker_redis_drop(w);
+		return;
+	}
+	w->verify_redis = false;
+	metric_set(&m_fenced, guard_fenced_count(&w->guard));
 }
 
 enum process_outcome {
@@ -858,8 +993,18 @@ static enum process_outcome worker_process(struct worker *w)
 	metric_add(&m_batch_messages, (int64_t)w->nitems);
 
 	batch_unblock(&w->batch);
-	for (i = 0; i < w->nitems; i++)
+	if (guard_needs_probe(&w->guard) && worker_probe(w) < 0) {
+		/* Without the ledger's floors a stale Redis would go unnoticed. */
+		w->sleep_ms = w->cfg->retry_backoff_ms;
+		return worker_redo(w, "probe");
+	}
+	for (i = 0; i < w->nitems; i++) {
+		const rd_kafka_message_t *m = w->items[i].msg;
+
 		memset(&w->results[i], 0, sizeof(w->results[i]));
+		if (w->intents[i] != NULL)
+			guard_args(&w->guard, w->intents[i], m->partition, m->offset, &w->args[i]);
+	}
 	if (worker_redis_step(w) < 0) {
 		log_warn("batch_abandoned", "items=%zu msg=\"drain during a Redis outage\"",
 			 w->nitems);
@@ -882,6 +1027,10 @@ static enum process_outcome worker_process(struct worker *w)
 		}
 		w->sleep_ms = w->cfg->retry_backoff_ms;
 		return worker_redo(w, "produce");
+	}
+	if (worker_learn(w) < 0) {
+		log_error("out_of_memory", "what=guard");
+		abort();
 	}
 
 	/*
@@ -941,6 +1090,7 @@ static void *worker_main(void *arg)
 			continue;
 		}
 		worker_idle_connect(w);
+		worker_idle_verify(w);
 		worker_collect(w);
 		if (w->nitems == 0)
 			continue;
@@ -1000,35 +1150,50 @@ void worker_free(struct worker *w)
 	}
 	if (w->producer != NULL)
 		rd_kafka_destroy(w->producer);
+	if (w->reader != NULL) {
+		rd_kafka_consumer_close(w->reader);
+		rd_kafka_destroy(w->reader);
+	}
 	if (w->redis != NULL)
 		redisFree(w->redis);
 	batch_free(&w->batch);
+	guard_free(&w->guard);
 	free(w->items);
 	free(w->intents);
+	free(w->args);
 	free(w->results);
 	free(w->pos);
 	free(w->pack);
 	free(w);
 }
 
-bool worker_health(struct worker *w, char *detail, size_t n)
+enum daemon_health worker_health(struct worker *w, char *detail, size_t n)
 {
+	char fences[1400];
+	int nfenced = guard_fenced_count(&w->guard);
 	int64_t now = mono_us();
 	int64_t since = __atomic_load_n(&w->not_ready_since_us, __ATOMIC_RELAXED);
 	bool redis = __atomic_load_n(&w->redis_up, __ATOMIC_RELAXED) != 0;
 	int64_t beat_age = daemon_thread_beat_age_ms(&w->th);
 	int64_t outage = since != 0 ? (now - since) / 1000 : 0;
 	bool alive = !daemon_thread_finished(&w->th) && beat_age * 1000 <= HEARTBEAT_MAX_US;
-	bool ready = since == 0 || now - since <= NOT_READY_MAX_US;
+	const char *reason = since != 0 ? "redis_state_missing" :
+			     nfenced > 0 ? "partitions_fenced" : "";
 
+	guard_fences_json(&w->guard, fences, sizeof(fences));
 	/*
 	 * Owning no partition is healthy (a group may have more members than
 	 * partitions); it is reported so a starter can wait for the first
-	 * assignment before sending traffic.
+	 * assignment before sending traffic. A missing or fenced state is
+	 * degraded, not failed: intents queue in Kafka until the reconciler
+	 * rebuilds or repairs it, and restarting this process would not help.
 	 */
 	snprintf(detail, n, "{\"worker_alive\":%s,\"heartbeat_age_ms\":%" PRId64
-		 ",\"redis_connected\":%s,\"redis_not_ready_ms\":%" PRId64 ",\"partitions\":%d}",
+		 ",\"redis_connected\":%s,\"redis_not_ready_ms\":%" PRId64 ",\"partitions\":%d"
+		 ",\"fenced\":%s,\"reason\":\"%s\"}",
 		 alive ? "true" : "false", beat_age, redis ? "true" : "false", outage,
-		 __atomic_load_n(&w->assigned, __ATOMIC_RELAXED));
-	return alive && redis && ready;
+		 __atomic_load_n(&w->assigned, __ATOMIC_RELAXED), fences, reason);
+	if (!alive || !redis)
+		return HEALTH_FAILED;
+	return reason[0] != '\0' ? HEALTH_DEGRADED : HEALTH_OK;
 }

@@ -28,6 +28,9 @@ struct deductor_cfg {
 	long long batch_wait_ms;     /* deductor.batch_wait_ms */
 	long long record_ttl_s;      /* deductor.record_ttl_s */
 	long long retry_backoff_ms;  /* deductor.retry_backoff_ms */
+	long long pay_max_lag_ms;    /* deductor.pay_max_lag_ms */
+	long long probe_events;      /* deductor.probe_events */
+	long long probe_timeout_ms;  /* deductor.probe_timeout_ms */
 };
 
 struct worker;
@@ -56,7 +59,10 @@ int worker_join(struct worker *w) WORKER_MUSTCHECK;
 
 void worker_free(struct worker *w);
 
-/* /healthz: heartbeat, Redis connection, not_ready outage. Any thread. */
-bool worker_health(struct worker *w, char *detail, size_t n);
+/*
+ * /healthz: heartbeat, Redis connection (failed without), missing state or
+ * fenced partitions (degraded, with the reason and the fences). Any thread.
+ */
+enum daemon_health worker_health(struct worker *w, char *detail, size_t n);
 
 #endif

@@ -61,7 +61,7 @@ static struct cf_table table = {
 	.keys = keys,
 };
 
-static bool gw_health(void *arg, char *detail, size_t n)
+static enum daemon_health gw_health(void *arg, char *detail, size_t n)
 {
 	struct gateway *g = arg;
 	bool redis = store_ready(&g->store);
@@ -82,7 +82,7 @@ static bool gw_health(void *arg, char *detail, size_t n)
 		 g->prod.all_brokers_down ? "true" : "false",
 		 adminpg_ready(&g->pg) ? "true" : "false", g->prod.inflight,
 		 g->draining ? "true" : "false");
-	return redis && cache && kafka && !g->draining;
+	return redis && cache && kafka && !g->draining ? HEALTH_OK : HEALTH_FAILED;
 }
 
 static void gw_linger_cb(evutil_socket_t fd, short what, void *arg)

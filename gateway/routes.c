@@ -461,18 +461,19 @@ static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	free(pd);
 }
 
-/* HMGET fs:req:<rid> sku st user, then produce the PAY/CANCEL intent. */
+/* HMGET fs:req:<rid> sku st user dl, then produce the PAY/CANCEL intent. */
 static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
 	struct pending *pd = privdata;
 	struct gateway *gw = pd->call.gw;
 	redisReply *r = reply;
-	const redisReply *sku, *st, *user;
+	const redisReply *sku, *st, *user, *dl;
 	char err[256];
 	fs_intent in = FLASHSALE__INTENT__INIT;
+	int64_t now;
 
 	gw->redis_pending--;
-	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
 		call_error(&pd->call, 503, "store_unavailable", "Redis is unavailable; retry later");
 		free(pd);
 		return;
@@ -480,6 +481,7 @@ static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	sku = r->element[0];
 	st = r->element[1];
 	user = r->element[2];
+	dl = r->element[3];
 	if (st->type != REDIS_REPLY_STRING) {
 		call_error(&pd->call, 404, "unknown_request", "no purchase with this request_id");
 		free(pd);
@@ -504,10 +506,32 @@ static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		free(pd);
 		return;
 	}
+	/*
+	 * A payment counts at the time we accept it (the deductor honours the
+	 * stamp however late it applies the PAY), on the Redis clock the
+	 * deadline is set on. Past the deadline we say so now rather than
+	 * accept and let the deductor expire it; without a fresh clock we
+	 * cannot tell, so the buyer retries.
+	 */
+	now = gateway_now_ms(gw);
+	if (pd->kind == FLASHSALE__INTENT__KIND__PAY && strcmp(st->str, "reserved") == 0) {
+		if (!promo_fresh(&gw->promo)) {
+			call_error(&pd->call, 503, "busy", "busy; retry shortly");
+			free(pd);
+			return;
+		}
+		if (dl->type == REDIS_REPLY_STRING && now > atoll(dl->str)) {
+			call_error(&pd->call, 409, "payment_too_late",
+				   "the payment deadline has passed; the hold is being released");
+			free(pd);
+			return;
+		}
+	}
 	strcpy(pd->sku, sku->str);
 	snprintf(pd->state, sizeof(pd->state), "%s", st->str);
 	strcpy(pd->user_id, user->str);
 	in.kind = pd->kind;
+	in.accepted_at_ms = pd->kind == FLASHSALE__INTENT__KIND__PAY ? now : 0;
 	in.request_id = pd->request_id;
 	in.sku = pd->sku;
 	in.user_id = pd->user_id;
@@ -529,7 +553,7 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 	struct pending *pd;
 	char key[FS_ID_MAX + 16], owner[FS_ID_MAX + 1] = "", err[256];
 	const char *getall[] = { "HGETALL", key };
-	const char *hmget[] = { "HMGET", key, "sku", "st", "user" };
+	const char *hmget[] = { "HMGET", key, "sku", "st", "user", "dl" };
 	const char *body, *code = NULL;
 	size_t len;
 	int rc;
@@ -574,7 +598,7 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 	} else {
 		pd->kind = route == ROUTE_PAY ? FLASHSALE__INTENT__KIND__PAY :
 						FLASHSALE__INTENT__KIND__CANCEL;
-		rc = store_command_argv(&gw->store, transition_cb, pd, 5, hmget, NULL);
+		rc = store_command_argv(&gw->store, transition_cb, pd, 6, hmget, NULL);
 	}
 	if (rc < 0) {
 		free(pd);

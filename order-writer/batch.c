@@ -186,7 +186,11 @@ int batch_row_append(struct batch_buf *b, const fs_ledger_event *ev,
 			     (int64_t)ev->deadline_ms, (int64_t)ev->at_ms,
 			     (int64_t)ev->remaining, (int64_t)ev->held) < 0 ||
 	    batch_buf_printf(b, "%" PRId64 "\t%" PRId32 "\t%" PRId64 "\t",
-			     (int64_t)ev->sold, partition, offset) < 0)
+			     (int64_t)ev->sold, partition, offset) < 0 ||
+	    batch_buf_printf(b, "%" PRId32 "\t%" PRId64 "\t%" PRId64 "\t%s\t",
+			     ev->intent_kind != 0 ? ev->intent_partition : -1,
+			     ev->intent_kind != 0 ? (int64_t)ev->intent_offset : -1,
+			     (int64_t)ev->sku_seq, ev->changed ? "t" : "f") < 0)
 		goto fail;
 	if (order_state != NULL) {
 		if (batch_field(b, order_state, '\n') < 0)

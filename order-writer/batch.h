@@ -23,7 +23,7 @@
 #define BATCH_COPY_COLUMNS \
 	"seq, event_id, kind, request_id, sku, user_id, qty, state, reason, " \
 	"deadline_ms, at_ms, remaining, held, sold, ledger_partition, " \
-	"ledger_offset, order_state"
+	"ledger_offset, intent_partition, intent_offset, sku_seq, changed, order_state"
 
 /* A growable byte buffer (always NUL-terminated when cap > 0). */
 struct batch_buf {

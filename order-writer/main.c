@@ -49,7 +49,7 @@ static struct cf_table table = {
 	.keys = keys,
 };
 
-static bool app_health(void *w, char *detail, size_t n)
+static enum daemon_health app_health(void *w, char *detail, size_t n)
 {
 	return worker_health(w, detail, n);
 }

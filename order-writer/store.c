@@ -34,10 +34,12 @@ static const char sql_copy[] =
 static const char sql_events[] =
 	"INSERT INTO ledger_events (event_id, kind, request_id, sku, user_id, qty,"
 	" state, reason, deadline_ms, at_ms, remaining, held, sold,"
-	" ledger_partition, ledger_offset)"
+	" ledger_partition, ledger_offset, intent_partition, intent_offset, sku_seq,"
+	" changed)"
 	" SELECT DISTINCT ON (event_id) event_id, kind, request_id, sku, user_id,"
 	" qty, state, reason, deadline_ms, at_ms, remaining, held, sold,"
-	" ledger_partition, ledger_offset"
+	" ledger_partition, ledger_offset, intent_partition, intent_offset, sku_seq,"
+	" changed"
 	" FROM ledger_stage ORDER BY event_id, seq"
 	" ON CONFLICT (event_id) DO NOTHING";
 

@@ -623,7 +623,7 @@ int worker_join(struct worker *w)
 	return daemon_thread_join(&w->th);
 }
 
-bool worker_health(const struct worker *w, char *detail, size_t n)
+enum daemon_health worker_health(const struct worker *w, char *detail, size_t n)
 {
 	int64_t age_ms = daemon_thread_beat_age_ms(&w->th);
 	bool pg = __atomic_load_n(&w->pg_up, __ATOMIC_RELAXED) != 0;
@@ -633,7 +633,7 @@ bool worker_health(const struct worker *w, char *detail, size_t n)
 		 "\"postgres_connected\":%s,\"batches\":%" PRId64 "}",
 		 age_ms, alive ? "true" : "false", pg ? "true" : "false",
 		 metric_get(&m_batches));
-	return alive && pg;
+	return alive && pg ? HEALTH_OK : HEALTH_FAILED;
 }
 
 void worker_free(struct worker *w)

@@ -54,7 +54,7 @@ int worker_join(struct worker *w);
  * Healthy when the thread beat within the last 5 s and PostgreSQL is
  * connected; detail gets a JSON object. Any thread.
  */
-bool worker_health(const struct worker *w, char *detail, size_t n);
+enum daemon_health worker_health(const struct worker *w, char *detail, size_t n);
 
 /* Free everything (after worker_join, or if never started). */
 void worker_free(struct worker *w);

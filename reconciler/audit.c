@@ -29,13 +29,14 @@ enum audit_reason {
 	A_USERS,
 	A_HOLDS,
 	A_STUCK,
+	A_FENCED,
 	A_COUNT
 };
 
 static const char *const audit_reason_names[A_COUNT] = {
 	"state_missing", "promo_missing", "not_in_pg", "negative_remaining", "sum_mismatch",
 	"drift", "held_mismatch", "sold_mismatch", "over_limit", "users_mismatch",
-	"holds_mismatch", "stuck",
+	"holds_mismatch", "stuck", "fenced",
 };
 
 struct audit_sku {
@@ -56,6 +57,8 @@ struct audit {
 	struct audit_sku *skus;
 	size_t nskus, capskus;
 	bool ready;
+	bool fenced[FS_PARTITIONS];   /* fs:fence: Redis older than the ledger there */
+	int nfenced;
 	long long now_ms;
 	char err[512];
 };
@@ -289,6 +292,20 @@ static int audit_read(struct audit *a)
 		return -1;
 	a->ready = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
 	freeReplyObject(r);
+	r = audit_redis(a, redisCommand(a->rc, "HKEYS fs:fence"), "HKEYS");
+	if (r == NULL)
+		return -1;
+	memset(a->fenced, 0, sizeof(a->fenced));
+	a->nfenced = 0;
+	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+		int p = atoi(r->element[i]->str);
+
+		if (p >= 0 && p < FS_PARTITIONS && !a->fenced[p]) {
+			a->fenced[p] = true;
+			a->nfenced++;
+		}
+	}
+	freeReplyObject(r);
 	a->now_ms = redisx_time_ms(a->rc, a->err, sizeof(a->err));
 	if (a->now_ms < 0)
 		return -1;
@@ -340,6 +357,8 @@ static long long audit_judge(struct audit *a)
 			m |= 1u << A_OVER_LIMIT;
 		if (s->stuck > 0)
 			m |= 1u << A_STUCK;
+		if (a->fenced[kafka_partition_of(s->sku, strlen(s->sku))])
+			m |= 1u << A_FENCED;
 		s->reasons = m;
 		for (int r = 0; r < A_COUNT; r++)
 			if (r != A_STATE_MISSING && (m & (1u << r)))
@@ -353,6 +372,8 @@ static bool audit_drained(const struct audit *a)
 {
 	if (!a->ready)
 		return true;    /* nothing to wait for: only a rebuild helps */
+	if (a->nfenced > 0)
+		return false;   /* `reconciler run` repairs them */
 	for (size_t i = 0; i < a->nskus; i++) {
 		const struct audit_sku *s = &a->skus[i];
 
@@ -387,6 +408,10 @@ static void audit_print(const struct audit *a, long long violations)
 	if (!a->ready)
 		printf("state_missing: fs:ready is absent (Redis state lost; run "
 		       "flashsale-reconciler rebuild)\n");
+	for (int p = 0; p < FS_PARTITIONS; p++)
+		if (a->fenced[p])
+			printf("fenced: partition %d (Redis older than the ledger; `flashsale-reconciler "
+			       "run` repairs it, or `flashsale-reconciler repair`)\n", p);
 	printf("audit skus=%zu violations=%lld verdict=%s\n", a->nskus, violations,
 	       violations ? "FAIL" : "ok");
 	fflush(stdout);

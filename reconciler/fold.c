@@ -53,6 +53,8 @@ struct fold {
 	struct htab byrid;
 	struct arena_chunk *arena;
 	struct fold_stats stats;
+	long long wm[FS_PARTITIONS];    /* -1: no changing event */
+	struct strmap seq;              /* sku -> highest sku_seq */
 };
 
 static uint32_t hash_str(const char *s, uint32_t h)
@@ -193,6 +195,9 @@ struct fold *fold_new(void)
 		free(f);
 		return NULL;
 	}
+	for (int p = 0; p < FS_PARTITIONS; p++)
+		f->wm[p] = -1;
+	strmap_init(&f->seq);
 	return f;
 }
 
@@ -203,6 +208,7 @@ void fold_free(struct fold *f)
 	free(f->reqs);
 	free(f->byrid.slot);
 	arena_free(f->arena);
+	strmap_free(&f->seq);
 	free(f);
 }
 
@@ -257,6 +263,8 @@ static void req_fill(struct fold_req *r, const struct fold_event *ev, uint8_t o,
 	r->qty = ev->qty;
 	r->dl = dl;
 	r->ts = ev->at_ms;
+	r->q0 = ev->sku_seq;
+	r->q = ev->sku_seq;
 }
 
 static int fold_invalid(struct fold *f, char *err, size_t errlen, const char *why,
@@ -278,6 +286,15 @@ int fold_add(struct fold *f, const struct fold_event *ev, char *err, size_t errl
 	f->stats.events++;
 	if (ev->kind < FOLD_RESERVED || ev->kind > FOLD_TRANSITION_REFUSED)
 		return fold_invalid(f, err, errlen, "unknown event kind", ev);
+	/* Before any early return: duplicates and refusals count here too. */
+	if (ev->changed && ev->intent_partition >= 0 && ev->intent_partition < FS_PARTITIONS &&
+	    ev->intent_offset > f->wm[ev->intent_partition])
+		f->wm[ev->intent_partition] = ev->intent_offset;
+	if (ev->sku_seq > 0 && ev->sku != NULL && ev->sku[0] != '\0' &&
+	    strmap_put_max(&f->seq, ev->sku, ev->sku_seq) < 0) {
+		snprintf(err, errlen, "out of memory folding %zu requests", f->nreqs);
+		return -1;
+	}
 	if (ev->kind == FOLD_TRANSITION_REFUSED) {
 		/* Nothing moved: the record it names is unchanged. */
 		f->stats.ignored++;
@@ -342,11 +359,17 @@ int fold_add(struct fold *f, const struct fold_event *ev, char *err, size_t errl
 		r->st = (uint8_t)(ev->kind == FOLD_PAID ? W_PAID :
 				  ev->kind == FOLD_CANCELLED ? W_CANCELLED : W_EXPIRED);
 		r->ts = ev->at_ms;
+		r->q = ev->sku_seq;
 		f->stats.applied++;
 		return 1;
 	}
 	f->stats.ignored++;
 	return 0;
+}
+
+long long fold_watermark(const struct fold *f, int partition)
+{
+	return partition >= 0 && partition < FS_PARTITIONS ? f->wm[partition] : -1;
 }
 
 const struct fold_stats *fold_stats(const struct fold *f)
@@ -403,7 +426,7 @@ void fold_skus_free(struct fold_sku *s, size_t n)
 }
 
 int fold_summarize(const struct fold *f, const struct fold_promo *promos, size_t npromos,
-		   struct fold_sku **out, char *err, size_t errlen)
+		   bool allow_oversold, struct fold_sku **out, char *err, size_t errlen)
 {
 	struct htab bysku = { 0 }, byuser = { 0 };
 	struct user_acc *acc = NULL;
@@ -480,10 +503,15 @@ int fold_summarize(const struct fold *f, const struct fold_promo *promos, size_t
 
 	for (size_t i = 0; i < npromos; i++) {
 		s[i].remaining = s[i].promo.stock - s[i].held - s[i].sold;
-		if (s[i].remaining < 0) {
+		s[i].seq = strmap_get(&f->seq, s[i].promo.sku, 0);
+		if (s[i].remaining < 0 && !allow_oversold) {
 			snprintf(err, errlen, "ledger oversells sku=%s: stock=%lld held=%lld sold=%lld",
 				 s[i].promo.sku, s[i].promo.stock, s[i].held, s[i].sold);
 			goto out;
+		}
+		if (s[i].remaining < 0) {
+			s[i].oversold = -s[i].remaining;
+			s[i].remaining = 0;
 		}
 		if (s[i].nusers && (s[i].users = calloc(s[i].nusers, sizeof(*s[i].users))) == NULL)
 			goto oom;
@@ -522,4 +550,44 @@ out:
 	free(bysku.slot);
 	free(byuser.slot);
 	return rc;
+}
+
+/* Most recent hold first: latest deadline, then request id (deterministic). */
+static int hold_cmp_recent(const void *a, const void *b)
+{
+	const struct fold_hold *x = a, *y = b;
+
+	if (x->dl != y->dl)
+		return x->dl > y->dl ? -1 : 1;
+	return strcmp(y->rid, x->rid);
+}
+
+int fold_plan_correction(const struct fold *f, const struct fold_sku *s,
+			 const struct fold_req **out, size_t n, long long *paid_over)
+{
+	long long excess = s->held + s->sold - s->promo.stock;
+	struct fold_hold *h;
+	size_t k = 0;
+
+	*paid_over = 0;
+	if (excess <= 0)
+		return 0;
+	h = malloc((s->nholds ? s->nholds : 1) * sizeof(*h));
+	if (h == NULL)
+		return -1;
+	memcpy(h, s->holds, s->nholds * sizeof(*h));
+	qsort(h, s->nholds, sizeof(*h), hold_cmp_recent);
+	for (size_t i = 0; i < s->nholds && excess > 0 && k < n; i++) {
+		const struct fold_req *r = fold_find(f, h[i].rid);
+
+		if (r == NULL || r->st != W_RESERVED)
+			continue;
+		out[k++] = r;
+		excess -= r->qty;
+	}
+	free(h);
+	/* Holds cancelled beyond the excess are fine: a hold is whole. What
+	 * remains is sold beyond the stock. */
+	*paid_over = excess > 0 ? excess : 0;
+	return (int)k;
 }

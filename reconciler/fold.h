@@ -12,7 +12,11 @@
  *   - a terminal state (paid, cancelled, expired) wins over reserved, and
  *     the first terminal state wins over later ones (a replayed RESERVED
  *     after PAID keeps paid);
- *   - TRANSITION_REFUSED changes nothing and is only counted.
+ *   - TRANSITION_REFUSED changes nothing and is only counted;
+ *   - per intents partition the fold keeps the highest intent offset of a
+ *     changing event (Redis' fs:wm), and per SKU the highest sku_seq of any
+ *     event (Redis' promotion seq), duplicates included: what a repaired
+ *     Redis must show so that no deductor's floor is above it.
  */
 #ifndef RECONCILER_FOLD_H
 #define RECONCILER_FOLD_H
@@ -20,6 +24,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "intent.h"
+#include "strmap.h"
 
 /* Same numbers as flashsale.LedgerEvent.Kind. */
 enum fold_kind {
@@ -42,6 +49,10 @@ struct fold_event {
 	long long qty;
 	long long deadline_ms;
 	long long at_ms;
+	int intent_partition;     /* -1 when no intent made it */
+	long long intent_offset;
+	long long sku_seq;
+	bool changed;
 };
 
 /* One request's record, as fs:req:<rid> holds it. */
@@ -52,6 +63,8 @@ struct fold_req {
 	long long qty;
 	long long dl;             /* payment deadline (ms), 0 when refused */
 	long long ts;             /* at_ms of the last change */
+	long long q0;             /* sku_seq of the first outcome */
+	long long q;              /* sku_seq of the current state */
 	uint8_t o;                /* first outcome: index for fold_word() */
 	uint8_t st;               /* state: index for fold_word() */
 	uint8_t seen;             /* bit (1 << kind) per kind folded */
@@ -88,7 +101,9 @@ struct fold_sku {
 	struct fold_promo promo;
 	long long held;
 	long long sold;
-	long long remaining;      /* stock - held - sold */
+	long long remaining;      /* stock - held - sold, at least 0 */
+	long long oversold;       /* held + sold - stock when above 0 (allow_oversold) */
+	long long seq;            /* the SKU's change sequence */
 	long long requests;       /* request records of this SKU, any outcome */
 	struct fold_user *users;
 	size_t nusers;
@@ -121,16 +136,34 @@ const struct fold_req *fold_get(const struct fold *f, size_t i);
 /* The record of request_id, or NULL. */
 const struct fold_req *fold_find(const struct fold *f, const char *rid);
 
+/* fs:wm of an intents partition: the highest offset of a changing event, -1 none. */
+long long fold_watermark(const struct fold *f, int partition);
+
 /*
- * Per-SKU counters for the promotions (in their order): held, sold, users
- * and holds from the records of each SKU. Fails with -1 and the SKU in err
- * when remaining would be negative: the ledger says the SKU was oversold,
- * and writing that back would hide it. *out must be freed with
- * fold_skus_free; its strings point into f and live as long as f.
+ * Per-SKU counters for the promotions (in their order): held, sold, users,
+ * holds and the change sequence from the records of each SKU. When
+ * remaining would be negative (the ledger says the SKU was oversold, which
+ * only a detection failure allows) it fails with -1 and the SKU in err,
+ * since writing that back would hide it; with allow_oversold it clamps
+ * remaining to 0 and reports the excess in oversold instead (the correction
+ * path, fold_plan_correction). *out must be freed with fold_skus_free; its
+ * strings point into f and live as long as f.
  */
 int fold_summarize(const struct fold *f, const struct fold_promo *promos, size_t npromos,
-		   struct fold_sku **out, char *err, size_t errlen)
+		   bool allow_oversold, struct fold_sku **out, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
 void fold_skus_free(struct fold_sku *s, size_t n);
+
+/*
+ * The oversell correction for a summarized SKU (seed 003's data-correction
+ * tool): its unpaid holds to cancel, most recent first (latest deadline,
+ * then request id), until held + sold <= stock or no hold is left. Up to n
+ * records go to out; returns how many. *paid_over gets the units paid
+ * beyond the stock that cancelling holds cannot cover: those are for a
+ * person, never changed here. -1 when out of memory.
+ */
+int fold_plan_correction(const struct fold *f, const struct fold_sku *s,
+			 const struct fold_req **out, size_t n, long long *paid_over)
+	__attribute__((warn_unused_result));
 
 #endif

@@ -32,9 +32,16 @@ static struct cf_key keys[] = {
 	  "Wait before sending a hold's RELEASE again while it is still held" },
 	{ "reconciler.record_ttl_s", CF_INT, &cfg.record_ttl_s, "604800", 60, 315360000,
 	  "Seconds a rebuilt request record is kept (match deductor.record_ttl_s)" },
+	{ "reconciler.release_grace_ms", CF_INT, &cfg.release_grace_ms, "7000", 0, 3600000,
+	  "A hold is released this long after its deadline, so that every PAY the gateways "
+	  "accepted before the deadline is ahead of the RELEASE on the partition; must exceed "
+	  "the gateways' kafka.produce_timeout_ms" },
 	{ "reconciler.rebuild_quiesce_ms", CF_INT, &cfg.rebuild_quiesce_ms, "12000", 0, 600000,
-	  "rebuild: wait after the state is fenced for in-flight deductor batches; must exceed "
-	  "twice the deductors' kafka.produce_timeout_ms plus 1 s" },
+	  "rebuild, repair: wait after the state is fenced for in-flight deductor batches; must "
+	  "exceed twice the deductors' kafka.produce_timeout_ms plus 1 s" },
+	{ "reconciler.repair", CF_BOOL, &cfg.repair, "true", 0, 0,
+	  "run: repair the partitions the deductor fenced (Redis older than the ledger) "
+	  "from PostgreSQL and the ledger, and lift their fences" },
 	{ "reconciler.rebuild_tail_timeout_ms", CF_INT, &cfg.rebuild_tail_timeout_ms, "30000",
 	  1000, 3600000,
 	  "rebuild: fail when the ledger tail makes no progress for this long" },
@@ -45,11 +52,12 @@ static struct cf_key keys[] = {
 
 static struct cf_table table = {
 	.app = "reconciler",
-	.usage = "[run | rebuild [--force] [--if-missing] | audit [--wait-drain SECONDS]]",
+	.usage = "[run | rebuild [--force] [--if-missing] [--partition P] | repair [--partition P] |\n"
+		 "        correct [--partition P] | audit [--wait-drain SECONDS]]",
 	.keys = keys,
 };
 
-static bool app_health(void *r, char *detail, size_t n)
+static enum daemon_health app_health(void *r, char *detail, size_t n)
 {
 	return release_health(r, detail, n);
 }
@@ -89,21 +97,47 @@ static void usage_error(const char *fmt, ...)
 	exit(2);
 }
 
-static int cmd_rebuild(int argc, char **argv)
+/*
+ * rebuild [--force] [--if-missing], repair, correct; each with [--partition P].
+ * mode is the command's; --force turns rebuild into REBUILD_FORCE.
+ */
+static int cmd_rebuild(const char *name, enum rebuild_mode mode, int argc, char **argv)
 {
-	struct rebuild_opts opt = { 0 };
+	struct rebuild_opts opt = { .mode = mode, .partition = -1 };
+	bool force = false;
 
 	for (int i = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--force") == 0)
-			opt.force = true;
-		else if (strcmp(argv[i], "--if-missing") == 0)
+		const char *v = NULL;
+		char *end;
+
+		if (mode == REBUILD_MISSING && strcmp(argv[i], "--force") == 0) {
+			force = true;
+			continue;
+		}
+		if (mode == REBUILD_MISSING && strcmp(argv[i], "--if-missing") == 0) {
 			opt.if_missing = true;
-		else
-			usage_error("rebuild: unexpected argument %s", argv[i]);
+			continue;
+		}
+		if (strcmp(argv[i], "--partition") == 0) {
+			if (i + 1 >= argc)
+				usage_error("%s: --partition needs a number", name);
+			v = argv[++i];
+		} else if (strncmp(argv[i], "--partition=", 12) == 0) {
+			v = argv[i] + 12;
+		} else {
+			usage_error("%s: unexpected argument %s", name, argv[i]);
+		}
+		opt.partition = (int)strtol(v, &end, 10);
+		if (*v == '\0' || *end != '\0' || opt.partition < 0 || opt.partition >= FS_PARTITIONS)
+			usage_error("%s: --partition wants 0..%d, got %s", name, FS_PARTITIONS - 1, v);
 	}
-	if (opt.force && opt.if_missing)
+	if (force && opt.if_missing)
 		usage_error("rebuild: %s and --if-missing contradict each other", "--force");
-	return rebuild_run(&cfg, &opt) == 0 ? 0 : 1;
+	if (force)
+		opt.mode = REBUILD_FORCE;
+	if (opt.mode == REBUILD_MISSING && opt.partition >= 0)
+		usage_error("rebuild: --partition needs --force (a lost state is rebuilt whole)%s", "");
+	return rebuild_run(&cfg, &opt, NULL) == 0 ? 0 : 1;
 }
 
 static int cmd_audit(int argc, char **argv)
@@ -200,7 +234,11 @@ int main(int argc, char **argv)
 			usage_error("run: unexpected argument %s", cmdv[1]);
 		rc = cmd_run();
 	} else if (strcmp(name, "rebuild") == 0) {
-		rc = cmd_rebuild(cmdc - 1, cmdv + 1);
+		rc = cmd_rebuild(name, REBUILD_MISSING, cmdc - 1, cmdv + 1);
+	} else if (strcmp(name, "repair") == 0) {
+		rc = cmd_rebuild(name, REBUILD_REPAIR, cmdc - 1, cmdv + 1);
+	} else if (strcmp(name, "correct") == 0) {
+		rc = cmd_rebuild(name, REBUILD_CORRECT, cmdc - 1, cmdv + 1);
 	} else if (strcmp(name, "audit") == 0) {
 		rc = cmd_audit(cmdc - 1, cmdv + 1);
 	} else {

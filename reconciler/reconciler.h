@@ -21,6 +21,8 @@ struct reconciler_cfg {
 	long long release_interval_ms;
 	long long release_batch;
 	long long release_resend_ms;
+	long long release_grace_ms;
+	bool repair;
 	long long record_ttl_s;
 	long long rebuild_quiesce_ms;
 	long long rebuild_tail_timeout_ms;

@@ -64,6 +64,13 @@ static struct metric m_sold = { "reconciler_stock_units",
 	"Units over all promotions by state (Redis)", "state=\"sold\"", METRIC_GAUGE };
 static struct metric m_round_time = { "reconciler_round_duration_seconds",
 	"Duration of a release round", NULL, METRIC_HISTOGRAM };
+static struct metric m_fenced = { "reconciler_fenced_partitions",
+	"Partitions fenced in fs:fence (Redis older than the ledger, or a rebuild running)",
+	NULL, METRIC_GAUGE };
+static struct metric m_repairs_ok = { "reconciler_repairs_total",
+	"Automatic repairs of fenced partitions", "result=\"ok\"", METRIC_COUNTER };
+static struct metric m_repairs_failed = { "reconciler_repairs_total",
+	"Automatic repairs of fenced partitions", "result=\"failed\"", METRIC_COUNTER };
 
 void release_metrics_register(void)
 {
@@ -80,6 +87,9 @@ void release_metrics_register(void)
 	metrics_register(&m_held);
 	metrics_register(&m_sold);
 	metrics_register(&m_round_time);
+	metrics_register(&m_fenced);
+	metrics_register(&m_repairs_ok);
+	metrics_register(&m_repairs_failed);
 }
 
 /* One due hold of the current round. */
@@ -103,6 +113,10 @@ struct release {
 	uint32_t round;            /* tags delivery reports with their round */
 	struct due *due;
 	size_t ndue, capdue;
+	int64_t next_repair_us;    /* after a failed repair: not before this */
+	pthread_mutex_t mu;        /* repair_err, for /healthz */
+	char repair_err[512];      /* last repair's failure, "" when it worked */
+	int fenced;                /* atomic: fs:fence entries seen last round */
 };
 
 /*
@@ -242,7 +256,12 @@ static int release_collect(struct release *r, long long now)
 
 	if (skus == NULL)
 		return -1;
-	snprintf(nows, sizeof(nows), "%lld", now);
+	/*
+	 * Due only after the grace: a PAY the gateway accepted before the
+	 * deadline may take up to its produce timeout to reach the partition,
+	 * and it must be ahead of our RELEASE there to count.
+	 */
+	snprintf(nows, sizeof(nows), "%lld", now - cfg->release_grace_ms);
 	snprintf(limit, sizeof(limit), "%lld", cfg->release_batch);
 	for (size_t i = 0; i < skus->elements; i++) {
 		const char *sku = skus->element[i]->str;
@@ -416,6 +435,52 @@ static int release_mark(struct release *r, long long now)
 	return 0;
 }
 
+/*
+ * Repair the partitions the deductor fenced once their fences are old
+ * enough (rebuild_quiesce_ms): rebuilt from PostgreSQL and the ledger, then
+ * unfenced. Runs on this thread between release rounds; its connections are
+ * its own. A failure is retried after a backoff and shown in /healthz.
+ */
+static void release_repair(struct release *r)
+{
+	struct rebuild_opts opt = { .mode = REBUILD_REPAIR, .partition = -1, .no_wait = true,
+				    .quiet = true };
+	struct rebuild_report rep = { 0 };
+	const char *argv[] = { "HLEN", "fs:fence" };
+	redisReply *n = release_cmd(r, 2, argv);
+	int fenced;
+
+	if (n == NULL)
+		return;
+	fenced = n->type == REDIS_REPLY_INTEGER ? (int)n->integer : 0;
+	freeReplyObject(n);
+	__atomic_store_n(&r->fenced, fenced, __ATOMIC_RELAXED);
+	metric_set(&m_fenced, fenced);
+	if (fenced == 0 || !r->cfg->repair || mono_us() < r->next_repair_us) {
+		if (fenced == 0) {
+			pthread_mutex_lock(&r->mu);
+			r->repair_err[0] = '\0';
+			pthread_mutex_unlock(&r->mu);
+		}
+		return;
+	}
+	if (rebuild_run(r->cfg, &opt, &rep) == 0) {
+		if (rep.partitions > 0) {
+			metric_add(&m_repairs_ok, 1);
+			log_info("repaired", "partitions=%d waiting=%d", rep.partitions, rep.skipped);
+		}
+		pthread_mutex_lock(&r->mu);
+		r->repair_err[0] = '\0';
+		pthread_mutex_unlock(&r->mu);
+		return;
+	}
+	metric_add(&m_repairs_failed, 1);
+	pthread_mutex_lock(&r->mu);
+	snprintf(r->repair_err, sizeof(r->repair_err), "%s", rep.err);
+	pthread_mutex_unlock(&r->mu);
+	r->next_repair_us = mono_us() + r->cfg->rebuild_quiesce_ms * 1000;
+}
+
 static void release_round(struct release *r)
 {
 	const struct reconciler_cfg *cfg = r->cfg;
@@ -461,6 +526,9 @@ static void release_round(struct release *r)
 		log_info("state_present", "msg=\"fs:ready back: releasing again\"");
 	r->warned_not_ready = false;
 
+	release_repair(r);
+	if (r->rc == NULL)
+		return;
 	now = redisx_time_ms(r->rc, err, sizeof(err));
 	if (now < 0) {
 		release_redis_drop(r, err);
@@ -528,6 +596,7 @@ struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_
 		return NULL;
 	}
 	r->cfg = cfg;
+	pthread_mutex_init(&r->mu, NULL);
 	/* Unique per process: request_id_new is random and time-ordered. */
 	request_id_new(rid);
 	snprintf(r->token, sizeof(r->token), "%s-%d", rid, (int)getpid() % 10000);
@@ -561,18 +630,37 @@ void release_free(struct release *r)
 	if (r->rc != NULL)
 		redisFree(r->rc);
 	free(r->due);
+	pthread_mutex_destroy(&r->mu);
 	free(r);
 }
 
-bool release_health(struct release *r, char *detail, size_t n)
+enum daemon_health release_health(struct release *r, char *detail, size_t n)
 {
 	int64_t age_ms = daemon_thread_beat_age_ms(&r->th);
-	int64_t limit_ms = r->cfg->release_interval_ms * 20 + r->cfg->kafka.produce_timeout_ms;
+	/* A repair runs on this thread: give it the quiesce time and the tail's. */
+	int64_t limit_ms = r->cfg->release_interval_ms * 20 + r->cfg->kafka.produce_timeout_ms +
+			   r->cfg->rebuild_tail_timeout_ms;
 	bool redis_ok = __atomic_load_n(&r->redis_ok, __ATOMIC_RELAXED) != 0;
 	bool alive = age_ms <= (limit_ms > 5000 ? limit_ms : 5000);
+	int fenced = __atomic_load_n(&r->fenced, __ATOMIC_RELAXED);
+	char why[600] = "";
+	size_t k = 0;
 
-	snprintf(detail, n, "{\"worker_heartbeat_ms\":%" PRId64 ",\"redis\":%s,\"release_lock\":%s}",
+	pthread_mutex_lock(&r->mu);
+	for (const char *s = r->repair_err; *s != '\0' && k + 3 < sizeof(why); s++) {
+		if ((unsigned char)*s < 0x20)
+			continue;
+		if (*s == '"' || *s == '\\')
+			why[k++] = '\\';
+		why[k++] = *s;
+	}
+	why[k] = '\0';
+	pthread_mutex_unlock(&r->mu);
+	snprintf(detail, n, "{\"worker_heartbeat_ms\":%" PRId64 ",\"redis\":%s,\"release_lock\":%s,"
+		 "\"fenced_partitions\":%d,\"repair_error\":\"%s\"}",
 		 age_ms, redis_ok ? "true" : "false",
-		 __atomic_load_n(&r->locked, __ATOMIC_RELAXED) ? "true" : "false");
-	return alive && redis_ok;
+		 __atomic_load_n(&r->locked, __ATOMIC_RELAXED) ? "true" : "false", fenced, why);
+	if (!alive || !redis_ok)
+		return HEALTH_FAILED;
+	return why[0] != '\0' ? HEALTH_DEGRADED : HEALTH_OK;
 }

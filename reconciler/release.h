@@ -39,7 +39,10 @@ struct daemon_thread *release_thread(struct release *r);
 /* Join the worker (stopping it first if needed) and free everything. */
 void release_free(struct release *r);
 
-/* /healthz: the worker ran a round recently and Redis answered. */
-bool release_health(struct release *r, char *detail, size_t n);
+/*
+ * /healthz: heartbeat and Redis (failed without), fenced partitions and the
+ * last automatic repair's failure (degraded while it fails). Any thread.
+ */
+enum daemon_health release_health(struct release *r, char *detail, size_t n);
 
 #endif

@@ -116,3 +116,72 @@ def assert_sold_out_cleanly(stack, sku, stock, report):
     assert st.get('held', (0, 0))[0] + st.get('paid', (0, 0))[0] == stock, st
     p, _ = assert_invariants(stack, sku, stock)
     assert p['remaining'] == 0, p
+
+
+def partition_of(sku, partitions=12):
+    """The partition every flashsale producer puts a SKU on: Kafka's murmur2
+    (librdkafka's murmur2_random with a key), as common/kafka.c computes it."""
+    data = sku.encode()
+    m, h = 0x5bd1e995, (0x9747b28c ^ len(data)) & 0xffffffff
+    for i in range(len(data) // 4):
+        k = int.from_bytes(data[4 * i:4 * i + 4], 'little')
+        k = (k * m) & 0xffffffff
+        k ^= k >> 24
+        k = (k * m) & 0xffffffff
+        h = ((h * m) & 0xffffffff) ^ k
+    idx, extra = len(data) & ~3, len(data) % 4
+    if extra == 3:
+        h ^= data[idx + 2] << 16
+    if extra >= 2:
+        h ^= data[idx + 1] << 8
+    if extra >= 1:
+        h = ((h ^ data[idx]) * m) & 0xffffffff
+    h ^= h >> 13
+    h = (h * m) & 0xffffffff
+    h ^= h >> 15
+    return (h & 0x7fffffff) % partitions
+
+
+def assert_ledger_never_oversold(stack, sku, stock, limit):
+    """Replay the SKU's ledger as PostgreSQL holds it (one row per event id,
+    in ledger order) and check that at no point were more units held or sold
+    than the stock, nor any user above the limit: an oversell that later
+    expired away still shows here."""
+    rows = stack.psql("SELECT kind, user_id, qty, request_id FROM ledger_events WHERE sku = '%s' "
+                      "ORDER BY ledger_partition, ledger_offset" % sku)
+    held = sold = 0
+    users = {}
+    for kind, user, qty, rid in rows:
+        qty = int(qty)
+        if kind == 'reserved':
+            held += qty
+            users[user] = users.get(user, 0) + qty
+        elif kind == 'paid':
+            held -= qty
+            sold += qty
+        elif kind in ('cancelled', 'expired'):
+            held -= qty
+            users[user] = users.get(user, 0) - qty
+        else:
+            continue
+        assert held + sold <= stock, ('ledger oversold %s at %s: held=%d sold=%d stock=%d'
+                                      % (sku, rid, held, sold, stock))
+        assert users.get(user, 0) <= limit, ('user %s above the limit at %s' % (user, rid))
+    return len(rows)
+
+
+def health(stack, name):
+    """A daemon's /healthz as (HTTP status, JSON body)."""
+    import urllib.error
+    import urllib.request
+    url = 'http://127.0.0.1:%d/healthz' % stack.ports[name]
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read().decode())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode())
+
+
+def daemon_pid(stack, name):
+    with open(os.path.join(stack.dir, 'run', name + '.pid')) as f:
+        return int(f.read().strip())

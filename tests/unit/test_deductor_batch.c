@@ -325,7 +325,7 @@ static redisReply *mk_array(size_t n)
 
 static redisReply *mk_ok_reply(const char *ev, const char *reason)
 {
-	redisReply *r = mk_array(14);
+	redisReply *r = mk_array(15);
 
 	r->element[0] = mk_str("ok");
 	r->element[1] = mk_str(ev);
@@ -341,6 +341,7 @@ static redisReply *mk_ok_reply(const char *ev, const char *reason)
 	r->element[11] = mk_int(10);
 	r->element[12] = mk_int(9);
 	r->element[13] = mk_int(1);
+	r->element[14] = mk_int(77);
 	return r;
 }
 
@@ -364,6 +365,7 @@ static void test_step_parse(void **state)
 	assert_int_equal(res.sold, 5);
 	assert_int_equal(res.initial, 10);
 	assert_int_equal(res.epoch, 9);
+	assert_int_equal(res.sku_seq, 77);
 	assert_true(res.changed);
 
 	/* An unknown event word is a failure, not a silent kind 0. */
@@ -378,13 +380,21 @@ static void test_step_parse(void **state)
 	r->elements = 12;
 	step_parse(r, &res);
 	assert_int_equal(res.status, STEP_FAILED);
-	r->elements = 14;
+	r->elements = 15;
 	freeReplyObject(r);
 
 	r = mk_array(1);
 	r->element[0] = mk_str("not_ready");
 	step_parse(r, &res);
 	assert_int_equal(res.status, STEP_NOT_READY);
+	freeReplyObject(r);
+
+	r = mk_array(2);
+	r->element[0] = mk_str("fenced");
+	r->element[1] = mk_str("reason=watermark partition=3 redis=9 ledger=12 at_ms=1");
+	step_parse(r, &res);
+	assert_int_equal(res.status, STEP_FENCED);
+	assert_string_equal(res.error, "reason=watermark partition=3 redis=9 ledger=12 at_ms=1");
 	freeReplyObject(r);
 
 	r = calloc(1, sizeof(*r));
@@ -409,10 +419,14 @@ static void test_step_cmd(void **state)
 	Flashsale__Intent in = FLASHSALE__INTENT__INIT;
 	struct step_cmd cmd;
 	static const char *const want[STEP_ARGC] = {
-		"EVALSHA", "0123456789012345678901234567890123456789", "5", "fs:ready",
+		"EVALSHA", "0123456789012345678901234567890123456789", "7", "fs:ready",
 		"fs:promo:sku-9", "fs:users:sku-9", "fs:holds:sku-9", "fs:req:rid-1",
+		"fs:wm", "fs:fence",
 		"purchase", "rid-1", "sku-9", "alice", "2", "604800",
+		"7", "1234", "1200", "41", "0", "600000",
 	};
+	struct step_args a = { .partition = 7, .offset = 1234, .min_wm = 1200, .min_seq = 41 };
+	struct step_params prm = { .record_ttl_s = 604800, .pay_max_lag_ms = 600000 };
 	int i;
 
 	(void)state;
@@ -421,15 +435,20 @@ static void test_step_cmd(void **state)
 	in.sku = "sku-9";
 	in.user_id = "alice";
 	in.qty = 2;
-	step_cmd_build(&cmd, "0123456789012345678901234567890123456789", &in, 604800);
+	step_cmd_build(&cmd, "0123456789012345678901234567890123456789", &in, &a, &prm);
 	for (i = 0; i < STEP_ARGC; i++) {
 		assert_string_equal(cmd.argv[i], want[i]);
 		assert_int_equal(cmd.argvlen[i], strlen(want[i]));
 	}
-	in.kind = FLASHSALE__INTENT__KIND__CANCEL;
-	step_cmd_build(&cmd, "x", &in, 60);
-	assert_string_equal(cmd.argv[8], "cancel");
-	assert_string_equal(cmd.argv[13], "60");
+	in.kind = FLASHSALE__INTENT__KIND__PAY;
+	in.accepted_at_ms = 1700000000123;
+	a.min_wm = -1;
+	prm.record_ttl_s = 60;
+	step_cmd_build(&cmd, "x", &in, &a, &prm);
+	assert_string_equal(cmd.argv[10], "pay");
+	assert_string_equal(cmd.argv[15], "60");
+	assert_string_equal(cmd.argv[18], "-1");
+	assert_string_equal(cmd.argv[20], "1700000000123");
 }
 
 int main(void)

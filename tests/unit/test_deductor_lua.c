@@ -257,18 +257,51 @@ static void intent_fill(fs_intent *in, int kind, const char *rid, const char *sk
 	in->qty = qty;
 }
 
+static const struct step_params params = { .record_ttl_s = 3600, .pay_max_lag_ms = 600000 };
+
+/* Partition 0, the next offset, no floors: what a fresh deductor sends. */
+static int64_t next_offset;
+
+static struct step_args args_default(void)
+{
+	struct step_args a = { .partition = 0, .offset = next_offset++, .min_wm = -1, .min_seq = 0 };
+
+	return a;
+}
+
+/* step_run over n intents with default args (partition 0, offsets in order). */
+static int run_steps(const struct step_params *prm, fs_intent **list, struct step_result *res,
+		     size_t n, char *err, size_t errlen)
+{
+	struct step_args args[64];
+
+	assert_true(n <= 64);
+	for (size_t i = 0; i < n; i++)
+		args[i] = args_default();
+	return step_run(rc, sha, prm, list, args, res, n, err, errlen);
+}
+
+/* Apply one intent at args through step_run and return its result. */
+static struct step_result apply_at(const fs_intent *in, const struct step_args *a,
+				   const struct step_params *prm)
+{
+	struct step_result res;
+	fs_intent *list[1] = { (fs_intent *)in };
+	char err[256];
+
+	assert_int_equal(step_run(rc, sha, prm, list, a, &res, 1, err, sizeof(err)), STEP_RUN_OK);
+	return res;
+}
+
 /* Apply one intent through step_run and return its result. */
 static struct step_result apply(int kind, const char *rid, const char *sku, const char *user,
 				unsigned qty)
 {
-	struct step_result res;
+	struct step_args a = args_default();
 	fs_intent in;
-	fs_intent *list[1] = { &in };
-	char err[256];
 
 	intent_fill(&in, kind, rid, sku, user, qty);
-	assert_int_equal(step_run(rc, sha, 3600, list, &res, 1, err, sizeof(err)), STEP_RUN_OK);
-	return res;
+	return apply_at(&in, &a, &params);
 }
 
 static void assert_event(const struct step_result *r, int kind, const char *state,
@@ -315,7 +348,7 @@ static void test_stock_never_negative(void **state)
 		intent_fill(&in[i], K_PURCHASE, rids[i], "sku-1", users[i], (unsigned)(i % 3 + 1));
 		list[i] = &in[i];
 	}
-	assert_int_equal(step_run(rc, sha, 3600, list, res, N, err, sizeof(err)), STEP_RUN_OK);
+	assert_int_equal(run_steps(&params, list, res, N, err, sizeof(err)), STEP_RUN_OK);
 	for (i = 0; i < N; i++) {
 		assert_int_equal(res[i].status, STEP_OK);
 		if (res[i].event_kind == E_RESERVED) {
@@ -621,7 +654,7 @@ static void test_oom_is_retried(void **state)
 	cmd_ok("CONFIG SET maxmemory-policy noeviction");
 	cmd_ok("CONFIG SET maxmemory 1");
 	intent_fill(&in, K_PURCHASE, "rid-oom", "sku-2", "alice", 1);
-	assert_int_equal(step_run(rc, sha, 3600, list, &res, 1, err, sizeof(err)), STEP_RUN_BUSY);
+	assert_int_equal(run_steps(&params, list, &res, 1, err, sizeof(err)), STEP_RUN_BUSY);
 	assert_non_null(strstr(err, "OOM"));
 	assert_int_not_equal(res.status, STEP_FAILED);
 	assert_counters("sku-2", 5, 0, 0);
@@ -637,8 +670,9 @@ static void test_script_error(void **state)
 	redisReply *r;
 
 	(void)state;
-	r = redisCommand(rc, "EVALSHA %s 5 fs:ready fs:promo:sku-1 fs:users:sku-1 "
-			 "fs:holds:sku-1 fs:req:x bogus x sku-1 u 1 60", sha);
+	r = redisCommand(rc, "EVALSHA %s 7 fs:ready fs:promo:sku-1 fs:users:sku-1 "
+			 "fs:holds:sku-1 fs:req:x fs:wm fs:fence bogus x sku-1 u 1 60 0 0 -1 0 0 0",
+			 sha);
 	assert_non_null(r);
 	step_parse(r, &res);
 	freeReplyObject(r);
@@ -660,17 +694,214 @@ static void test_noscript(void **state)
 	intent_fill(&a, K_PURCHASE, "rid-1", "sku-1", "alice", 1);
 	intent_fill(&b, K_PURCHASE, "rid-2", "sku-1", "bob", 1);
 	cmd_ok("SCRIPT FLUSH");
-	assert_int_equal(step_run(rc, sha, 60, list, res, 2, err, sizeof(err)),
-			 STEP_RUN_NOSCRIPT);
+	assert_int_equal(run_steps(&params, list, res, 2, err, sizeof(err)), STEP_RUN_NOSCRIPT);
 	assert_counters("sku-1", 10, 0, 0);
 	r = redisCommand(rc, "SCRIPT LOAD %s", fs_deduct_lua);
 	assert_non_null(r);
 	assert_string_equal(r->str, sha);
 	freeReplyObject(r);
 	/* The connection is still in step: the redo works. */
-	assert_int_equal(step_run(rc, sha, 60, list, res, 2, err, sizeof(err)), STEP_RUN_OK);
+	assert_int_equal(run_steps(&params, list, res, 2, err, sizeof(err)), STEP_RUN_OK);
 	assert_int_equal(res[1].status, STEP_OK);
 	assert_counters("sku-1", 8, 2, 0);
+}
+
+static char *redis_str(const char *fmt, const char *a, const char *b)
+{
+	redisReply *r = redisCommand(rc, fmt, a, b);
+	char *s = NULL;
+
+	assert_non_null(r);
+	if (r->type == REDIS_REPLY_STRING)
+		s = strdup(r->str);
+	else
+		assert_int_equal(r->type, REDIS_REPLY_NIL);
+	freeReplyObject(r);
+	return s;
+}
+
+/*
+ * The watermark check: a Redis whose fs:wm for the partition is below what
+ * the ledger shows (the floor) is fenced before anything is applied, and
+ * the fence holds for every later step of that partition whatever floor it
+ * carries, until the repair lifts it. Other partitions go on.
+ */
+static void test_watermark_fence(void **state)
+{
+	struct step_args a = { .partition = 3, .offset = 10, .min_wm = -1, .min_seq = 0 };
+	struct step_result r;
+	fs_intent in;
+	char *s;
+
+	(void)state;
+	intent_fill(&in, K_PURCHASE, "rid-1", "sku-1", "alice", 1);
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	s = redis_str("HGET %s %s", "fs:wm", "3");
+	assert_string_equal(s, "10");
+	free(s);
+	/* Replays change nothing, so they move the watermark neither way. */
+	a.offset = 4;
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_RESERVED, "reserved", "", false);
+	a.offset = 40;
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_RESERVED, "reserved", "", false);
+	s = redis_str("HGET %s %s", "fs:wm", "3");
+	assert_string_equal(s, "10");
+	free(s);
+	/* The floor is met: applied. */
+	intent_fill(&in, K_PURCHASE, "rid-2", "sku-1", "bob", 1);
+	a.offset = 11;
+	a.min_wm = 10;
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	assert_counters("sku-1", 8, 2, 0);
+
+	/* Redis goes back: it forgot offset 11. */
+	cmd_ok("HSET fs:wm 3 10");
+	intent_fill(&in, K_PURCHASE, "rid-3", "sku-1", "carol", 1);
+	a.offset = 12;
+	a.min_wm = 11;
+	r = apply_at(&in, &a, &params);
+	assert_int_equal(r.status, STEP_FENCED);
+	assert_non_null(strstr(r.error, "reason=watermark"));
+	assert_non_null(strstr(r.error, "redis=10 ledger=11"));
+	assert_counters("sku-1", 8, 2, 0);
+	assert_int_equal(redis_int("EXISTS %s", "fs:req:rid-3"), 0);
+	s = redis_str("HGET %s %s", "fs:fence", "3");
+	assert_non_null(s);
+	assert_non_null(strstr(s, "reason=watermark"));
+	free(s);
+	/* Every step of the partition is refused now, even without a floor. */
+	a.min_wm = -1;
+	r = apply_at(&in, &a, &params);
+	assert_int_equal(r.status, STEP_FENCED);
+	intent_fill(&in, K_PAY, "rid-1", "sku-1", NULL, 0);
+	r = apply_at(&in, &a, &params);
+	assert_int_equal(r.status, STEP_FENCED);
+	assert_counters("sku-1", 8, 2, 0);
+	/* Another partition is not concerned. */
+	intent_fill(&in, K_PURCHASE, "rid-4", "sku-1", "dave", 1);
+	a.partition = 4;
+	a.offset = 0;
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	/* The repair lifts the fence. */
+	cmd_ok("HDEL fs:fence 3");
+	intent_fill(&in, K_PURCHASE, "rid-3", "sku-1", "carol", 1);
+	a.partition = 3;
+	a.offset = 12;
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	assert_counters("sku-1", 6, 4, 0);
+}
+
+/*
+ * The SKU sequence: every change takes the next number, a replay answers
+ * the number of the step that made its event, and a SKU whose sequence is
+ * below the floor fences the partition (the check that survives sharding).
+ */
+static void test_sku_seq(void **state)
+{
+	struct step_args a = { .partition = 1, .offset = 0, .min_wm = -1, .min_seq = 0 };
+	struct step_result r;
+	fs_intent in;
+
+	(void)state;
+	intent_fill(&in, K_PURCHASE, "rid-1", "sku-1", "alice", 1);
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_RESERVED, "reserved", "", true);
+	assert_int_equal(r.sku_seq, 1);
+	intent_fill(&in, K_PURCHASE, "rid-2", "sku-1", "bob", 9);
+	a.offset++;
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_REFUSED, "limit_reached", "limit_reached", true);
+	assert_int_equal(r.sku_seq, 2);
+	intent_fill(&in, K_PAY, "rid-1", "sku-1", NULL, 0);
+	a.offset++;
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_PAID, "paid", "", true);
+	assert_int_equal(r.sku_seq, 3);
+	/* Replays carry the number of the event they repeat. */
+	intent_fill(&in, K_PURCHASE, "rid-1", "sku-1", "alice", 1);
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_RESERVED, "reserved", "", false);
+	assert_int_equal(r.sku_seq, 1);
+	intent_fill(&in, K_PURCHASE, "rid-2", "sku-1", "bob", 9);
+	r = apply_at(&in, &a, &params);
+	assert_int_equal(r.sku_seq, 2);
+	intent_fill(&in, K_PAY, "rid-1", "sku-1", NULL, 0);
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_PAID, "paid", "", false);
+	assert_int_equal(r.sku_seq, 3);
+	/* An unknown SKU has no sequence and gets no promotion hash. */
+	intent_fill(&in, K_PURCHASE, "rid-3", "nope", "alice", 1);
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_REFUSED, "unknown_sku", "unknown_sku", true);
+	assert_int_equal(r.sku_seq, 0);
+	assert_int_equal(redis_int("EXISTS %s", "fs:promo:nope"), 0);
+
+	/* The SKU's state went back two changes; the watermark did not. */
+	cmd_ok("HSET fs:promo:sku-1 seq 1");
+	intent_fill(&in, K_PURCHASE, "rid-4", "sku-1", "carol", 1);
+	a.offset++;
+	a.min_seq = 3;
+	r = apply_at(&in, &a, &params);
+	assert_int_equal(r.status, STEP_FENCED);
+	assert_non_null(strstr(r.error, "reason=sku_seq"));
+	assert_non_null(strstr(r.error, "sku=sku-1 redis=1 ledger=3"));
+	assert_int_equal(redis_int("EXISTS %s", "fs:req:rid-4"), 0);
+	assert_counters("sku-1", 9, 0, 1);
+}
+
+/*
+ * A PAY counts at the time the gateway accepted it, clamped to
+ * [apply time - pay_max_lag_ms, apply time].
+ */
+static void test_pay_judged_at_acceptance(void **state)
+{
+	struct step_params tight = { .record_ttl_s = 3600, .pay_max_lag_ms = 20 };
+	struct step_args a = args_default();
+	struct step_result r, held;
+	fs_intent in;
+
+	(void)state;
+	promo("sku-2", 5, 2, -60000, 3600000, 50);
+	/* Accepted 10 ms into a 50 ms hold, applied 150 ms later: paid. */
+	held = apply(K_PURCHASE, "rid-1", "sku-2", "alice", 1);
+	assert_event(&held, E_RESERVED, "reserved", "", true);
+	sleep_ms(150);
+	intent_fill(&in, K_PAY, "rid-1", "sku-2", NULL, 0);
+	in.accepted_at_ms = held.at_ms + 10;
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_PAID, "paid", "", true);
+	assert_counters("sku-2", 4, 0, 1);
+
+	/* The same stamp with a 20 ms lag bound is clamped past the deadline. */
+	held = apply(K_PURCHASE, "rid-2", "sku-2", "bob", 1);
+	sleep_ms(150);
+	intent_fill(&in, K_PAY, "rid-2", "sku-2", NULL, 0);
+	in.accepted_at_ms = held.at_ms + 10;
+	r = apply_at(&in, &a, &tight);
+	assert_event(&r, E_EXPIRED, "expired", "", true);
+
+	/* A stamp from the future counts as the apply time. */
+	held = apply(K_PURCHASE, "rid-3", "sku-2", "carol", 1);
+	sleep_ms(150);
+	intent_fill(&in, K_PAY, "rid-3", "sku-2", NULL, 0);
+	in.accepted_at_ms = held.at_ms + 3600000;
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_EXPIRED, "expired", "", true);
+
+	/* A stamp after the deadline is late whatever the lag. */
+	held = apply(K_PURCHASE, "rid-4", "sku-2", "dave", 1);
+	sleep_ms(150);
+	intent_fill(&in, K_PAY, "rid-4", "sku-2", NULL, 0);
+	in.accepted_at_ms = held.deadline_ms + 1;
+	r = apply_at(&in, &a, &params);
+	assert_event(&r, E_EXPIRED, "expired", "", true);
+	assert_counters("sku-2", 4, 0, 1);
 }
 
 int main(void)
@@ -693,6 +924,9 @@ int main(void)
 		cmocka_unit_test_setup(test_oom_is_retried, setup),
 		cmocka_unit_test_setup(test_script_error, setup),
 		cmocka_unit_test_setup(test_noscript, setup),
+		cmocka_unit_test_setup(test_watermark_fence, setup),
+		cmocka_unit_test_setup(test_sku_seq, setup),
+		cmocka_unit_test_setup(test_pay_judged_at_acceptance, setup),
 	};
 
 	if (server == NULL || server[0] == '\0') {

@@ -81,10 +81,15 @@ static void test_row_reserved(void **state)
 	ev.remaining = 8;
 	ev.held = 2;
 	ev.sold = 0;
+	ev.intent_kind = FLASHSALE__INTENT__KIND__PURCHASE;
+	ev.intent_partition = 7;
+	ev.intent_offset = 99;
+	ev.sku_seq = 41;
+	ev.changed = true;
 	assert_int_equal(batch_row_append(&buf, &ev, 7, 12345, 3), 0);
 	assert_string_equal(buf.data,
 		"3\tr1:reserved\treserved\tr1\tsku-1\talice\t2\treserved\t\t"
-		"1700000060000\t1700000000000\t8\t2\t0\t7\t12345\theld\n");
+		"1700000060000\t1700000000000\t8\t2\t0\t7\t12345\t7\t99\t41\tt\theld\n");
 }
 
 static void test_row_refused_and_transition(void **state)
@@ -100,7 +105,7 @@ static void test_row_refused_and_transition(void **state)
 	/* No orders row: order_state is SQL NULL (\N), not the text "\N". */
 	assert_string_equal(buf.data,
 		"0\tr2:refused:sold_out\trefused\tr2\tsku-1\tbob\t1\tsold_out\tsold_out\t"
-		"0\t5\t0\t0\t0\t0\t0\t\\N\n");
+		"0\t5\t0\t0\t0\t0\t0\t-1\t-1\t0\tf\t\\N\n");
 
 	batch_buf_reset(&buf);
 	ev = make_event(FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED,
@@ -110,7 +115,7 @@ static void test_row_refused_and_transition(void **state)
 	assert_int_equal(batch_row_append(&buf, &ev, 11, 9, 1), 0);
 	assert_string_equal(buf.data,
 		"1\tr3:transition_refused:unknown_request\ttransition_refused\tr3\tsku-1\t\t"
-		"0\tunknown\tunknown_request\t0\t0\t0\t0\t0\t11\t9\t\\N\n");
+		"0\tunknown\tunknown_request\t0\t0\t0\t0\t0\t11\t9\t-1\t-1\t0\tf\t\\N\n");
 }
 
 static void test_row_terminal_states(void **state)
@@ -144,8 +149,8 @@ static void test_row_escapes_fields(void **state)
 					"e\t1", "r\n1", "s\\1", "u\r\t\n\\");
 
 	assert_int_equal(batch_row_append(&buf, &ev, 0, 0, 0), 0);
-	/* Still exactly 17 columns and one line, whatever the fields held. */
-	assert_int_equal(count_char(buf.data, buf.len, '\t'), 16);
+	/* Still exactly 21 columns and one line, whatever the fields held. */
+	assert_int_equal(count_char(buf.data, buf.len, '\t'), 20);
 	assert_int_equal(count_char(buf.data, buf.len, '\n'), 1);
 	assert_int_equal(count_char(buf.data, buf.len, '\r'), 0);
 	assert_non_null(strstr(buf.data, "\te\\t1\treserved\tr\\n1\ts\\\\1\tu\\r\\t\\n\\\\\t"));

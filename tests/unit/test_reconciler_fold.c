@@ -145,7 +145,7 @@ static void test_summary(void **state)
 	add(f, ev(FOLD_REFUSED, "z1", "Z", "u1", 1, "unknown_sku", 0, 12));
 	assert_int_equal(fold_count(f), 8);
 
-	assert_int_equal(fold_summarize(f, p, 2, &s, err, sizeof(err)), 0);
+	assert_int_equal(fold_summarize(f, p, 2, false, &s, err, sizeof(err)), 0);
 	assert_non_null(s);
 	assert_string_equal(s[0].promo.sku, "A");
 	assert_int_equal(s[0].held, 2);
@@ -180,7 +180,7 @@ static void test_oversold_detected(void **state)
 	add(f, ev(FOLD_RESERVED, "a1", "A", "u1", 2, "", 500, 1));
 	add(f, ev(FOLD_PAID, "a1", "A", "u1", 2, "", 500, 2));
 	add(f, ev(FOLD_RESERVED, "a2", "A", "u2", 1, "", 500, 3));
-	assert_int_equal(fold_summarize(f, &p, 1, &s, err, sizeof(err)), -1);
+	assert_int_equal(fold_summarize(f, &p, 1, false, &s, err, sizeof(err)), -1);
 	assert_null(s);
 	assert_non_null(strstr(err, "sku=A"));
 	fold_free(f);
@@ -203,12 +203,127 @@ static void test_many_requests(void **state)
 	}
 	assert_int_equal(fold_count(f), 50000);
 	assert_non_null(fold_find(f, "r49999"));
-	assert_int_equal(fold_summarize(f, &p, 1, &s, err, sizeof(err)), 0);
+	assert_int_equal(fold_summarize(f, &p, 1, false, &s, err, sizeof(err)), 0);
 	assert_int_equal(s[0].held, 25000);
 	assert_int_equal(s[0].sold, 25000);
 	assert_int_equal(s[0].remaining, 50000);
 	assert_int_equal(s[0].nusers, 50000);
 	assert_int_equal(s[0].nholds, 25000);
+	fold_skus_free(s, 1);
+	fold_free(f);
+}
+
+/* An event at (intent partition, offset) with its sku_seq and changed flag. */
+static struct fold_event at(struct fold_event e, int part, long long off, long long seq,
+			    bool changed)
+{
+	e.intent_partition = part;
+	e.intent_offset = off;
+	e.sku_seq = seq;
+	e.changed = changed;
+	return e;
+}
+
+/*
+ * What a repaired Redis must show: the highest offset of a changing event per
+ * partition (replays at later offsets, refused transitions and duplicates
+ * do not count) and the highest sku_seq per SKU; records keep the sequence
+ * of their outcome and of their state.
+ */
+static void test_watermarks_and_seq(void **state)
+{
+	struct fold *f = fold_new();
+	struct fold_promo p[2] = { promo("A", 10, 3), promo("B", 5, 1) };
+	struct fold_sku *s = NULL;
+	const struct fold_req *r;
+	char err[256];
+
+	assert_non_null(f);
+	assert_int_equal(fold_watermark(f, 3), -1);
+	add(f, at(ev(FOLD_RESERVED, "a1", "A", "u1", 1, "", 500, 1), 3, 10, 1, true));
+	add(f, at(ev(FOLD_REFUSED, "a2", "A", "u2", 9, "limit_reached", 0, 2), 3, 11, 2, true));
+	add(f, at(ev(FOLD_PAID, "a1", "A", "u1", 1, "", 500, 3), 3, 12, 3, true));
+	/* A client's retry of a1 at a later offset: a replay, not a change. */
+	add(f, at(ev(FOLD_RESERVED, "a1", "A", "u1", 1, "", 500, 1), 3, 40, 1, false));
+	add(f, at(ev(FOLD_TRANSITION_REFUSED, "a1", "A", "u1", 1, "not_reserved", 0, 4), 3, 41,
+		  3, false));
+	add(f, at(ev(FOLD_RESERVED, "b1", "B", "u1", 1, "", 500, 5), 7, 2, 1, true));
+	/* An oversell correction: no intent made it. */
+	add(f, at(ev(FOLD_CANCELLED, "b1", "B", "u1", 1, "oversell_correction", 500, 6), -1, -1,
+		  2, true));
+	assert_int_equal(fold_watermark(f, 3), 12);
+	assert_int_equal(fold_watermark(f, 7), 2);
+	assert_int_equal(fold_watermark(f, 0), -1);
+	assert_int_equal(fold_watermark(f, 99), -1);
+	r = fold_find(f, "a1");
+	assert_int_equal(r->q0, 1);
+	assert_int_equal(r->q, 3);
+	r = fold_find(f, "a2");
+	assert_int_equal(r->q0, 2);
+	assert_int_equal(r->q, 2);
+	assert_string_equal(fold_word(fold_find(f, "b1")->st), "cancelled");
+
+	assert_int_equal(fold_summarize(f, p, 2, false, &s, err, sizeof(err)), 0);
+	assert_int_equal(s[0].seq, 3);
+	assert_int_equal(s[1].seq, 2);
+	assert_int_equal(s[1].held, 0);
+	fold_skus_free(s, 2);
+	fold_free(f);
+}
+
+/*
+ * The correction tool's plan: with allow_oversold the summary reports the
+ * excess, and the most recent unpaid holds are picked until the stock covers
+ * the rest; payments beyond the stock are left for a person.
+ */
+static void test_correction_plan(void **state)
+{
+	struct fold *f = fold_new();
+	struct fold_promo p[2] = { promo("A", 4, 5), promo("B", 2, 5) };
+	struct fold_sku *s = NULL;
+	const struct fold_req *plan[8];
+	long long over;
+	char err[256];
+
+	assert_non_null(f);
+	/* A: stock 4, paid 1, held 2+1+2 = 5: two units too many. */
+	add(f, ev(FOLD_RESERVED, "a1", "A", "u1", 1, "", 100, 1));
+	add(f, ev(FOLD_PAID, "a1", "A", "u1", 1, "", 100, 2));
+	add(f, ev(FOLD_RESERVED, "a2", "A", "u2", 2, "", 200, 3));
+	add(f, ev(FOLD_RESERVED, "a3", "A", "u3", 1, "", 400, 4));
+	add(f, ev(FOLD_RESERVED, "a4", "A", "u4", 2, "", 300, 5));
+	/* B: stock 2, paid 3, held 1: nothing cancellable covers the payments. */
+	add(f, ev(FOLD_RESERVED, "b1", "B", "u1", 2, "", 100, 6));
+	add(f, ev(FOLD_PAID, "b1", "B", "u1", 2, "", 100, 7));
+	add(f, ev(FOLD_RESERVED, "b2", "B", "u2", 1, "", 200, 8));
+	add(f, ev(FOLD_PAID, "b2", "B", "u2", 1, "", 200, 9));
+	add(f, ev(FOLD_RESERVED, "b3", "B", "u3", 1, "", 300, 10));
+
+	assert_int_equal(fold_summarize(f, p, 2, false, &s, err, sizeof(err)), -1);
+	assert_int_equal(fold_summarize(f, p, 2, true, &s, err, sizeof(err)), 0);
+	assert_int_equal(s[0].oversold, 2);
+	assert_int_equal(s[0].remaining, 0);
+	assert_int_equal(s[1].oversold, 2);
+
+	/* Latest deadline first: a3 (1 unit), then a4 (2 units) covers it. */
+	assert_int_equal(fold_plan_correction(f, &s[0], plan, 8, &over), 2);
+	assert_string_equal(plan[0]->rid, "a3");
+	assert_string_equal(plan[1]->rid, "a4");
+	assert_int_equal(over, 0);
+	/* B: its only hold goes, one paid unit stays beyond the stock. */
+	assert_int_equal(fold_plan_correction(f, &s[1], plan, 8, &over), 1);
+	assert_string_equal(plan[0]->rid, "b3");
+	assert_int_equal(over, 1);
+	fold_skus_free(s, 2);
+
+	/* After the cancellations A fits its stock again. */
+	add(f, ev(FOLD_CANCELLED, "a3", "A", "u3", 1, "oversell_correction", 400, 11));
+	add(f, ev(FOLD_CANCELLED, "a4", "A", "u4", 2, "oversell_correction", 300, 12));
+	assert_int_equal(fold_summarize(f, p, 1, false, &s, err, sizeof(err)), 0);
+	assert_int_equal(s[0].held, 2);
+	assert_int_equal(s[0].sold, 1);
+	assert_int_equal(s[0].remaining, 1);
+	assert_int_equal(fold_plan_correction(f, &s[0], plan, 8, &over), 0);
 	fold_skus_free(s, 1);
 	fold_free(f);
 }
@@ -222,6 +337,8 @@ int main(void)
 		cmocka_unit_test(test_summary),
 		cmocka_unit_test(test_oversold_detected),
 		cmocka_unit_test(test_many_requests),
+		cmocka_unit_test(test_watermarks_and_seq),
+		cmocka_unit_test(test_correction_plan),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,193 @@
+"""A Redis that comes back with older data (a failover to a lagging replica,
+a restored snapshot) is detected before anything is applied to it, the
+partition is fenced, and the reconciler repairs it from the ledger without an
+operator: never oversold, no user above the limit, every buyer final, Redis
+equal to PostgreSQL. And a ledger that already records an oversell (which
+only a detection failure allows) is refused by `rebuild --force` without
+touching anything, and corrected by `correct`."""
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+from sale import (assert_audit_clean, assert_invariants, assert_ledger_never_oversold, buyers,
+                  finish, health, orders_by_state, partition_of, promo)
+from stack import wait_for
+
+
+def reconciler(stack, *args, timeout=180):
+    return subprocess.run([stack.bin('flashsale-reconciler')] + list(args), env=stack.env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_redis_restored_from_older_copy_is_fenced_and_repaired(stack):
+    sku, stock = 'rollback-1', 600
+    stack.create_promotion(sku, stock=stock, per_user_limit=1, hold_seconds=5)
+    proc = buyers(stack, sku, 3000, concurrency=128, dup_ratio=0.3, pay_ratio=0.5,
+                  ramp_ms=6000, final_timeout_s=180, background=True)
+    redis_dir = os.path.join(stack.dir, 'redis')
+    copy = tempfile.mkdtemp(prefix='redis-old-', dir=stack.dir)
+
+    def sold_at_least(n):
+        return lambda: stock - int(stack.redis('HGET', 'fs:promo:' + sku, 'remaining') or stock) >= n
+
+    # An older copy of Redis' data, then more sales, then Redis comes back as that copy.
+    wait_for(sold_at_least(stock // 4), timeout=60, interval=0.05, what='a quarter sold')
+    shutil.rmtree(copy)
+    shutil.copytree(redis_dir, copy)
+    old = promo(stack, sku)
+    wait_for(sold_at_least(stock * 3 // 4), timeout=60, interval=0.05, what='three quarters sold')
+    newer = promo(stack, sku)
+    stack.daemon('kill', 'redis')
+    shutil.rmtree(redis_dir)
+    shutil.copytree(copy, redis_dir)
+    stack.daemon('start', 'redis')
+    back = promo(stack, sku)
+    assert back['remaining'] > newer['remaining'], ('the copy is not older', old, newer, back)
+
+    # Detected at once (the deductor reconnects and compares), and reported.
+    def degraded():
+        code, body = health(stack, 'deductor')
+        return body if body['status'] == 'degraded' and body['fenced'] else None
+    body = wait_for(degraded, timeout=20, interval=0.1, what='deductor /healthz degraded')
+    part = partition_of(sku)
+    assert [f['partition'] for f in body['fenced']] == [part], body
+    assert body['reason'] == 'partitions_fenced', body
+    assert 'reason=' in body['fenced'][0]['why'], body
+    assert stack.redis('HEXISTS', 'fs:fence', part) == '1'
+    metrics = stack.metrics('deductor')
+    assert metrics['flashsale_deductor_fenced_partitions'] == 1, metrics
+
+    # Repaired without an operator: fence lifted, counters as the ledger says.
+    wait_for(lambda: stack.redis('HEXISTS', 'fs:fence', part) == '0', timeout=60,
+             interval=0.2, what='the reconciler to repair the partition')
+    wait_for(lambda: health(stack, 'deductor')[1]['status'] == 'ok', timeout=30,
+             interval=0.2, what='deductor /healthz ok again')
+    report = finish(proc, timeout=300)
+    assert report['unfinished'] == 0, report
+    assert report['accepted'] >= stock, report
+
+    assert_audit_clean(stack, wait_drain=120)
+    assert_invariants(stack, sku, stock)
+    assert_ledger_never_oversold(stack, sku, stock, 1)
+    st = orders_by_state(stack, sku)
+    assert sum(n for n, _ in st.values()) >= stock, st
+    log = stack.log('deductor')
+    assert 'partition_fenced' in log, log[-3000:]
+    assert 'repaired' in stack.log('reconciler')
+    assert stack.metrics('reconciler')['flashsale_reconciler_repairs_total{result="ok"}'] >= 1
+
+
+def buy(stack, sku, user, rid):
+    code, body = stack.http('POST', '/v1/purchases',
+                            {'sku': sku, 'user_id': user, 'qty': 1, 'request_id': rid})
+    assert code == 202, body
+
+
+def state_of(stack, rid):
+    code, body = stack.http('GET', '/v1/purchases/' + rid)
+    return body.get('state') if code == 200 else None
+
+
+def wait_state(stack, rid, want, timeout=30):
+    wait_for(lambda: state_of(stack, rid) == want, timeout=timeout, interval=0.1,
+             what='%s to be %s' % (rid, want))
+
+
+def pay(stack, rid, user):
+    code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid, {'user_id': user})
+    assert code == 202, body
+
+
+def oversell(stack, sku, stock, paid, extra, pay_extra=False):
+    """Sell stock units (paying the first `paid`), then lose the holds from
+    Redis' counters the way a detection failure would (watermark and
+    sequence intact), and let `extra` more buyers in."""
+    for i in range(stock):
+        buy(stack, sku, 'u%d' % i, '%s-r%d' % (sku, i))
+    for i in range(stock):
+        wait_state(stack, '%s-r%d' % (sku, i), 'reserved')
+    for i in range(paid):
+        pay(stack, '%s-r%d' % (sku, i), 'u%d' % i)
+        wait_state(stack, '%s-r%d' % (sku, i), 'paid')
+    if pay_extra:
+        # The payments were lost: `extra` units look unsold again.
+        stack.redis('HSET', 'fs:promo:' + sku, 'remaining', extra, 'held', 0,
+                    'sold', paid - extra)
+    else:
+        # Holds were lost: `extra` held units look unclaimed again.
+        stack.redis('HSET', 'fs:promo:' + sku, 'remaining', extra,
+                    'held', stock - paid - extra, 'sold', paid)
+    # The gateway's sold-out filter learns it at its next refresh.
+    wait_for(lambda: stack.http('GET', '/v1/promotions/' + sku)[1]['remaining'] > 0,
+             timeout=10, interval=0.1, what='the gateway to see units again')
+    for i in range(stock, stock + extra):
+        buy(stack, sku, 'u%d' % i, '%s-r%d' % (sku, i))
+        wait_state(stack, '%s-r%d' % (sku, i), 'reserved')
+        if pay_extra:
+            pay(stack, '%s-r%d' % (sku, i), 'u%d' % i)
+            wait_state(stack, '%s-r%d' % (sku, i), 'paid')
+
+
+def test_oversold_ledger_refused_by_rebuild_then_corrected(stack):
+    a, b = 'ov-a', 'ov-b'
+    assert partition_of(a) != partition_of(b)
+    stack.create_promotion(a, stock=10, per_user_limit=1, hold_seconds=600)
+    stack.create_promotion(b, stock=5, per_user_limit=1, hold_seconds=600)
+    oversell(stack, a, 10, paid=4, extra=3)
+    wait_for(lambda: orders_by_state(stack, a).get('held', (0, 0))[0] == 9, timeout=30,
+             what='PostgreSQL to hold the oversold ledger')
+    epoch = stack.redis('GET', 'fs:ready')
+    before = stack.redis('HGETALL', 'fs:promo:' + a)
+
+    # A rebuild that cannot finish changes nothing and says why.
+    r = reconciler(stack, 'rebuild', '--force', '-s', 'reconciler.rebuild_quiesce_ms=500')
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert 'ledger oversells sku=ov-a' in r.stderr, r.stderr
+    assert 'correct' in r.stderr, r.stderr
+    assert stack.redis('GET', 'fs:ready') == epoch
+    assert stack.redis('HLEN', 'fs:fence') == '0'
+    assert stack.redis('HGETALL', 'fs:promo:' + a) == before
+    # ...and every other SKU kept selling throughout.
+    buy(stack, b, 'bob', 'ov-b-1')
+    wait_state(stack, 'ov-b-1', 'reserved')
+
+    # The correction cancels the most recent unpaid holds beyond the stock.
+    r = reconciler(stack, 'correct', '--partition', str(partition_of(a)),
+                   '-s', 'reconciler.rebuild_quiesce_ms=500')
+    assert r.returncode == 0, r.stdout + r.stderr
+    corrected = sorted(line.split()[2] for line in r.stdout.splitlines()
+                       if line.startswith('corrected sku=ov-a'))
+    assert corrected == ['request_id=ov-a-r10', 'request_id=ov-a-r11', 'request_id=ov-a-r12'], \
+        r.stdout
+    assert 'oversold sku=' not in r.stdout, r.stdout
+    for rid in ('ov-a-r10', 'ov-a-r11', 'ov-a-r12'):
+        wait_state(stack, rid, 'cancelled')
+    wait_for(lambda: stack.psql("SELECT count(*) FROM ledger_events WHERE reason = "
+                                "'oversell_correction'") == [['3']], timeout=30,
+             what='the corrections in PostgreSQL')
+    assert stack.redis('HLEN', 'fs:fence') == '0'
+    assert_audit_clean(stack)
+    p, _ = assert_invariants(stack, a, 10)
+    assert (p['remaining'], p['held'], p['sold']) == (0, 6, 4), p
+    assert_invariants(stack, b, 5)
+
+
+def test_paid_beyond_stock_is_reported_not_changed(stack):
+    c = 'ov-c'
+    stack.create_promotion(c, stock=2, per_user_limit=1, hold_seconds=600)
+    oversell(stack, c, 2, paid=2, extra=2, pay_extra=True)
+    wait_for(lambda: orders_by_state(stack, c).get('paid', (0, 0))[0] == 4, timeout=30,
+             what='four payments in PostgreSQL')
+    r = reconciler(stack, 'correct', '-s', 'reconciler.rebuild_quiesce_ms=500')
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'oversold sku=ov-c stock=2 sold=4 paid_over=2' in r.stdout, r.stdout
+    reported = [line for line in r.stdout.splitlines() if line.startswith('oversold_paid sku=ov-c')]
+    assert len(reported) == 2, r.stdout
+    # The two most recent payments are named; no payment was changed.
+    assert {line.split()[2] for line in reported} == {'request_id=ov-c-r2', 'request_id=ov-c-r3'}
+    assert orders_by_state(stack, c) == {'paid': (4, 4)}
+    assert stack.redis('HLEN', 'fs:fence') == '0'
+    p = promo(stack, c)
+    assert (p['remaining'], p['held'], p['sold']) == (0, 0, 4), p
