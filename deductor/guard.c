@@ -167,7 +167,7 @@ int guard_probe(struct dd_guard *g, rd_kafka_t *reader, long long events,
 
 int guard_verify(struct dd_guard *g, redisContext *c, char *err, size_t errlen)
 {
-	const char *argv[5 + 2 * FS_PARTITIONS];
+	const char *argv[6 + 2 * FS_PARTITIONS];
 	char nums[2 * FS_PARTITIONS][24];
 	bool fenced[FS_PARTITIONS] = { false };
 	redisReply *r;

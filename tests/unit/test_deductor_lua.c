@@ -1,10 +1,7 @@
 /*
- * deduct.lua against a real redis-server (REDIS_SERVER), through the same
- * code the deductor runs: step_cmd_build / step_run / step_parse.
- *
- * The server runs in a mkdtemp directory on a Unix socket, no TCP port, no
- * persistence; it dies with the test (PDEATHSIG) and the directory is removed
- * in the group teardown.
+ * deduct.lua against a real redis-server (REDIS_SERVER, see redis_server.h),
+ * through the same code the deductor runs: step_cmd_build / step_run /
+ * step_parse.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,100 +9,28 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <hiredis/hiredis.h>
 
 #include "deductor.h"
+#include "redis_server.h"
 
-static char dir[64];
-static char sock[128];
-static pid_t server_pid;
 static redisContext *rc;
 static char sha[41];
 static int64_t epoch_set = 1;
 
-/* ---- server ---- */
-
-static void server_stop(void)
-{
-	char path[160];
-
-	if (rc != NULL) {
-		redisFree(rc);
-		rc = NULL;
-	}
-	if (server_pid > 0) {
-		kill(server_pid, SIGKILL);
-		waitpid(server_pid, NULL, 0);
-		server_pid = 0;
-	}
-	if (dir[0] != '\0') {
-		unlink(sock);
-		snprintf(path, sizeof(path), "%s/redis.log", dir);
-		unlink(path);
-		rmdir(dir);
-		dir[0] = '\0';
-	}
-}
-
 static int group_setup(void **state)
 {
-	const char *server = getenv("REDIS_SERVER");
 	redisReply *r;
-	int i;
 
 	(void)state;
-	snprintf(dir, sizeof(dir), "/tmp/fs-deductor-lua-XXXXXX");
-	if (mkdtemp(dir) == NULL) {
-		dir[0] = '\0';
-		fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
+	rc = test_redis_start(getenv("REDIS_SERVER"));
+	if (rc == NULL)
 		return -1;
-	}
-	atexit(server_stop);
-	snprintf(sock, sizeof(sock), "%s/r.sock", dir);
-	server_pid = fork();
-	if (server_pid < 0)
-		return -1;
-	if (server_pid == 0) {
-		char logfile[160];
-
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		snprintf(logfile, sizeof(logfile), "%s/redis.log", dir);
-		execl(server, server, "--port", "0", "--unixsocket", sock, "--save", "",
-		      "--appendonly", "no", "--dir", dir, "--logfile", logfile, (char *)NULL);
-		_exit(127);
-	}
-	for (i = 0; i < 500; i++) {
-		struct timespec ts = { 0, 10 * 1000 * 1000 };
-
-		rc = redisConnectUnix(sock);
-		if (rc != NULL && rc->err == 0)
-			break;
-		if (rc != NULL)
-			redisFree(rc);
-		rc = NULL;
-		if (waitpid(server_pid, NULL, WNOHANG) == server_pid) {
-			server_pid = 0;
-			fprintf(stderr, "redis-server %s exited at start-up\n", server);
-			return -1;
-		}
-		nanosleep(&ts, NULL);
-	}
-	if (rc == NULL) {
-		fprintf(stderr, "redis-server did not open %s\n", sock);
-		return -1;
-	}
 	r = redisCommand(rc, "SCRIPT LOAD %s", fs_deduct_lua);
 	if (r == NULL || r->type != REDIS_REPLY_STRING || r->len != 40) {
 		fprintf(stderr, "SCRIPT LOAD failed: %s\n",
@@ -122,7 +47,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	(void)state;
-	server_stop();
+	test_redis_stop();
 	return 0;
 }
 

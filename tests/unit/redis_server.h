@@ -1,0 +1,21 @@
+/*
+ * A private redis-server for the unit tests that run Lua or commands
+ * against the real thing: a mkdtemp directory, a Unix socket and no TCP
+ * port, no persistence; it dies with the test (PDEATHSIG) and
+ * test_redis_stop() removes the directory.
+ */
+#ifndef FLASHSALE_TEST_REDIS_SERVER_H
+#define FLASHSALE_TEST_REDIS_SERVER_H
+
+#include <hiredis/hiredis.h>
+
+/*
+ * Start `server` (a redis-server path) and connect to it. NULL (with a
+ * message on stderr) when it cannot start. The context stays owned here.
+ */
+redisContext *test_redis_start(const char *server);
+
+/* Kill the server, free the context, remove the directory. Safe to repeat. */
+void test_redis_stop(void);
+
+#endif
