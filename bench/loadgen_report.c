@@ -319,32 +319,6 @@ json_sku_summary(const struct lg_config *cf, const struct lg_result *res,
 }
 
 int
-lg_report_ts_header(FILE *f)
-{
-	return fputs("t_s,sent,accepted,refused,final,answers_per_s,"
-		"purchases_per_s,purchase_p50_ms,purchase_p99_ms\n", f) == EOF || fflush(f) != 0 ? -1 : 0;
-}
-
-int
-lg_report_ts_row(FILE *f, const struct lg_ts_row *row)
-{
-	char lat[64] = "";
-
-	if (row->have_lat)
-		snprintf(lat, sizeof(lat), "%.3f,%.3f", row->purchase_p50_ms,
-			row->purchase_p99_ms);
-	else
-		snprintf(lat, sizeof(lat), ",");
-	/* flushed per row so a live plot can tail the file */
-	if (fprintf(f, "%.3f,%llu,%llu,%llu,%llu,%.1f,%.1f,%s\n",
-	    row->t_s, U(row->sent), U(row->accepted), U(row->refused),
-	    U(row->final), row->answers_per_s, row->purchases_per_s,
-	    lat) < 0 || fflush(f) != 0)
-		return -1;
-	return 0;
-}
-
-int
 lg_report_json(const char *path, const struct lg_config *cf,
 	const struct lg_result *res, int exit_code, char *err, size_t errlen)
 {

@@ -17,7 +17,6 @@
  * fixed-size reservoir, per-interval ones to a reused buffer.
  */
 #include "loadgen_run.h"
-#include "loadgen_report.h"
 
 #include <errno.h>
 #include <math.h>
@@ -900,7 +899,7 @@ ts_row(struct lg_run *r, int64_t now)
 		row.purchase_p99_ms =
 			(double)lg_samples_pct(&r->iv_purchase_lat, 0.99) / 1000.0;
 	}
-	if (lg_report_ts_row(r->ts, &row) != 0)
+	if (lg_ts_write(r->ts, &row) != 0)
 		res->ts_write_failed = true;
 	res->ts_rows++;
 	r->tick_last_us = now;
@@ -1143,7 +1142,7 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 				cf->timeseries_path, strerror(errno));
 			goto fail;
 		}
-		if (lg_report_ts_header(r->ts) != 0)
+		if (lg_ts_header(r->ts) != 0)
 			res->ts_write_failed = true;
 	}
 	for (i = 0; i < cf->concurrency; i++) {

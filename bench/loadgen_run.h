@@ -3,14 +3,15 @@
  * through the gateway's HTTP API from one libevent loop over a pool of
  * keep-alive connections.
  */
-#ifndef FLASHSALE_LOADGEN_RUN_H
-#define FLASHSALE_LOADGEN_RUN_H
+#ifndef FLASHSALE_BENCH_LOADGEN_RUN_H
+#define FLASHSALE_BENCH_LOADGEN_RUN_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "loadgen_stats.h"
+#include "util.h"
 
 struct lg_config {
 	const char *url;		/* http://host[:port][/prefix] */
@@ -110,7 +111,7 @@ struct lg_result {
  * an unreachable gateway is a completed run with res->responses == 0.
  */
 int lg_run(const struct lg_config *cf, struct lg_result *res,
-	char *err, size_t errlen) __attribute__((warn_unused_result));
+	char *err, size_t errlen) FS_MUSTCHECK;
 
 void lg_result_free(struct lg_result *res);
 

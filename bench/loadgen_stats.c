@@ -1,5 +1,6 @@
 #include "loadgen_stats.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,20 +149,35 @@ lg_counts_add(struct lg_counts *t, const char *name, uint64_t by)
 	c->n += by;
 }
 
-uint64_t
-lg_counts_get(const struct lg_counts *t, const char *name)
-{
-	size_t i;
-
-	for (i = 0; i < t->n; i++)
-		if (strcmp(t->c[i].name, name) == 0)
-			return t->c[i].n;
-	return 0;
-}
-
 void
 lg_counts_free(struct lg_counts *t)
 {
 	free(t->c);
 	memset(t, 0, sizeof(*t));
+}
+
+int
+lg_ts_header(FILE *f)
+{
+	return fputs("t_s,sent,accepted,refused,final,answers_per_s,"
+		"purchases_per_s,purchase_p50_ms,purchase_p99_ms\n", f) == EOF || fflush(f) != 0 ? -1 : 0;
+}
+
+int
+lg_ts_write(FILE *f, const struct lg_ts_row *row)
+{
+	char lat[64] = "";
+
+	if (row->have_lat)
+		snprintf(lat, sizeof(lat), "%.3f,%.3f", row->purchase_p50_ms,
+			row->purchase_p99_ms);
+	else
+		snprintf(lat, sizeof(lat), ",");
+	/* flushed per row so a live plot can tail the file */
+	if (fprintf(f, "%.3f,%llu,%llu,%llu,%llu,%.1f,%.1f,%s\n",
+	    row->t_s, (unsigned long long)(row->sent), (unsigned long long)(row->accepted), (unsigned long long)(row->refused),
+	    (unsigned long long)(row->final), row->answers_per_s, row->purchases_per_s,
+	    lat) < 0 || fflush(f) != 0)
+		return -1;
+	return 0;
 }

@@ -8,12 +8,15 @@
  * it keeps a uniform random sample (reservoir) of that many; count, max
  * and mean stay exact, percentiles become estimates from the reservoir.
  */
-#ifndef FLASHSALE_LOADGEN_STATS_H
-#define FLASHSALE_LOADGEN_STATS_H
+#ifndef FLASHSALE_BENCH_LOADGEN_STATS_H
+#define FLASHSALE_BENCH_LOADGEN_STATS_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
+#include "util.h"
 
 #define LG_NAME_MAX 40
 
@@ -65,7 +68,25 @@ void lg_samples_free(struct lg_samples *s);
  * the table's capacity, or longer than LG_NAME_MAX - 1, land in "other".
  */
 void lg_counts_add(struct lg_counts *t, const char *name, uint64_t by);
-uint64_t lg_counts_get(const struct lg_counts *t, const char *name);
 void lg_counts_free(struct lg_counts *t);
+
+/* One --timeseries row: the interval that ends t_s after the first request. */
+struct lg_ts_row {
+	double t_s;
+	uint64_t sent;			/* cumulative */
+	uint64_t accepted;
+	uint64_t refused;
+	uint64_t final;
+	double answers_per_s;		/* this interval */
+	double purchases_per_s;
+	bool have_lat;			/* a purchase answer in this interval */
+	double purchase_p50_ms;
+	double purchase_p99_ms;
+};
+
+/* The CSV header line and one row; -1 on a write error. */
+int lg_ts_header(FILE *f) FS_MUSTCHECK;
+int lg_ts_write(FILE *f, const struct lg_ts_row *row)
+	FS_MUSTCHECK;
 
 #endif

@@ -11,13 +11,12 @@
  * FLASHSALE_* variables are ignored because several daemons share one
  * environment.
  */
-#ifndef FLASHSALE_CONFIG_H
-#define FLASHSALE_CONFIG_H
+#ifndef FLASHSALE_COMMON_CONFIG_H
+#define FLASHSALE_COMMON_CONFIG_H
 
 #include <stdbool.h>
 #include <stddef.h>
-
-#define CF_MUSTCHECK __attribute__((warn_unused_result))
+#include "util.h"
 
 enum cf_type {
 	CF_STR,   /* target: char *  (owned by the config, strdup'ed) */
@@ -46,17 +45,17 @@ struct cf_table {
 };
 
 /* Set every key to its default. */
-int cf_defaults(struct cf_table *t, char *err, size_t errlen) CF_MUSTCHECK;
+int cf_defaults(struct cf_table *t, char *err, size_t errlen) FS_MUSTCHECK;
 
 /* Set one key from its text form; -1 with a reason on unknown key or bad value. */
 int cf_set(struct cf_table *t, const char *key, const char *value,
-	   char *err, size_t errlen) CF_MUSTCHECK;
+	   char *err, size_t errlen) FS_MUSTCHECK;
 
 /* Apply an INI file; -1 with "file:line: reason" on the first bad line. */
-int cf_load_file(struct cf_table *t, const char *path, char *err, size_t errlen) CF_MUSTCHECK;
+int cf_load_file(struct cf_table *t, const char *path, char *err, size_t errlen) FS_MUSTCHECK;
 
 /* Apply FLASHSALE_* variables found in envp (NULL-terminated). */
-int cf_load_env(struct cf_table *t, char *const *envp, char *err, size_t errlen) CF_MUSTCHECK;
+int cf_load_env(struct cf_table *t, char *const *envp, char *err, size_t errlen) FS_MUSTCHECK;
 
 /*
  * The whole start-up sequence for a daemon's main(): defaults, then the file
@@ -77,7 +76,7 @@ void cf_parse_args(struct cf_table *t, int argc, char **argv, int *first_arg);
  * that calls this (the event loop) may be marked reload.
  */
 int cf_reload(struct cf_table *t, void (*changed)(const char *key, void *arg), void *arg,
-	      char *err, size_t errlen) CF_MUSTCHECK;
+	      char *err, size_t errlen) FS_MUSTCHECK;
 
 /* Write "key = value" for every key to the stream (as an INI-ish listing). */
 void cf_print(const struct cf_table *t, void *stdio_file);

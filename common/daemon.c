@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,11 +25,6 @@ static struct daemon_hooks http_hooks;
 static int draining;
 /* Kept for the process lifetime (reachable, so leak checkers stay quiet). */
 static struct event *signal_events[3];
-
-bool daemon_draining(void)
-{
-	return __atomic_load_n(&draining, __ATOMIC_ACQUIRE) != 0;
-}
 
 /* Runs in the event loop, not in a signal handler: exit() is safe here. */
 static void daemon_signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -70,7 +64,8 @@ void daemon_signals(struct event_base *base, const struct daemon_hooks *hooks)
 
 		ev = evsignal_new(base, sigs[i], daemon_signal_cb, NULL);
 		if (ev == NULL || evsignal_add(ev, NULL) < 0)
-			die("signal_setup", "signal=%d msg=\"cannot install signal event\"", sigs[i]);
+			die("startup_failed", "what=signals signal=%d msg=\"cannot install signal event\"",
+			    sigs[i]);
 		signal_events[i] = ev;
 	}
 }
@@ -182,18 +177,19 @@ struct evhttp *daemon_http(struct event_base *base, struct evhttp *http,
 			return NULL;
 		http = evhttp_new(base);
 		if (http == NULL)
-			die("http_setup", "msg=\"evhttp_new failed\"");
+			die("startup_failed", "what=http msg=\"evhttp_new failed\"");
 		if (evhttp_bind_socket_with_handle(http, host, (ev_uint16_t)port) == NULL) {
 			int e = errno;
 
 			evhttp_free(http);
-			die("http_bind", "host=%s port=%d err=\"%s\"", host, port, strerror(e));
+			die("startup_failed", "what=http host=%s port=%d msg=\"%s\"", host, port,
+			    strerror(e));
 		}
 		log_info("http_listening", "host=%s port=%d", host, port);
 	}
 	if (evhttp_set_cb(http, "/healthz", daemon_healthz_cb, NULL) != 0 ||
 	    evhttp_set_cb(http, "/metrics", daemon_metrics_cb, NULL) != 0)
-		die("http_setup", "msg=\"cannot register /healthz or /metrics (already set?)\"");
+		die("startup_failed", "what=http msg=\"cannot register /healthz or /metrics\"");
 	return http;
 }
 
@@ -208,21 +204,6 @@ void daemon_notify_stopping(void)
 {
 #ifdef HAVE_SYSTEMD
 	(void)sd_notify(0, "STOPPING=1");
-#endif
-}
-
-void daemon_notify_status(const char *fmt, ...)
-{
-#ifdef HAVE_SYSTEMD
-	char buf[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	(void)sd_notifyf(0, "STATUS=%s", buf);
-#else
-	(void)fmt;
 #endif
 }
 
@@ -380,12 +361,12 @@ bool daemon_run_worker(struct daemon_thread *t, daemon_health_fn health,
 
 	l.base = event_base_new();
 	if (l.base == NULL)
-		die("event_base", "msg=\"cannot create the event loop\"");
+		die("startup_failed", "what=event_loop msg=\"cannot create the event loop\"");
 	daemon_signals(l.base, &hooks);
 	http = daemon_http(l.base, NULL, host, port, &hooks);
 	watch = event_new(l.base, -1, EV_PERSIST, worker_loop_watch, &l);
 	if (watch == NULL || event_add(watch, &tick) < 0)
-		die("event_setup", "msg=\"cannot add the worker watch\"");
+		die("startup_failed", "what=event_loop msg=\"cannot add the worker watch\"");
 	daemon_notify_ready();
 	event_base_dispatch(l.base);
 	if (!l.drained)
@@ -396,4 +377,19 @@ bool daemon_run_worker(struct daemon_thread *t, daemon_health_fn health,
 		evhttp_free(http);
 	event_base_free(l.base);
 	return l.drained;
+}
+
+void daemon_init(struct cf_table *table, const struct daemon_cfg *base, int argc, char **argv,
+		 int *args)
+{
+	int first_arg;
+
+	cf_parse_args(table, argc, argv, &first_arg);
+	log_init(table->app);
+	if (!log_set_level(base->log_level))
+		die("bad_config", "key=log.level value=%s", base->log_level);
+	if (args != NULL)
+		*args = first_arg;
+	else if (first_arg < argc)
+		die("bad_usage", "msg=\"unexpected argument %s\"", argv[first_arg]);
 }

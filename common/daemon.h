@@ -6,13 +6,17 @@
  * in-flight work, commit offsets, close; then break the loop). A second one
  * exits at once with status 1. SIGHUP calls on_reload when given.
  */
-#ifndef FLASHSALE_DAEMON_H
-#define FLASHSALE_DAEMON_H
+#ifndef FLASHSALE_COMMON_DAEMON_H
+#define FLASHSALE_COMMON_DAEMON_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
+
+#include "kafka.h"
+#include "log.h"
+#include "util.h"
 
 struct event_base;
 struct evhttp;
@@ -68,7 +72,7 @@ struct daemon_thread {
 };
 
 int daemon_thread_start(struct daemon_thread *t, void *(*fn)(void *), void *arg,
-			char *err, size_t errlen) __attribute__((warn_unused_result));
+			char *err, size_t errlen) FS_MUSTCHECK;
 void daemon_thread_stop(struct daemon_thread *t);
 bool daemon_thread_stopping(const struct daemon_thread *t);
 void daemon_thread_beat(struct daemon_thread *t);
@@ -89,7 +93,7 @@ int daemon_thread_join(struct daemon_thread *t);
  */
 bool daemon_run_worker(struct daemon_thread *t, daemon_health_fn health,
 		       void *arg, const char *host, int port, struct cf_table *config)
-	__attribute__((warn_unused_result));
+	FS_MUSTCHECK;
 
 /*
  * SIGHUP: read the configuration again (cf_reload). A bad file or value is
@@ -103,15 +107,35 @@ void daemon_reload_config(struct cf_table *config, void (*changed)(const char *k
 /* sd_notify wrappers: no-ops without systemd. */
 void daemon_notify_ready(void);
 void daemon_notify_stopping(void);
-void daemon_notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* True once the first SIGTERM/SIGINT arrived (workers poll it). */
-bool daemon_draining(void);
+/*
+ * What every daemon's configuration starts with: its first member is a
+ * struct daemon_cfg `base`, and its cf_key table starts with
+ * DAEMON_CF_KEYS(cfg.base, "<default http.port>").
+ */
+struct daemon_cfg {
+	struct kafka_cfg kafka;
+	char *http_host;       /* http.host: /healthz, /metrics (the gateway: its API) */
+	long long http_port;   /* http.port */
+	char *log_level;       /* log.level */
+};
 
-#define HTTP_CF_KEYS(hostvar, portvar, defport) \
-	{ "http.host", CF_STR, &(hostvar), "127.0.0.1", 0, 0, \
-	  "Address the /healthz and /metrics listener binds" }, \
-	{ "http.port", CF_INT, &(portvar), defport, 0, 65535, \
-	  "Port of the /healthz and /metrics listener (0 disables it)" }
+#define DAEMON_CF_KEYS(base, defport) \
+	KAFKA_CF_KEYS((base).kafka), \
+	{ "http.host", CF_STR, &(base).http_host, "127.0.0.1", 0, 0, \
+	  "Address the HTTP listener binds (/healthz and /metrics; the gateway's API)" }, \
+	{ "http.port", CF_INT, &(base).http_port, defport, 0, 65535, \
+	  "Port of the HTTP listener (0 disables it where the daemon allows)" }, \
+	LOG_CF_KEY((base).log_level)
+
+/*
+ * Start-up of a daemon: parse the configuration (exits 2 on a usage error,
+ * 0 after --help, --version or --print-config), start logging as
+ * table->app at base->log_level, and refuse extra arguments unless args is
+ * not NULL (then *args gets the index of the first one). Dies on a bad log
+ * level.
+ */
+void daemon_init(struct cf_table *table, const struct daemon_cfg *base, int argc, char **argv,
+		 int *args);
 
 #endif

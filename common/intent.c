@@ -88,6 +88,31 @@ size_t intent_pack(const fs_intent *in, void *out)
 	return flashsale__intent__pack(in, out);
 }
 
+void ledger_event_set(fs_ledger_event *ev, const struct ledger_fields *f)
+{
+	flashsale__ledger_event__init(ev);
+	ev->kind = (Flashsale__LedgerEvent__Kind)f->kind;
+	ev->event_id = (char *)str_or_empty(f->event_id);
+	ev->request_id = (char *)str_or_empty(f->request_id);
+	ev->sku = (char *)str_or_empty(f->sku);
+	ev->user_id = (char *)str_or_empty(f->user_id);
+	ev->state = (char *)str_or_empty(f->state);
+	ev->reason = (char *)str_or_empty(f->reason);
+	ev->qty = f->qty;
+	ev->deadline_ms = f->deadline_ms;
+	ev->at_ms = f->at_ms;
+	ev->remaining = f->remaining;
+	ev->held = f->held;
+	ev->sold = f->sold;
+	ev->initial = f->initial;
+	ev->intent_kind = (Flashsale__Intent__Kind)f->intent_kind;
+	ev->intent_partition = f->intent_partition;
+	ev->intent_offset = f->intent_offset;
+	ev->epoch = f->epoch;
+	ev->sku_seq = f->sku_seq;
+	ev->changed = f->changed;
+}
+
 fs_ledger_event *ledger_decode(const void *buf, size_t len, char *err, size_t errlen)
 {
 	fs_ledger_event *ev = flashsale__ledger_event__unpack(NULL, len, buf);
@@ -119,22 +144,41 @@ const char *intent_kind_name(int kind)
 	}
 }
 
+static const struct {
+	const char *name;
+	const char *order_state;
+} ledger_kinds[] = {
+	[FLASHSALE__LEDGER_EVENT__KIND__RESERVED] = { "reserved", "held" },
+	[FLASHSALE__LEDGER_EVENT__KIND__PAID] = { "paid", "paid" },
+	[FLASHSALE__LEDGER_EVENT__KIND__CANCELLED] = { "cancelled", "cancelled" },
+	[FLASHSALE__LEDGER_EVENT__KIND__EXPIRED] = { "expired", "expired" },
+	[FLASHSALE__LEDGER_EVENT__KIND__REFUSED] = { "refused", NULL },
+	[FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED] = { "transition_refused", NULL },
+};
+
+#define N_LEDGER_KINDS (sizeof(ledger_kinds) / sizeof(ledger_kinds[0]))
+
 const char *ledger_kind_name(int kind)
 {
-	switch (kind) {
-	case FLASHSALE__LEDGER_EVENT__KIND__RESERVED:
-		return "reserved";
-	case FLASHSALE__LEDGER_EVENT__KIND__PAID:
-		return "paid";
-	case FLASHSALE__LEDGER_EVENT__KIND__CANCELLED:
-		return "cancelled";
-	case FLASHSALE__LEDGER_EVENT__KIND__EXPIRED:
-		return "expired";
-	case FLASHSALE__LEDGER_EVENT__KIND__REFUSED:
-		return "refused";
-	case FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED:
-		return "transition_refused";
-	default:
-		return "unspecified";
-	}
+	return kind > 0 && (size_t)kind < N_LEDGER_KINDS ? ledger_kinds[kind].name : NULL;
+}
+
+int ledger_kind_parse(const char *name)
+{
+	for (size_t k = 1; name != NULL && k < N_LEDGER_KINDS; k++)
+		if (ledger_kinds[k].name != NULL && strcmp(ledger_kinds[k].name, name) == 0)
+			return (int)k;
+	return 0;
+}
+
+const char *ledger_kind_order_state(int kind)
+{
+	return kind > 0 && (size_t)kind < N_LEDGER_KINDS ? ledger_kinds[kind].order_state : NULL;
+}
+
+bool ledger_kind_terminal(int kind)
+{
+	return kind == FLASHSALE__LEDGER_EVENT__KIND__PAID ||
+	       kind == FLASHSALE__LEDGER_EVENT__KIND__CANCELLED ||
+	       kind == FLASHSALE__LEDGER_EVENT__KIND__EXPIRED;
 }

@@ -3,8 +3,8 @@
  * way everywhere (one partitioner, idempotent producers), the topic names,
  * and the dead-letter path.
  */
-#ifndef FLASHSALE_KAFKA_H
-#define FLASHSALE_KAFKA_H
+#ifndef FLASHSALE_COMMON_KAFKA_H
+#define FLASHSALE_COMMON_KAFKA_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -12,6 +12,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "intent.h"     /* topic names and FS_PARTITIONS: the wire contract */
+#include "util.h"
 
 /* Keys every daemon shares; embed in the daemon's cf_key table with KAFKA_CF_KEYS. */
 struct kafka_cfg {
@@ -41,7 +42,7 @@ enum kafka_role {
  */
 rd_kafka_conf_t *kafka_conf_new(const struct kafka_cfg *kc, enum kafka_role role,
 				const char *client_id, const char *group_id,
-				char *err, size_t errlen) __attribute__((warn_unused_result));
+				char *err, size_t errlen) FS_MUSTCHECK;
 
 /*
  * An idempotent producer (kafka_conf_new KAFKA_PRODUCER) whose delivery
@@ -55,11 +56,11 @@ rd_kafka_t *kafka_producer_new(const struct kafka_cfg *kc, const char *client_id
 			       void (*dr_cb)(rd_kafka_t *, const rd_kafka_message_t *, void *),
 			       void (*error_cb)(rd_kafka_t *, int, const char *, void *),
 			       void *opaque, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+	FS_MUSTCHECK;
 
 /* Set one property, with the reason in err on failure. */
 int kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
-		   char *err, size_t errlen) __attribute__((warn_unused_result));
+		   char *err, size_t errlen) FS_MUSTCHECK;
 
 /*
  * Produce the message m (as consumed) to the dead-letter topic wrapped in a
@@ -68,7 +69,7 @@ int kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
  */
 int kafka_deadletter(rd_kafka_t *producer, const rd_kafka_message_t *m,
 		     const char *consumer, const char *reason,
-		     char *err, size_t errlen) __attribute__((warn_unused_result));
+		     char *err, size_t errlen) FS_MUSTCHECK;
 
 /*
  * Poll one batch from a subscribed consumer: wait up to first_ms for a first
@@ -85,7 +86,7 @@ size_t kafka_poll_batch(rd_kafka_t *consumer, size_t max, int first_ms, int wait
  * Flush the producer until every enqueued message was delivered or failed,
  * at most timeout_ms. Returns 0 when the out-queue is empty.
  */
-int kafka_flush(rd_kafka_t *producer, int timeout_ms) __attribute__((warn_unused_result));
+int kafka_flush(rd_kafka_t *producer, int timeout_ms) FS_MUSTCHECK;
 
 /*
  * The partition every flashsale producer puts a key on (murmur2, the Java
@@ -96,7 +97,7 @@ int32_t kafka_partition_of(const char *key, size_t keylen);
 
 /* An assign-only consumer (KAFKA_READER) for kafka_read_ranges. NULL with err. */
 rd_kafka_t *kafka_reader_new(const struct kafka_cfg *kc, const char *client_id,
-			     char *err, size_t errlen) __attribute__((warn_unused_result));
+			     char *err, size_t errlen) FS_MUSTCHECK;
 
 /* Offsets [from, to) of one partition; to is usually a high watermark. */
 struct kafka_range {
@@ -115,6 +116,6 @@ struct kafka_range {
 int kafka_read_ranges(rd_kafka_t *rk, const char *topic, const struct kafka_range *r,
 		      size_t n, int64_t idle_ms,
 		      int (*fn)(void *arg, const rd_kafka_message_t *m), void *arg,
-		      char *err, size_t errlen) __attribute__((warn_unused_result));
+		      char *err, size_t errlen) FS_MUSTCHECK;
 
 #endif

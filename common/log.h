@@ -8,11 +8,12 @@
  * the caller's to keep free of double quotes (use log_quote() when it is not).
  * The level macros test the level before anything is formatted.
  */
-#ifndef FLASHSALE_LOG_H
-#define FLASHSALE_LOG_H
+#ifndef FLASHSALE_COMMON_LOG_H
+#define FLASHSALE_COMMON_LOG_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include "util.h"
 
 enum log_level {
 	LOG_LEVEL_ERROR = 0,
@@ -32,7 +33,7 @@ extern enum log_level log_threshold;
 void log_init(const char *app);
 
 /* Parse "error", "warn", "info" or "debug"; false if none of those. */
-bool log_set_level(const char *name) __attribute__((warn_unused_result));
+bool log_set_level(const char *name) FS_MUSTCHECK;
 
 void log_write(enum log_level level, const char *event, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

@@ -3,8 +3,8 @@
  * (not thread-safe), then updated lock-free from any thread (relaxed atomics)
  * and rendered by the HTTP thread. Names get the "flashsale_" prefix.
  */
-#ifndef FLASHSALE_METRICS_H
-#define FLASHSALE_METRICS_H
+#ifndef FLASHSALE_COMMON_METRICS_H
+#define FLASHSALE_COMMON_METRICS_H
 
 #include <stdint.h>
 #include <stddef.h>

@@ -163,3 +163,18 @@ long long redisx_time_ms(redisContext *c, char *err, size_t errlen)
 	freeReplyObject(r);
 	return ms;
 }
+
+redisReply *redisx_must(redisContext *c, redisReply *r, const char *what, char *err,
+			size_t errlen)
+{
+	if (r == NULL) {
+		snprintf(err, errlen, "redis %s: %s", what, c->errstr[0] ? c->errstr : "no reply");
+		return NULL;
+	}
+	if (r->type == REDIS_REPLY_ERROR) {
+		snprintf(err, errlen, "redis %s: %s", what, r->str);
+		freeReplyObject(r);
+		return NULL;
+	}
+	return r;
+}

@@ -15,15 +15,27 @@
  * States in fs:req st (the API's words): queued reserved paid cancelled
  * expired sold_out limit_reached not_started ended unknown_sku
  */
-#ifndef FLASHSALE_REDISX_H
-#define FLASHSALE_REDISX_H
+#ifndef FLASHSALE_COMMON_REDISX_H
+#define FLASHSALE_COMMON_REDISX_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
+#include "util.h"
 
 struct event_base;
+
+/*
+ * How long Redis keeps a request's record (fs:req:<id>): the idempotency
+ * horizon for replays. The gateway's "queued" marker, the deductor's record
+ * and the reconciler's rebuilt one must agree, so the key is one macro:
+ * RECORD_TTL_CF_KEY("deductor.record_ttl_s", cfg.record_ttl_s).
+ */
+#define RECORD_TTL_CF_KEY(key, var) \
+	{ key, CF_INT, &(var), "604800", 60, 315360000, \
+	  "Seconds Redis keeps a request's record: the idempotency horizon for replays " \
+	  "(the same in the gateway, the deductor and the reconciler)" }
 
 #define REDIS_CF_KEYS(addrvar) \
 	{ "redis.address", CF_STR, &(addrvar), "unix:/run/flashsale/redis.sock", 0, 0, \
@@ -34,17 +46,25 @@ struct event_base;
  * "host:port" with a connect/command timeout. NULL with a reason in err.
  */
 redisContext *redisx_connect(const char *address, int timeout_ms,
-			     char *err, size_t errlen) __attribute__((warn_unused_result));
+			     char *err, size_t errlen) FS_MUSTCHECK;
 
 /* Same address syntax, non-blocking, attached to base (libevent adapter). */
 redisAsyncContext *redisx_connect_async(struct event_base *base, const char *address,
-					char *err, size_t errlen) __attribute__((warn_unused_result));
+					char *err, size_t errlen) FS_MUSTCHECK;
 
 /* SCRIPT LOAD src and write its 40-hex sha1 plus NUL into sha. */
 int redisx_script_load(redisContext *c, const char *src, char sha[41],
-		       char *err, size_t errlen) __attribute__((warn_unused_result));
+		       char *err, size_t errlen) FS_MUSTCHECK;
 
 /* Redis TIME in milliseconds: the one clock every deadline uses. -1 on error. */
-long long redisx_time_ms(redisContext *c, char *err, size_t errlen) __attribute__((warn_unused_result));
+/*
+ * The reply r of a command on c that must have worked: r, or NULL (r
+ * freed) with "redis <what>: <why>" in err when there was no reply or an
+ * error reply.
+ */
+redisReply *redisx_must(redisContext *c, redisReply *r, const char *what, char *err,
+			size_t errlen);
+
+long long redisx_time_ms(redisContext *c, char *err, size_t errlen) FS_MUSTCHECK;
 
 #endif

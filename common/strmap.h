@@ -3,8 +3,8 @@
  * linear probing, keys copied. Made for hot paths that look up a few
  * thousand keys per batch without allocating.
  */
-#ifndef FLASHSALE_STRMAP_H
-#define FLASHSALE_STRMAP_H
+#ifndef FLASHSALE_COMMON_STRMAP_H
+#define FLASHSALE_COMMON_STRMAP_H
 
 #include <stdbool.h>
 #include <stddef.h>

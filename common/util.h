@@ -1,6 +1,6 @@
 /* Small things every daemon needs: clocks, identifiers, validation. */
-#ifndef FLASHSALE_UTIL_H
-#define FLASHSALE_UTIL_H
+#ifndef FLASHSALE_COMMON_UTIL_H
+#define FLASHSALE_COMMON_UTIL_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,6 +32,6 @@ void request_id_new(char out[27]);
  * sees it half written. 0, or -1 with the reason in err.
  */
 int util_write_atomic(const char *path, const char *text, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+	FS_MUSTCHECK;
 
 #endif

@@ -17,8 +17,8 @@
  * Worker thread only, except the fence notes (guard_note_*, guard_health),
  * which are locked because /healthz reads them from the main thread.
  */
-#ifndef DEDUCTOR_GUARD_H
-#define DEDUCTOR_GUARD_H
+#ifndef FLASHSALE_DEDUCTOR_GUARD_H
+#define FLASHSALE_DEDUCTOR_GUARD_H
 
 #include <pthread.h>
 #include <stdbool.h>

@@ -8,9 +8,11 @@
 int ledger_event_id(char *out, size_t n, const char *request_id, int event_kind,
 		    const char *reason)
 {
-	const char *kind = step_event_name(event_kind);
+	const char *kind = ledger_kind_name(event_kind);
 	int len;
 
+	if (kind == NULL)
+		return -1;
 	if (event_kind == FLASHSALE__LEDGER_EVENT__KIND__REFUSED ||
 	    event_kind == FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED)
 		len = snprintf(out, n, "%s:%s:%s", request_id, kind, reason ? reason : "");
@@ -33,29 +35,18 @@ int ledger_build(struct ledger_out *out, const fs_intent *in, const struct step_
 		snprintf(err, errlen, "event id too long");
 		return -1;
 	}
-	flashsale__ledger_event__init(ev);
-	ev->kind = (Flashsale__LedgerEvent__Kind)res->event_kind;
-	ev->event_id = out->event_id;
-	ev->request_id = in->request_id;
-	ev->sku = in->sku;
-	/* The purchase's buyer as Redis recorded it; a pay/cancel/release may
-	 * come without one. */
-	ev->user_id = (char *)(res->user_id[0] != '\0' ? res->user_id :
-			       (in->user_id != NULL ? in->user_id : ""));
-	ev->qty = res->qty;
-	ev->state = (char *)res->state;
-	ev->reason = (char *)res->reason;
-	ev->deadline_ms = res->deadline_ms;
-	ev->at_ms = res->at_ms;
-	ev->remaining = res->remaining;
-	ev->held = res->held;
-	ev->sold = res->sold;
-	ev->initial = res->initial;
-	ev->intent_kind = in->kind;
-	ev->intent_partition = partition;
-	ev->intent_offset = offset;
-	ev->epoch = res->epoch;
-	ev->sku_seq = res->sku_seq;
-	ev->changed = res->changed;
+	ledger_event_set(ev, &(struct ledger_fields){
+		.kind = res->event_kind, .event_id = out->event_id,
+		.request_id = in->request_id, .sku = in->sku,
+		/* The purchase's buyer as Redis recorded it; a pay/cancel/release
+		 * may come without one. */
+		.user_id = res->user_id[0] != '\0' ? res->user_id : in->user_id,
+		.qty = res->qty, .state = res->state, .reason = res->reason,
+		.deadline_ms = res->deadline_ms, .at_ms = res->at_ms,
+		.remaining = res->remaining, .held = res->held, .sold = res->sold,
+		.initial = res->initial, .intent_kind = in->kind,
+		.intent_partition = partition, .intent_offset = offset,
+		.epoch = res->epoch, .sku_seq = res->sku_seq, .changed = res->changed,
+	});
 	return 0;
 }

@@ -2,14 +2,15 @@
  * Step result -> LedgerEvent. The event's strings point into the intent, the
  * result and the struct ledger_out, so all three must outlive the event.
  */
-#ifndef DEDUCTOR_LEDGER_H
-#define DEDUCTOR_LEDGER_H
+#ifndef FLASHSALE_DEDUCTOR_LEDGER_H
+#define FLASHSALE_DEDUCTOR_LEDGER_H
 
 #include <stddef.h>
 #include <stdint.h>
 
 #include "intent.h"
 #include "step.h"
+#include "util.h"
 
 /* "<request_id>:<kind>:<reason>" at most */
 #define LEDGER_EVENT_ID_MAX (FS_ID_MAX + 2 * STEP_WORD_MAX + 3)
@@ -26,7 +27,7 @@ struct ledger_out {
  * does not fit.
  */
 int ledger_event_id(char *out, size_t n, const char *request_id, int event_kind,
-		    const char *reason) __attribute__((warn_unused_result));
+		    const char *reason) FS_MUSTCHECK;
 
 /*
  * Build the event for an STEP_OK result of intent `in`, which was at
@@ -35,6 +36,6 @@ int ledger_event_id(char *out, size_t n, const char *request_id, int event_kind,
  */
 int ledger_build(struct ledger_out *out, const fs_intent *in, const struct step_result *res,
 		 int32_t partition, int64_t offset, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+	FS_MUSTCHECK;
 
 #endif

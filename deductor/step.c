@@ -7,38 +7,12 @@
 #include <string.h>
 
 #include "flashsale.pb-c.h"
+#include "log.h"
+#include "redisx.h"
 
 /* The script's reply: {'ok', ev, state, reason, user, qty, deadline, now,
  * remaining, held, sold, initial, epoch, changed, sku_seq}. */
 #define STEP_REPLY_LEN 15
-
-static const char *const event_names[] = {
-	[FLASHSALE__LEDGER_EVENT__KIND__RESERVED] = "reserved",
-	[FLASHSALE__LEDGER_EVENT__KIND__PAID] = "paid",
-	[FLASHSALE__LEDGER_EVENT__KIND__CANCELLED] = "cancelled",
-	[FLASHSALE__LEDGER_EVENT__KIND__EXPIRED] = "expired",
-	[FLASHSALE__LEDGER_EVENT__KIND__REFUSED] = "refused",
-	[FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED] = "transition_refused",
-};
-
-#define N_EVENT_NAMES (sizeof(event_names) / sizeof(event_names[0]))
-
-int step_event_kind(const char *word)
-{
-	size_t i;
-
-	for (i = 1; i < N_EVENT_NAMES; i++)
-		if (event_names[i] != NULL && strcmp(event_names[i], word) == 0)
-			return (int)i;
-	return 0;
-}
-
-const char *step_event_name(int kind)
-{
-	if (kind > 0 && (size_t)kind < N_EVENT_NAMES && event_names[kind] != NULL)
-		return event_names[kind];
-	return "unknown";
-}
 
 void step_cmd_build(struct step_cmd *cmd, const char *sha, const fs_intent *in,
 		    const struct step_args *a, const struct step_params *prm)
@@ -187,7 +161,7 @@ void step_parse(const redisReply *r, struct step_result *out)
 		return;
 	}
 	if (!reply_word(r->element[1], word, sizeof(word)) ||
-	    (out->event_kind = step_event_kind(word)) == 0) {
+	    (out->event_kind = ledger_kind_parse(word)) == 0) {
 		step_fail(out, "", "deduct.lua: unknown event kind");
 		return;
 	}
@@ -208,7 +182,7 @@ void step_parse(const redisReply *r, struct step_result *out)
 		int kind = out->event_kind;
 
 		memset(out, 0, sizeof(*out));
-		step_fail(out, "deduct.lua: malformed reply for ", step_event_name(kind));
+		step_fail(out, "deduct.lua: malformed reply for ", ledger_kind_name(kind));
 		return;
 	}
 	out->qty = (uint32_t)qty;
@@ -262,4 +236,99 @@ int step_run(redisContext *c, const char *sha, const struct step_params *prm,
 		return STEP_RUN_NOSCRIPT;
 	}
 	return STEP_RUN_OK;
+}
+
+#define STEP_REDIS_TIMEOUT_MS 5000
+#define STEP_BACKOFF_MAX_MS 5000
+
+void step_conn_init(struct step_conn *sc, const char *address, long long first_backoff_ms)
+{
+	memset(sc, 0, sizeof(*sc));
+	sc->address = address;
+	sc->first_backoff_ms = first_backoff_ms;
+}
+
+void step_conn_drop(struct step_conn *sc)
+{
+	if (sc->c != NULL)
+		redisFree(sc->c);
+	sc->c = NULL;
+	__atomic_store_n(&sc->up, 0, __ATOMIC_RELAXED);
+}
+
+int step_conn_ensure(struct step_conn *sc)
+{
+	char err[512], q[512];
+	int64_t now;
+
+	if (sc->c != NULL)
+		return 0;
+	now = mono_us();
+	if (now < sc->next_connect_us)
+		return -1;
+	sc->c = redisx_connect(sc->address, STEP_REDIS_TIMEOUT_MS, err, sizeof(err));
+	if (sc->c != NULL && redisx_script_load(sc->c, fs_deduct_lua, sc->sha, err,
+						sizeof(err)) == 0) {
+		__atomic_store_n(&sc->up, 1, __ATOMIC_RELAXED);
+		sc->fresh = true;
+		sc->backoff_ms = 0;
+		log_info("redis_connected", "address=%s sha=%s", sc->address, sc->sha);
+		return 0;
+	}
+	step_conn_drop(sc);
+	sc->backoff_ms = sc->backoff_ms <= 0 ? sc->first_backoff_ms : sc->backoff_ms * 2;
+	if (sc->backoff_ms > STEP_BACKOFF_MAX_MS)
+		sc->backoff_ms = STEP_BACKOFF_MAX_MS;
+	sc->next_connect_us = now + sc->backoff_ms * 1000;
+	log_warn("redis_connect_failed", "backoff_ms=%" PRId64 " msg=\"%s\"", sc->backoff_ms,
+		 log_quote(q, sizeof(q), err));
+	return -1;
+}
+
+int step_conn_run(struct step_conn *sc, const struct step_params *prm,
+		  fs_intent *const *intents, const struct step_args *args,
+		  struct step_result *results, size_t n)
+{
+	char err[512], q[512];
+	int rc;
+
+	if (step_conn_ensure(sc) < 0)
+		return -1;
+	rc = step_run(sc->c, sc->sha, prm, intents, args, results, n, err, sizeof(err));
+	if (rc == STEP_RUN_NOSCRIPT) {
+		log_info("redis_noscript", "msg=\"reloading deduct.lua\"");
+		if (redisx_script_load(sc->c, fs_deduct_lua, sc->sha, err, sizeof(err)) == 0)
+			rc = step_run(sc->c, sc->sha, prm, intents, args, results, n, err,
+				      sizeof(err));
+	}
+	if (rc == STEP_RUN_OK)
+		return 0;
+	log_warn("redis_error", "items=%zu msg=\"%s\"", n, log_quote(q, sizeof(q), err));
+	/* A refusal (OOM, READONLY...) comes over a healthy connection. */
+	if (rc != STEP_RUN_BUSY)
+		step_conn_drop(sc);
+	return -1;
+}
+
+int step_conn_epoch(struct step_conn *sc, bool *present, int64_t *epoch)
+{
+	redisReply *r;
+	char q[512];
+
+	if (step_conn_ensure(sc) < 0)
+		return -1;
+	r = redisCommand(sc->c, "GET fs:ready");
+	if (r != NULL && (r->type == REDIS_REPLY_NIL || r->type == REDIS_REPLY_STRING)) {
+		*present = r->type == REDIS_REPLY_STRING;
+		*epoch = *present ? strtoll(r->str, NULL, 10) : 0;
+		freeReplyObject(r);
+		return 0;
+	}
+	log_warn("redis_error", "cmd=GET msg=\"%s\"",
+		 log_quote(q, sizeof(q), r != NULL && r->type == REDIS_REPLY_ERROR ? r->str :
+			   sc->c->errstr));
+	if (r != NULL)
+		freeReplyObject(r);
+	step_conn_drop(sc);
+	return -1;
 }

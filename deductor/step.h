@@ -3,8 +3,8 @@
  * Building the command and parsing its reply are pure so that they can be
  * tested without a server; step_run does the I/O.
  */
-#ifndef DEDUCTOR_STEP_H
-#define DEDUCTOR_STEP_H
+#ifndef FLASHSALE_DEDUCTOR_STEP_H
+#define FLASHSALE_DEDUCTOR_STEP_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -16,8 +16,6 @@
 
 /* deductor/deduct.lua, embedded at build time. */
 extern const char fs_deduct_lua[];
-
-#define STEP_MUSTCHECK __attribute__((warn_unused_result))
 
 /*
  * EVALSHA sha 7 k1..k7 kind rid sku user qty ttl partition offset min_wm
@@ -108,10 +106,6 @@ void step_parse(const redisReply *r, struct step_result *out);
  */
 bool step_reply_transient(const redisReply *r);
 
-/* Event kind from the script's word ("reserved" ...); 0 when unknown. */
-int step_event_kind(const char *word);
-/* The script's word for an event kind ("reserved" ...); "unknown" if none. */
-const char *step_event_name(int kind);
 
 enum step_run_status {
 	STEP_RUN_OK = 0,
@@ -128,6 +122,40 @@ enum step_run_status {
  */
 int step_run(redisContext *c, const char *sha, const struct step_params *prm,
 	     fs_intent *const *intents, const struct step_args *args,
-	     struct step_result *results, size_t n, char *err, size_t errlen) STEP_MUSTCHECK;
+	     struct step_result *results, size_t n, char *err, size_t errlen) FS_MUSTCHECK;
+
+/*
+ * The deductor's one Redis connection, with deduct.lua loaded: connected
+ * lazily, at most one attempt per backoff period (so a dead Redis costs the
+ * worker no time), dropped after an I/O error.
+ */
+struct step_conn {
+	const char *address;
+	long long first_backoff_ms;
+	redisContext *c;            /* NULL while disconnected */
+	char sha[41];
+	int up;                     /* atomic: for health */
+	bool fresh;                 /* connected since the caller last cleared it */
+	int64_t next_connect_us;
+	int64_t backoff_ms;
+};
+
+void step_conn_init(struct step_conn *sc, const char *address, long long first_backoff_ms);
+void step_conn_drop(struct step_conn *sc);
+
+/* A connection (one attempt when due): 0, or -1 while Redis is unreachable. */
+int step_conn_ensure(struct step_conn *sc) FS_MUSTCHECK;
+
+/*
+ * step_run over the connection, redone at once after a NOSCRIPT (Redis
+ * restarted or SCRIPT FLUSH). -1 on any other failure (dropping the
+ * connection unless Redis refused for now): the caller retries later.
+ */
+int step_conn_run(struct step_conn *sc, const struct step_params *prm,
+		  fs_intent *const *intents, const struct step_args *args,
+		  struct step_result *results, size_t n) FS_MUSTCHECK;
+
+/* GET fs:ready: 0 with *present and *epoch, -1 on a Redis error (dropped). */
+int step_conn_epoch(struct step_conn *sc, bool *present, int64_t *epoch) FS_MUSTCHECK;
 
 #endif

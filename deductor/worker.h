@@ -1,68 +1,52 @@
 /*
- * The deductor's worker thread: poll a batch of intents, apply them in Redis
- * (one pipelined EVALSHA each), produce their ledger events, wait for
- * delivery, check the Redis epoch, then store the offsets. Offsets are only
- * stored after all of that succeeded, so a crash, a rebalance or a failure
- * anywhere means the intents are applied again; the step is idempotent per
- * request id, so that is safe.
+ * The deductor's part of the shared batch consumer (common/consumer.h): a
+ * batch of intents is applied in Redis (one pipelined EVALSHA of deduct.lua
+ * each), their ledger events are produced, and once they are delivered the
+ * Redis epoch is checked; only then are the offsets stored. So a crash, a
+ * rebalance or a failure anywhere means the intents are applied again; the
+ * step is idempotent per request id, so that is safe.
  */
-#ifndef DEDUCTOR_WORKER_H
-#define DEDUCTOR_WORKER_H
+#ifndef FLASHSALE_DEDUCTOR_WORKER_H
+#define FLASHSALE_DEDUCTOR_WORKER_H
 
-#include "daemon.h"
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "kafka.h"
+#include "consumer.h"
+#include "daemon.h"
+#include "util.h"
 
-#define WORKER_MUSTCHECK __attribute__((warn_unused_result))
-
-struct deductor_cfg {
-	struct kafka_cfg kafka;
+/* Every key of the deductor's config table (main.c). */
+struct dd_config {
+	struct daemon_cfg base;
+	struct consumer_settings consumer; /* deductor.group, .batch_size, ... */
 	char *redis_address;
-	char *http_host;
-	long long http_port;
-	char *log_level;
-	char *group;                 /* deductor.group */
-	long long batch_size;        /* deductor.batch_size */
-	long long batch_wait_ms;     /* deductor.batch_wait_ms */
 	long long record_ttl_s;      /* deductor.record_ttl_s */
-	long long retry_backoff_ms;  /* deductor.retry_backoff_ms */
 	long long pay_max_lag_ms;    /* deductor.pay_max_lag_ms */
 	long long probe_events;      /* deductor.probe_events */
 	long long probe_timeout_ms;  /* deductor.probe_timeout_ms */
 };
 
-struct worker;
-
-/* Register the deductor's metrics (start-up, once). */
-void worker_metrics_register(void);
+struct dd_worker;
 
 /*
- * Create the Kafka consumer (subscribed to the intents topic) and producer.
- * cfg must outlive the worker. NULL with a reason in err.
+ * Create the consumer (subscribed to the intents topic, producing to the
+ * ledger), the ledger reader and the metrics. cfg must outlive the worker.
+ * Start-up only: NULL with a reason in err.
  */
-struct worker *worker_new(const struct deductor_cfg *cfg, char *err, size_t errlen)
-	WORKER_MUSTCHECK;
+struct dd_worker *dd_worker_new(const struct dd_config *cfg, char *err, size_t errlen)
+	FS_MUSTCHECK;
 
-/* Start the thread. */
-int worker_start(struct worker *w, char *err, size_t errlen) WORKER_MUSTCHECK;
+/* The worker's consumer, for consumer_run(). */
+struct consumer *dd_worker_consumer(struct dd_worker *w);
+
+void dd_worker_free(struct dd_worker *w);
 
 /*
- * The thread, for daemon_run_worker(): its stop request drains (finish the
- * batch, store offsets, close).
+ * /healthz (a daemon_health_fn on a struct dd_worker): heartbeat, Redis
+ * connection (failed without), missing state or fenced partitions
+ * (degraded, with the reason and the fences). Any thread.
  */
-struct daemon_thread *worker_thread(struct worker *w);
-
-/* Join the thread; 0 if it drained cleanly, -1 if it stopped on a failure. */
-int worker_join(struct worker *w) WORKER_MUSTCHECK;
-
-void worker_free(struct worker *w);
-
-/*
- * /healthz: heartbeat, Redis connection (failed without), missing state or
- * fenced partitions (degraded, with the reason and the fences). Any thread.
- */
-enum daemon_health worker_health(struct worker *w, char *detail, size_t n);
+enum daemon_health dd_worker_health(void *dd_worker, char *detail, size_t n);
 
 #endif

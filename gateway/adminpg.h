@@ -5,13 +5,14 @@
  * run one at a time in FIFO order (admin traffic is tiny). While PostgreSQL
  * is away submissions fail at once and a timer reconnects in the background.
  */
-#ifndef GATEWAY_ADMINPG_H
-#define GATEWAY_ADMINPG_H
+#ifndef FLASHSALE_GATEWAY_ADMINPG_H
+#define FLASHSALE_GATEWAY_ADMINPG_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
 #include <libpq-fe.h>
+#include "util.h"
 
 struct event_base;
 struct event;
@@ -53,7 +54,7 @@ struct adminpg {
 
 /* Start connecting in the background. Start-up only: -1 on allocation failure. */
 int adminpg_init(struct adminpg *pg, struct event_base *base, const char *conninfo)
-	__attribute__((warn_unused_result));
+	FS_MUSTCHECK;
 
 static inline bool adminpg_ready(const struct adminpg *pg)
 {
@@ -63,7 +64,7 @@ static inline bool adminpg_ready(const struct adminpg *pg)
 /* Queue a query; -1 (cb never runs) when not connected or the queue is full. */
 int adminpg_submit(struct adminpg *pg, const char *sql, int nparams,
 		   const char *const *params, adminpg_cb cb, void *arg)
-	__attribute__((warn_unused_result));
+	FS_MUSTCHECK;
 
 /* Close: queued callbacks run with an error. */
 void adminpg_free(struct adminpg *pg);

@@ -2,13 +2,24 @@
  * flashsale-gateway: the asynchronous HTTP front door. One libevent loop
  * runs everything; every module below keeps its state in struct gateway and
  * nothing blocks the loop after start-up.
+ *
+ *   request    pure parsing and validation of request bodies
+ *   ratelimit  per-user token buckets
+ *   store      the Redis connection (struct gw_store)
+ *   promo      the promotion cache and its refresh, the Redis clock
+ *   producer   the Kafka producer; delivery reports go to a callback
+ *   adminpg    the PostgreSQL connection of the admin API
+ *   call       answering requests: replies, deferred answers, their counts
+ *   admin      POST /admin/promotions
+ *   routes     the public API's handlers and the dispatch of every request
  */
-#ifndef GATEWAY_H
-#define GATEWAY_H
+#ifndef FLASHSALE_GATEWAY_H
+#define FLASHSALE_GATEWAY_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "daemon.h"
 #include "kafka.h"
 #include "request.h"
 #include "ratelimit.h"
@@ -16,6 +27,8 @@
 #include "promo.h"
 #include "producer.h"
 #include "adminpg.h"
+#include "call.h"
+#include "admin.h"
 #include "routes.h"
 
 struct event_base;
@@ -23,12 +36,9 @@ struct evhttp;
 struct event;
 
 struct gw_config {
-	struct kafka_cfg kafka;
+	struct daemon_cfg base;
 	char *redis_address;
 	char *pg_conninfo;
-	char *http_host;
-	long long http_port;
-	char *log_level;
 	char *admin_token;          /* "" = admin API disabled */
 	long long max_inflight;
 	long long user_rate_per_s;
@@ -44,7 +54,7 @@ struct gateway {
 	struct event_base *base;
 	struct evhttp *http;
 	struct gw_config cfg;
-	struct store store;
+	struct gw_store store;
 	struct promo_cache promo;
 	struct producer prod;
 	struct ratelimit rl;

@@ -28,11 +28,9 @@
 static struct gateway gw;
 
 static struct cf_key keys[] = {
-	KAFKA_CF_KEYS(gw.cfg.kafka),
+	DAEMON_CF_KEYS(gw.cfg.base, "8080"),
 	REDIS_CF_KEYS(gw.cfg.redis_address),
 	PG_CF_KEYS(gw.cfg.pg_conninfo),
-	HTTP_CF_KEYS(gw.cfg.http_host, gw.cfg.http_port, "8080"),
-	LOG_CF_KEY(gw.cfg.log_level),
 	{ "gateway.admin_token", CF_STR, &gw.cfg.admin_token, "", 0, 0,
 	  "Bearer token of POST /admin/promotions (empty disables the admin API)" },
 	{ "gateway.max_inflight", CF_INT, &gw.cfg.max_inflight, "20000", 1, 10000000,
@@ -46,8 +44,7 @@ static struct cf_key keys[] = {
 	  "How often the promotion cache and the Redis clock offset are refreshed" },
 	{ "gateway.cache_max_age_ms", CF_INT, &gw.cfg.cache_max_age_ms, "5000", 100, 3600000,
 	  "Oldest promotion cache purchases may be filtered with (older: 503 busy)" },
-	{ "gateway.record_ttl_s", CF_INT, &gw.cfg.record_ttl_s, "604800", 60, 31536000,
-	  "Lifetime of the \"queued\" request record in Redis, seconds" },
+	RECORD_TTL_CF_KEY("gateway.record_ttl_s", gw.cfg.record_ttl_s),
 	{ "gateway.drain_timeout_ms", CF_INT, &gw.cfg.drain_timeout_ms, "10000", 0, 600000,
 	  "On SIGTERM, how long to wait for in-flight produces before failing them" },
 	{ "gateway.max_body", CF_INT, &gw.cfg.max_body, "4096", 256, 1048576,
@@ -55,16 +52,12 @@ static struct cf_key keys[] = {
 	{ NULL, 0, NULL, NULL, 0, 0, NULL },
 };
 
-static struct cf_table table = {
-	.app = APP,
-	.usage = NULL,
-	.keys = keys,
-};
+static struct cf_table table = { .app = APP, .usage = NULL, .keys = keys };
 
 static enum daemon_health gw_health(void *arg, char *detail, size_t n)
 {
 	struct gateway *g = arg;
-	bool redis = store_ready(&g->store);
+	bool redis = gw_store_ready(&g->store);
 	bool cache = promo_fresh(&g->promo);
 	/*
 	 * All-brokers-down is reported, not fatal to health: it is cleared
@@ -101,7 +94,7 @@ static void gw_drain_finish(struct gateway *g)
 	event_free(g->drain_ev);
 	g->drain_ev = NULL;
 	producer_close(&g->prod, 1000);
-	store_close(&g->store);
+	gw_store_close(&g->store);
 	adminpg_free(&g->pg);
 	if (event_base_once(g->base, -1, EV_TIMEOUT, gw_linger_cb, g, &tv) < 0)
 		event_base_loopbreak(g->base);
@@ -161,51 +154,46 @@ int main(int argc, char **argv)
 		.arg = &gw,
 	};
 	char err[512];
-	int first_arg;
 	size_t max_req;
 
-	cf_parse_args(&table, argc, argv, &first_arg);
-	log_init(APP);
-	if (!log_set_level(gw.cfg.log_level))
-		die("bad_config", "msg=\"log.level must be error, warn, info or debug\"");
-	if (first_arg < argc)
-		die("bad_usage", "msg=\"unexpected argument %s\"", argv[first_arg]);
-	if (gw.cfg.http_port == 0)
-		die("bad_config", "msg=\"http.port must not be 0: it serves the API\"");
+	daemon_init(&table, &gw.cfg.base, argc, argv, NULL);
+	if (gw.cfg.base.http_port == 0)
+		die("bad_config", "key=http.port value=0 msg=\"it serves the API\"");
 
 	gw.base = event_base_new();
 	if (gw.base == NULL)
-		die("startup_failed", "msg=\"event_base_new\"");
+		die("startup_failed", "what=event_loop msg=\"event_base_new\"");
 	routes_metrics_register();
 	if (ratelimit_init(&gw.rl, RL_SLOTS, (double)gw.cfg.user_rate_per_s,
 			   (double)gw.cfg.user_burst) < 0)
-		die("startup_failed", "msg=\"rate-limit table\"");
-	if (store_init(&gw.store, gw.base, gw.cfg.redis_address) < 0)
-		die("startup_failed", "msg=\"redis\"");
-	if (producer_init(&gw.prod, &gw, err, sizeof(err)) < 0)
-		die("startup_failed", "msg=\"kafka: %s\"", err);
+		die("startup_failed", "what=ratelimit msg=\"out of memory\"");
+	if (gw_store_init(&gw.store, gw.base, gw.cfg.redis_address) < 0)
+		die("startup_failed", "what=redis msg=\"out of memory\"");
+	if (producer_init(&gw.prod, gw.base, &gw.cfg.base.kafka, routes_on_delivery, &gw,
+			  err, sizeof(err)) < 0)
+		die("startup_failed", "what=kafka msg=\"%s\"", err);
 	if (promo_init(&gw) < 0)
-		die("startup_failed", "msg=\"promotion cache\"");
+		die("startup_failed", "what=promo_cache msg=\"out of memory\"");
 	/* Admin disabled: no PostgreSQL connection at all. */
 	if (gw.cfg.admin_token[0] != '\0' &&
 	    adminpg_init(&gw.pg, gw.base, gw.cfg.pg_conninfo) < 0)
-		die("startup_failed", "msg=\"postgres\"");
+		die("startup_failed", "what=postgres msg=\"out of memory\"");
 
 	gw.http = evhttp_new(gw.base);
 	if (gw.http == NULL)
-		die("startup_failed", "msg=\"evhttp_new\"");
+		die("startup_failed", "what=http msg=\"evhttp_new\"");
 	/* Slightly too large bodies get our JSON 400; huge ones evhttp's 413, unbuffered. */
 	max_req = (size_t)gw.cfg.max_body * 4;
 	evhttp_set_max_body_size(gw.http, (ev_ssize_t)(max_req < 65536 ? 65536 : max_req));
 	evhttp_set_timeout(gw.http, 30);
 	evhttp_set_allowed_methods(gw.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
 	evhttp_set_gencb(gw.http, routes_handle, &gw);
-	if (evhttp_bind_socket(gw.http, gw.cfg.http_host, (ev_uint16_t)gw.cfg.http_port) < 0)
-		die("startup_failed", "msg=\"cannot listen on %s:%lld\"", gw.cfg.http_host,
-		    gw.cfg.http_port);
+	if (evhttp_bind_socket(gw.http, gw.cfg.base.http_host, (ev_uint16_t)gw.cfg.base.http_port) < 0)
+		die("startup_failed", "what=http msg=\"cannot listen on %s:%lld\"", gw.cfg.base.http_host,
+		    gw.cfg.base.http_port);
 	daemon_http(gw.base, gw.http, NULL, 0, &hooks);
 	daemon_signals(gw.base, &hooks);
-	log_info("listening", "host=%s port=%lld version=%s", gw.cfg.http_host, gw.cfg.http_port,
+	log_info("listening", "host=%s port=%lld version=%s", gw.cfg.base.http_host, gw.cfg.base.http_port,
 		 FLASHSALE_VERSION);
 	daemon_notify_ready();
 
@@ -218,7 +206,7 @@ int main(int argc, char **argv)
 	}
 	/* Late Redis/PostgreSQL callbacks answer while the requests still exist. */
 	producer_close(&gw.prod, 0);
-	store_free(&gw.store);
+	gw_store_free(&gw.store);
 	adminpg_free(&gw.pg);
 	evhttp_free(gw.http);
 	promo_free(&gw);

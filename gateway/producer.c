@@ -1,4 +1,4 @@
-#include "gateway.h"
+#include "producer.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,34 +10,39 @@
 
 #include "log.h"
 
+struct metric gw_m_inflight = {
+	.name = "gateway_inflight",
+	.help = "Intents produced and not yet acknowledged",
+	.type = METRIC_GAUGE,
+};
+
 /* Delivery report: called from rd_kafka_poll, hence on the loop thread. */
 static void producer_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-	struct gateway *gw = opaque;
-	struct pending *pd = m->_private;
+	struct producer *p = opaque;
 
-	gw->prod.inflight--;
-	metric_set(&gw_m_inflight, gw->prod.inflight);
+	p->inflight--;
+	metric_set(&gw_m_inflight, p->inflight);
 	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
-		gw->prod.all_brokers_down = false;
-	if (pd != NULL)
-		routes_on_delivery(gw, pd, m->err,
-				   rd_kafka_message_status(m) != RD_KAFKA_MSG_STATUS_NOT_PERSISTED);
+		p->all_brokers_down = false;
+	if (m->_private != NULL)
+		p->on_delivery(p->on_delivery_arg, m->_private, m->err,
+			       rd_kafka_message_status(m) != RD_KAFKA_MSG_STATUS_NOT_PERSISTED);
 }
 
 static void producer_error_cb(rd_kafka_t *rk, int errcode, const char *reason, void *opaque)
 {
-	struct gateway *gw = opaque;
+	struct producer *p = opaque;
 	char q[512];
 
 	if (errcode == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
-		gw->prod.all_brokers_down = true;
+		p->all_brokers_down = true;
 	if (errcode == RD_KAFKA_RESP_ERR__FATAL) {
 		char why[512];
 
 		/* Every later produce fails: say why once, and turn unhealthy. */
 		rd_kafka_fatal_error(rk, why, sizeof(why));
-		gw->prod.fatal = true;
+		p->fatal = true;
 		log_error("kafka_fatal", "msg=\"%s\"", log_quote(q, sizeof(q), why));
 		return;
 	}
@@ -64,15 +69,18 @@ static void producer_timer_cb(evutil_socket_t fd, short what, void *arg)
 		rd_kafka_poll(p->rk, 0);
 }
 
-int producer_init(struct producer *p, struct gateway *gw, char *err, size_t errlen)
+int producer_init(struct producer *p, struct event_base *base, const struct kafka_cfg *kc,
+		  producer_delivery_cb on_delivery, void *arg, char *err, size_t errlen)
 {
 	struct timeval tv = { 0, 100 * 1000 };
 
 	memset(p, 0, sizeof(*p));
 	p->pipefd[0] = p->pipefd[1] = -1;
-	p->rk = kafka_producer_new(&gw->cfg.kafka, "flashsale-gateway", FS_TOPIC_INTENTS,
+	p->on_delivery = on_delivery;
+	p->on_delivery_arg = arg;
+	p->rk = kafka_producer_new(kc, "flashsale-gateway", FS_TOPIC_INTENTS,
 				   producer_dr_cb,
-				   producer_error_cb, gw, err, errlen);
+				   producer_error_cb, p, err, errlen);
 	if (p->rk == NULL)
 		return -1;
 	if (pipe2(p->pipefd, O_NONBLOCK | O_CLOEXEC) < 0) {
@@ -81,8 +89,8 @@ int producer_init(struct producer *p, struct gateway *gw, char *err, size_t errl
 	}
 	p->mainq = rd_kafka_queue_get_main(p->rk);
 	rd_kafka_queue_io_event_enable(p->mainq, p->pipefd[1], "1", 1);
-	p->pipe_ev = event_new(gw->base, p->pipefd[0], EV_READ | EV_PERSIST, producer_pipe_cb, p);
-	p->poll_ev = event_new(gw->base, -1, EV_PERSIST, producer_timer_cb, p);
+	p->pipe_ev = event_new(base, p->pipefd[0], EV_READ | EV_PERSIST, producer_pipe_cb, p);
+	p->poll_ev = event_new(base, -1, EV_PERSIST, producer_timer_cb, p);
 	if (p->pipe_ev == NULL || p->poll_ev == NULL ||
 	    event_add(p->pipe_ev, NULL) < 0 || event_add(p->poll_ev, &tv) < 0) {
 		snprintf(err, errlen, "cannot add producer events");
@@ -91,7 +99,7 @@ int producer_init(struct producer *p, struct gateway *gw, char *err, size_t errl
 	return 0;
 }
 
-int producer_send(struct producer *p, const fs_intent *in, struct pending *pd,
+int producer_send(struct producer *p, const fs_intent *in, void *msg_opaque,
 		  char *err, size_t errlen)
 {
 	uint8_t buf[1024];
@@ -114,7 +122,7 @@ int producer_send(struct producer *p, const fs_intent *in, struct pending *pd,
 			      RD_KAFKA_V_KEY(in->sku, strlen(in->sku)),
 			      RD_KAFKA_V_VALUE(buf, len),
 			      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-			      RD_KAFKA_V_OPAQUE(pd),
+			      RD_KAFKA_V_OPAQUE(msg_opaque),
 			      RD_KAFKA_V_END);
 	if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
 		snprintf(err, errlen, "produce: %s", rd_kafka_err2str(e));

@@ -2,10 +2,11 @@
  * The Kafka producer, served from the loop: librdkafka writes a byte into a
  * pipe when its main queue has events (delivery reports, errors) and the
  * loop answers with rd_kafka_poll(rk, 0); a 100 ms timer polls too, in case
- * a wake-up is ever missed. Delivery reports complete pending requests.
+ * a wake-up is ever missed. Each delivery report goes to the callback given
+ * at producer_init, which completes the request waiting for it.
  */
-#ifndef GATEWAY_PRODUCER_H
-#define GATEWAY_PRODUCER_H
+#ifndef FLASHSALE_GATEWAY_PRODUCER_H
+#define FLASHSALE_GATEWAY_PRODUCER_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -13,10 +14,21 @@
 #include <librdkafka/rdkafka.h>
 
 #include "intent.h"
+#include "kafka.h"
+#include "metrics.h"
+#include "util.h"
 
-struct gateway;
-struct pending;
+struct event_base;
 struct event;
+
+/*
+ * A delivery report for the msg_opaque given to producer_send, on the loop.
+ * When it failed, maybe_stored says the broker may have stored the intent
+ * anyway (timed out or purged in flight): then the buyer must not be told
+ * that nothing happened.
+ */
+typedef void (*producer_delivery_cb)(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
+				     bool maybe_stored);
 
 struct producer {
 	rd_kafka_t *rk;
@@ -27,18 +39,28 @@ struct producer {
 	long long inflight;         /* produced, delivery report not yet served */
 	bool all_brokers_down;      /* set by error_cb, cleared by a delivery */
 	bool fatal;                 /* the idempotent producer failed for good */
+	producer_delivery_cb on_delivery;
+	void *on_delivery_arg;
 };
 
-/* Create the producer and its loop events. Start-up only. */
-int producer_init(struct producer *p, struct gateway *gw, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+/* Intents produced and not yet acknowledged; routes_metrics_register registers it. */
+extern struct metric gw_m_inflight;
 
 /*
- * Enqueue intent in (key = sku) with pd as the delivery opaque. 0: the
- * delivery report will call routes_on_delivery(pd). -1: nothing was queued.
+ * Create the producer and its loop events; every delivery report of a
+ * message sent with a msg_opaque goes to on_delivery(arg, ...). Start-up
+ * only.
  */
-int producer_send(struct producer *p, const fs_intent *in, struct pending *pd,
-		  char *err, size_t errlen) __attribute__((warn_unused_result));
+int producer_init(struct producer *p, struct event_base *base, const struct kafka_cfg *kc,
+		  producer_delivery_cb on_delivery, void *arg, char *err, size_t errlen)
+	FS_MUSTCHECK;
+
+/*
+ * Enqueue intent in (key = sku). 0: on_delivery will get msg_opaque once
+ * (unless it is NULL). -1: nothing was queued.
+ */
+int producer_send(struct producer *p, const fs_intent *in, void *msg_opaque,
+		  char *err, size_t errlen) FS_MUSTCHECK;
 
 /* Fail whatever is still queued (drain timeout); reports are served at once. */
 void producer_purge(struct producer *p);

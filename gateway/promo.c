@@ -5,9 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
 #include <event2/event.h>
-#include <event2/http.h>
 
 #include "log.h"
 
@@ -25,6 +23,12 @@ struct promo_refresh {
 	struct promo *items;
 	size_t n, next;             /* next: which item the next HMGET reply fills */
 	size_t cap;
+};
+
+struct metric gw_m_cache_age = {
+	.name = "gateway_promo_cache_age_ms",
+	.help = "Age of the promotion cache in ms (-1 before the first refresh)",
+	.type = METRIC_GAUGE,
 };
 
 int64_t gateway_now_ms(const struct gateway *gw)
@@ -103,39 +107,18 @@ void promo_note_sold_out(struct promo_cache *c, const char *sku, int64_t at_ms)
 		p->remaining = 0;
 }
 
-static int64_t reply_int(const redisReply *r, bool *ok)
-{
-	char *end;
-	long long v;
-
-	if (r == NULL)
-		goto bad;
-	if (r->type == REDIS_REPLY_INTEGER)
-		return r->integer;
-	if (r->type != REDIS_REPLY_STRING || r->len == 0)
-		goto bad;
-	v = strtoll(r->str, &end, 10);
-	if (*end != '\0')
-		goto bad;
-	return v;
-bad:
-	*ok = false;
-	return 0;
-}
-
-/* Fill p from 8 replies: initial remaining held sold limit start_ms end_ms hold_ms. */
-static bool promo_from_replies(struct promo *p, redisReply **e)
+bool promo_from_replies(struct promo *p, redisReply **e)
 {
 	bool ok = true;
 
-	p->initial = reply_int(e[0], &ok);
-	p->remaining = reply_int(e[1], &ok);
-	p->held = reply_int(e[2], &ok);
-	p->sold = reply_int(e[3], &ok);
-	p->limit = reply_int(e[4], &ok);
-	p->start_ms = reply_int(e[5], &ok);
-	p->end_ms = reply_int(e[6], &ok);
-	p->hold_ms = reply_int(e[7], &ok);
+	p->initial = gw_store_reply_int(e[0], &ok);
+	p->remaining = gw_store_reply_int(e[1], &ok);
+	p->held = gw_store_reply_int(e[2], &ok);
+	p->sold = gw_store_reply_int(e[3], &ok);
+	p->limit = gw_store_reply_int(e[4], &ok);
+	p->start_ms = gw_store_reply_int(e[5], &ok);
+	p->end_ms = gw_store_reply_int(e[6], &ok);
+	p->hold_ms = gw_store_reply_int(e[7], &ok);
 	return ok;
 }
 
@@ -208,8 +191,8 @@ static void promo_time_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
 		r->failed = true;
 	} else {
-		int64_t sec = reply_int(rep->element[0], &ok);
-		int64_t usec = reply_int(rep->element[1], &ok);
+		int64_t sec = gw_store_reply_int(rep->element[0], &ok);
+		int64_t usec = gw_store_reply_int(rep->element[1], &ok);
 		/* Assume the reply was made halfway through the round trip. */
 		int64_t mid = (r->sent_wall_ms + now_ms()) / 2;
 
@@ -280,7 +263,7 @@ static void promo_members_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		if (e->type != REDIS_REPLY_STRING || !valid_sku(e->str))
 			continue;
 		snprintf(key, sizeof(key), "fs:promo:%s", e->str);
-		if (store_command_argv(&gw->store, promo_hmget_cb, r, 10, argv, NULL) < 0) {
+		if (gw_store_command_argv(&gw->store, promo_hmget_cb, r, 10, argv, NULL) < 0) {
 			r->failed = true;
 			break;
 		}
@@ -309,8 +292,8 @@ static void promo_tick(evutil_socket_t fd, short what, void *arg)
 	 * callback, this refresh's included, then runs with a NULL reply.
 	 */
 	if (c->cur != NULL && (mono_us() - c->cur->start_us) / 1000 > c->max_age_ms)
-		store_reset(&gw->store);
-	if (c->cur != NULL || !store_ready(&gw->store))
+		gw_store_reset(&gw->store);
+	if (c->cur != NULL || !gw_store_ready(&gw->store))
 		return;
 	r = calloc(1, sizeof(*r));
 	if (r == NULL)
@@ -318,18 +301,18 @@ static void promo_tick(evutil_socket_t fd, short what, void *arg)
 	r->gw = gw;
 	r->start_us = mono_us();
 	r->sent_wall_ms = now_ms();
-	if (store_command_argv(&gw->store, promo_time_cb, r, 1, time_argv, NULL) < 0) {
+	if (gw_store_command_argv(&gw->store, promo_time_cb, r, 1, time_argv, NULL) < 0) {
 		free(r);
 		return;
 	}
 	/* From here the replies own r (they arrive, or come back NULL on a loss). */
 	r->pending = 1;
 	c->cur = r;
-	if (store_command_argv(&gw->store, promo_ready_cb, r, 2, ready_argv, NULL) == 0)
+	if (gw_store_command_argv(&gw->store, promo_ready_cb, r, 2, ready_argv, NULL) == 0)
 		r->pending++;
 	else
 		r->failed = true;
-	if (store_command_argv(&gw->store, promo_members_cb, r, 2, members_argv, NULL) == 0)
+	if (gw_store_command_argv(&gw->store, promo_members_cb, r, 2, members_argv, NULL) == 0)
 		r->pending++;
 	else
 		r->failed = true;
@@ -364,193 +347,4 @@ void promo_free(struct gateway *gw)
 	free(c->items);
 	c->items = NULL;
 	c->n = 0;
-}
-
-/* ---- admin: create a promotion ---- */
-
-struct admin_op {
-	struct gw_call call;
-	struct promo_req pr;
-	bool created;               /* PostgreSQL inserted the row (else identical existed) */
-	char p_stock[24], p_limit[24], p_start[24], p_end[24], p_hold[24];
-};
-
-static const char admin_insert_sql[] =
-	"INSERT INTO promotions (sku, stock, per_user_limit, starts_at, ends_at, hold_seconds) "
-	"VALUES ($1, $2, $3, to_timestamp($4 / 1000.0), to_timestamp($5 / 1000.0), $6) "
-	"ON CONFLICT (sku) DO NOTHING RETURNING sku";
-
-static const char admin_select_sql[] =
-	"SELECT stock, per_user_limit, "
-	"round(extract(epoch FROM starts_at) * 1000)::bigint, "
-	"round(extract(epoch FROM ends_at) * 1000)::bigint, hold_seconds "
-	"FROM promotions WHERE sku = $1";
-
-static void admin_fail(struct admin_op *op, int code, const char *error, const char *reason)
-{
-	call_error(&op->call, code, error, reason);
-	free(op);
-}
-
-static void admin_pg_error(struct admin_op *op, const char *err)
-{
-	char q[256];
-
-	log_warn("admin_pg_error", "sku=%s msg=\"%s\"", op->pr.sku, log_quote(q, sizeof(q), err));
-	admin_fail(op, 503, "store_unavailable",
-		   "PostgreSQL is unavailable or refused the promotion; retry later");
-}
-
-static void admin_lua_cb(redisAsyncContext *ac, void *reply, void *privdata)
-{
-	struct admin_op *op = privdata;
-	struct gateway *gw = op->call.gw;
-	redisReply *rep = reply;
-	struct promo p;
-	cJSON *o;
-	bool ok = true;
-
-	if (rep == NULL) {
-		admin_fail(op, 503, "store_unavailable", "Redis is unavailable; retry later");
-		return;
-	}
-	if (rep->type == REDIS_REPLY_ERROR) {
-		if (strstr(rep->str, "not_ready") != NULL) {
-			admin_fail(op, 503, "state_not_ready",
-				   "Redis state is not initialised: run `flashsale-reconciler rebuild`");
-			return;
-		}
-		log_error("admin_lua_error", "sku=%s err=\"%s\"", op->pr.sku, rep->str);
-		admin_fail(op, 503, "store_unavailable", "Redis refused the promotion");
-		return;
-	}
-	if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 9) {
-		admin_fail(op, 503, "store_unavailable", "unexpected Redis reply");
-		return;
-	}
-	memset(&p, 0, sizeof(p));
-	strcpy(p.sku, op->pr.sku);
-	if (!promo_from_replies(&p, rep->element + 1))
-		ok = false;
-	/* 201 when this call made it exist anywhere (a retry after a Redis failure too). */
-	if (reply_int(rep->element[0], &ok) == 1)
-		op->created = true;
-	if (ok) {
-		p.added_us = mono_us();
-		if (promo_put(&gw->promo, &p) < 0)
-			log_warn("promo_cache_oom", "sku=%s", p.sku);
-	}
-	log_info("promotion_loaded", "sku=%s created=%d", op->pr.sku, op->created);
-	o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "sku", op->pr.sku);
-	cJSON_AddNumberToObject(o, "stock", (double)op->pr.stock);
-	cJSON_AddNumberToObject(o, "per_user_limit", (double)op->pr.per_user_limit);
-	cJSON_AddNumberToObject(o, "start_ms", (double)op->pr.start_ms);
-	cJSON_AddNumberToObject(o, "end_ms", (double)op->pr.end_ms);
-	cJSON_AddNumberToObject(o, "hold_seconds", (double)op->pr.hold_seconds);
-	cJSON_AddBoolToObject(o, "created", op->created);
-	call_reply(&op->call, op->created ? 201 : 200, o);
-	free(op);
-}
-
-/* PostgreSQL holds the promotion: make Redis hold it too. */
-static void admin_load_redis(struct admin_op *op)
-{
-	struct gateway *gw = op->call.gw;
-	char key[FS_ID_MAX + 16], hold_ms[24];
-	const char *argv[] = { "EVAL", gw_promo_load_lua, "3", "fs:ready", key, "fs:promos",
-			       op->pr.sku, op->p_stock, op->p_limit, op->p_start, op->p_end,
-			       hold_ms };
-
-	snprintf(key, sizeof(key), "fs:promo:%s", op->pr.sku);
-	snprintf(hold_ms, sizeof(hold_ms), "%lld", op->pr.hold_seconds * 1000);
-	if (store_command_argv(&gw->store, admin_lua_cb, op, 12, argv, NULL) < 0)
-		admin_fail(op, 503, "store_unavailable", "Redis is unavailable; retry later");
-}
-
-static void admin_select_cb(void *arg, const PGresult *res, const char *err)
-{
-	struct admin_op *op = arg;
-	const struct promo_req *pr = &op->pr;
-
-	if (res == NULL) {
-		admin_pg_error(op, err);
-		return;
-	}
-	if (PQntuples(res) != 1) {
-		/* Inserted-then-deleted by someone: not something to guess about. */
-		admin_fail(op, 409, "promotion_exists", "the promotion changed meanwhile; retry");
-		return;
-	}
-	if (atoll(PQgetvalue(res, 0, 0)) != pr->stock ||
-	    atoll(PQgetvalue(res, 0, 1)) != pr->per_user_limit ||
-	    atoll(PQgetvalue(res, 0, 2)) != pr->start_ms ||
-	    atoll(PQgetvalue(res, 0, 3)) != pr->end_ms ||
-	    atoll(PQgetvalue(res, 0, 4)) != pr->hold_seconds) {
-		admin_fail(op, 409, "promotion_exists",
-			   "a different promotion exists for this sku (a retry must repeat start_ms)");
-		return;
-	}
-	op->created = false;
-	admin_load_redis(op);
-}
-
-static void admin_insert_cb(void *arg, const PGresult *res, const char *err)
-{
-	struct admin_op *op = arg;
-	struct gateway *gw = op->call.gw;
-	const char *params[] = { op->pr.sku };
-
-	if (res == NULL) {
-		admin_pg_error(op, err);
-		return;
-	}
-	if (PQntuples(res) == 1) {
-		op->created = true;
-		admin_load_redis(op);
-		return;
-	}
-	/* ON CONFLICT: idempotent only if the existing row is the same. */
-	if (adminpg_submit(&gw->pg, admin_select_sql, 1, params, admin_select_cb, op) < 0)
-		admin_fail(op, 503, "store_unavailable", "PostgreSQL is unavailable; retry later");
-}
-
-void promo_admin_create(struct gateway *gw, struct evhttp_request *req,
-			const char *body, size_t len)
-{
-	struct admin_op *op;
-	const char *code = NULL;
-	char err[256];
-	const char *params[6];
-
-	op = calloc(1, sizeof(*op));
-	if (op == NULL) {
-		evhttp_send_error(req, 500, NULL);
-		return;
-	}
-	call_init(&op->call, gw, req, ROUTE_PROMO_ADMIN);
-	/* start defaults to now on the Redis clock, the clock the sale runs on */
-	if (request_parse_promo(body, len, (size_t)gw->cfg.max_body, gateway_now_ms(gw),
-				&op->pr, &code, err, sizeof(err)) < 0) {
-		admin_fail(op, 400, code, err);
-		return;
-	}
-	snprintf(op->p_stock, sizeof(op->p_stock), "%lld", op->pr.stock);
-	snprintf(op->p_limit, sizeof(op->p_limit), "%lld", op->pr.per_user_limit);
-	snprintf(op->p_start, sizeof(op->p_start), "%lld", op->pr.start_ms);
-	snprintf(op->p_end, sizeof(op->p_end), "%lld", op->pr.end_ms);
-	params[0] = op->pr.sku;
-	params[1] = op->p_stock;
-	params[2] = op->p_limit;
-	params[3] = op->p_start;
-	params[4] = op->p_end;
-	params[5] = op->p_hold;
-	snprintf(op->p_hold, sizeof(op->p_hold), "%lld", op->pr.hold_seconds);
-	if (!store_ready(&gw->store)) {
-		admin_fail(op, 503, "store_unavailable", "Redis is unavailable; retry later");
-		return;
-	}
-	if (adminpg_submit(&gw->pg, admin_insert_sql, 6, params, admin_insert_cb, op) < 0)
-		admin_fail(op, 503, "store_unavailable",
-			   "PostgreSQL is unavailable; retry later");
 }

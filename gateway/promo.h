@@ -6,23 +6,21 @@
  * cache only turns away what is certainly hopeless, the deductor decides.
  * If Redis is away the table keeps its last content and ages; past
  * cache_max_age_ms purchases are refused with 503.
- *
- * Also the admin "create promotion" flow: PostgreSQL first (the durable
- * record), then Redis (gateway/promo_load.lua), then the cache.
  */
-#ifndef GATEWAY_PROMO_H
-#define GATEWAY_PROMO_H
+#ifndef FLASHSALE_GATEWAY_PROMO_H
+#define FLASHSALE_GATEWAY_PROMO_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metrics.h"
 #include "util.h"
 
 struct gateway;
-struct evhttp_request;
 struct event;
 struct promo_refresh;
+struct redisReply;
 
 struct promo {
 	char sku[FS_ID_MAX + 1];
@@ -43,10 +41,11 @@ struct promo_cache {
 	long long max_age_ms;
 };
 
-extern const char gw_promo_load_lua[];
+/* Age of the cache, set by the refresh timer; routes_metrics_register registers it. */
+extern struct metric gw_m_cache_age;
 
 /* Start the refresh timer (first refresh after refresh_ms). Start-up only. */
-int promo_init(struct gateway *gw) __attribute__((warn_unused_result));
+int promo_init(struct gateway *gw) FS_MUSTCHECK;
 void promo_free(struct gateway *gw);
 
 /* Binary search; NULL when the SKU is unknown. */
@@ -62,7 +61,14 @@ bool promo_fresh(const struct promo_cache *c);
 const char *promo_status(const struct promo *p, int64_t now);
 
 /* Insert or replace one entry (sorted insert). -1 on allocation failure. */
-int promo_put(struct promo_cache *c, const struct promo *p) __attribute__((warn_unused_result));
+int promo_put(struct promo_cache *c, const struct promo *p) FS_MUSTCHECK;
+
+/*
+ * Fill p's counters from 8 replies (HMGET of a promotion hash): initial
+ * remaining held sold limit start_ms end_ms hold_ms. false when one is not
+ * an integer.
+ */
+bool promo_from_replies(struct promo *p, struct redisReply **e) FS_MUSTCHECK;
 
 /*
  * The deductor refused a one-unit purchase of sku as sold out at at_ms
@@ -73,9 +79,5 @@ int promo_put(struct promo_cache *c, const struct promo *p) __attribute__((warn_
  * result must not hide units that came back.
  */
 void promo_note_sold_out(struct promo_cache *c, const char *sku, int64_t at_ms);
-
-/* POST /admin/promotions (authorization already checked by routes). */
-void promo_admin_create(struct gateway *gw, struct evhttp_request *req,
-			const char *body, size_t len);
 
 #endif

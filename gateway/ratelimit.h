@@ -5,12 +5,13 @@
  * fingerprint and a newcomer starts with a full bucket (a fairer mistake
  * than refusing an innocent user; an abuser can invent ids anyway).
  */
-#ifndef GATEWAY_RATELIMIT_H
-#define GATEWAY_RATELIMIT_H
+#ifndef FLASHSALE_GATEWAY_RATELIMIT_H
+#define FLASHSALE_GATEWAY_RATELIMIT_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "util.h"
 
 struct rl_bucket {
 	uint32_t fingerprint;
@@ -27,7 +28,7 @@ struct ratelimit {
 
 /* Allocate nslots (rounded up to a power of two) buckets. */
 int ratelimit_init(struct ratelimit *rl, size_t nslots, double rate_per_s, double burst)
-	__attribute__((warn_unused_result));
+	FS_MUSTCHECK;
 
 /* Change the rate and burst (SIGHUP); buckets keep their tokens, capped. */
 void ratelimit_set(struct ratelimit *rl, double rate_per_s, double burst);

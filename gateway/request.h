@@ -5,16 +5,14 @@
  * "invalid_json", "invalid_field") and put a human reason naming the field
  * in err.
  */
-#ifndef GATEWAY_REQUEST_H
-#define GATEWAY_REQUEST_H
+#ifndef FLASHSALE_GATEWAY_REQUEST_H
+#define FLASHSALE_GATEWAY_REQUEST_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "util.h"
-
-#define REQ_MUSTCHECK __attribute__((warn_unused_result))
 
 /* Largest qty / stock / limit accepted: fits the wire (uint32) and PostgreSQL (integer). */
 #define REQ_INT_MAX 2147483647LL
@@ -43,7 +41,7 @@ struct promo_req {
  */
 int request_parse_purchase(const char *body, size_t len, size_t max_body,
 			   struct purchase_req *out, const char **code,
-			   char *err, size_t errlen) REQ_MUSTCHECK;
+			   char *err, size_t errlen) FS_MUSTCHECK;
 
 /*
  * Parse the body of POST /v1/purchases/{id}/pay and /cancel: {"user_id"},
@@ -52,7 +50,7 @@ int request_parse_purchase(const char *body, size_t len, size_t max_body,
  */
 int request_parse_owner(const char *body, size_t len, size_t max_body,
 			char user_id[FS_ID_MAX + 1], const char **code,
-			char *err, size_t errlen) REQ_MUSTCHECK;
+			char *err, size_t errlen) FS_MUSTCHECK;
 
 /*
  * Parse POST /admin/promotions. now is the default start (ms); the default
@@ -60,6 +58,6 @@ int request_parse_owner(const char *body, size_t len, size_t max_body,
  */
 int request_parse_promo(const char *body, size_t len, size_t max_body, int64_t now,
 			struct promo_req *out, const char **code,
-			char *err, size_t errlen) REQ_MUSTCHECK;
+			char *err, size_t errlen) FS_MUSTCHECK;
 
 #endif

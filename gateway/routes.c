@@ -6,9 +6,7 @@
 #include <string.h>
 
 #include <cjson/cJSON.h>
-#include <event2/buffer.h>
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 
 #include "log.h"
 
@@ -18,15 +16,6 @@
 #define WINDOW_SLACK_MS 1000
 
 /* ---- metrics ---- */
-
-static const char *const route_names[ROUTE_N] = {
-	"purchase", "purchase_get", "pay", "cancel", "promotion_get", "promotion_admin",
-	"time", "other",
-};
-static const int codes[] = { 200, 201, 202, 400, 401, 403, 404, 405, 409, 429, 500, 503 };
-#define NCODES (sizeof(codes) / sizeof(codes[0]))
-static struct metric m_requests[ROUTE_N][NCODES + 1];   /* + "other" code */
-static char m_request_labels[ROUTE_N][NCODES + 1][64];
 
 enum refusal {
 	REF_INVALID, REF_UNKNOWN_SKU, REF_NOT_STARTED, REF_ENDED, REF_SOLD_OUT,
@@ -46,46 +35,20 @@ static struct metric m_replays = {
 	.type = METRIC_COUNTER,
 };
 
-struct metric gw_m_accepted = {
+static struct metric m_accepted = {
 	.name = "gateway_purchases_accepted_total",
 	.help = "Purchases acknowledged by Kafka and answered 202",
 	.type = METRIC_COUNTER,
 };
-struct metric gw_m_inflight = {
-	.name = "gateway_inflight",
-	.help = "Intents produced and not yet acknowledged",
-	.type = METRIC_GAUGE,
-};
-struct metric gw_m_produce_latency = {
+static struct metric m_produce_latency = {
 	.name = "gateway_produce_ack_seconds",
 	.help = "Time from produce to delivery report",
 	.type = METRIC_HISTOGRAM,
 };
-struct metric gw_m_cache_age = {
-	.name = "gateway_promo_cache_age_ms",
-	.help = "Age of the promotion cache in ms (-1 before the first refresh)",
-	.type = METRIC_GAUGE,
-};
 
 void routes_metrics_register(void)
 {
-	for (int r = 0; r < ROUTE_N; r++) {
-		for (size_t i = 0; i <= NCODES; i++) {
-			struct metric *m = &m_requests[r][i];
-
-			if (i < NCODES)
-				snprintf(m_request_labels[r][i], sizeof(m_request_labels[r][i]),
-					 "route=\"%s\",code=\"%d\"", route_names[r], codes[i]);
-			else
-				snprintf(m_request_labels[r][i], sizeof(m_request_labels[r][i]),
-					 "route=\"%s\",code=\"other\"", route_names[r]);
-			m->name = "gateway_requests_total";
-			m->help = "HTTP requests answered, by route and status code";
-			m->labels = m_request_labels[r][i];
-			m->type = METRIC_COUNTER;
-			metrics_register(m);
-		}
-	}
+	call_metrics_register();
 	for (int i = 0; i < REF_N; i++) {
 		snprintf(m_refusal_labels[i], sizeof(m_refusal_labels[i]), "reason=\"%s\"",
 			 refusal_names[i]);
@@ -96,111 +59,34 @@ void routes_metrics_register(void)
 		metrics_register(&m_refusals[i]);
 	}
 	metrics_register(&m_replays);
-	metrics_register(&gw_m_accepted);
+	metrics_register(&m_accepted);
 	metrics_register(&gw_m_inflight);
-	metrics_register(&gw_m_produce_latency);
+	metrics_register(&m_produce_latency);
 	metrics_register(&gw_m_cache_age);
 }
 
-static void count_request(enum gw_route route, int code)
-{
-	size_t i;
-
-	for (i = 0; i < NCODES; i++)
-		if (codes[i] == code)
-			break;
-	metric_add(&m_requests[route][i], 1);
-}
+/* A request waiting for Redis and/or a Kafka delivery report. */
+struct pending {
+	struct gw_call call;
+	int kind;                          /* Flashsale__Intent__Kind */
+	char request_id[FS_ID_MAX + 1];
+	char sku[FS_ID_MAX + 1];
+	char user_id[FS_ID_MAX + 1];
+	char state[32];                    /* pay/cancel: st when asked */
+	char owner[FS_ID_MAX + 1];         /* pay/cancel: user_id the caller claims */
+	int64_t produced_us;               /* mono time of the produce call */
+	/* purchase refused by a filter, pending the request id's look-up */
+	enum refusal refusal;
+	int refusal_code;
+	const char *refusal_error;         /* static strings */
+	const char *refusal_reason;
+};
 
 /* ---- replies ---- */
 
-/* Send body (taken) as the answer; close asks the client to go away. */
-static void http_send(struct evhttp_request *req, enum gw_route route, int code,
-		      cJSON *body, bool close)
-{
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-	struct evbuffer *buf = evhttp_request_get_output_buffer(req);
-	char *text = body ? cJSON_PrintUnformatted(body) : NULL;
-
-	evhttp_add_header(h, "Content-Type", "application/json");
-	if (close)
-		evhttp_add_header(h, "Connection", "close");
-	if (text != NULL) {
-		evbuffer_add(buf, text, strlen(text));
-		evbuffer_add(buf, "\n", 1);
-	}
-	free(text);
-	cJSON_Delete(body);
-	count_request(route, code);
-	evhttp_send_reply(req, code, NULL, NULL);
-}
-
-static cJSON *error_body(const char *error, const char *reason)
-{
-	cJSON *o = cJSON_CreateObject();
-
-	cJSON_AddStringToObject(o, "error", error);
-	cJSON_AddStringToObject(o, "reason", reason);
-	return o;
-}
-
-static void send_error(struct evhttp_request *req, enum gw_route route, int code,
-		       const char *error, const char *reason, bool close)
-{
-	http_send(req, route, code, error_body(error, reason), close);
-}
-
-/*
- * evhttp calls this when the connection goes away. On EOF while a request
- * is unanswered, libevent 2.1 detaches the request (evcon = NULL) and leaves
- * it to us: free it here. Otherwise evhttp frees it right after: forget it.
- */
-static void call_closecb(struct evhttp_connection *evcon, void *arg)
-{
-	struct gw_call *c = arg;
-
-	c->dead = true;
-	c->evcon = NULL;
-	if (c->req != NULL && evhttp_request_get_connection(c->req) == NULL)
-		evhttp_request_free(c->req);
-	c->req = NULL;
-}
-
-void call_init(struct gw_call *c, struct gateway *gw, struct evhttp_request *req,
-	       enum gw_route route)
-{
-	c->gw = gw;
-	c->req = req;
-	c->route = route;
-	c->dead = false;
-	c->evcon = evhttp_request_get_connection(req);
-	if (c->evcon != NULL)
-		evhttp_connection_set_closecb(c->evcon, call_closecb, c);
-}
-
-void call_reply(struct gw_call *c, int code, cJSON *body)
-{
-	if (c->req == NULL) {
-		/* the client left: count what it would have got */
-		count_request(c->route, code);
-		cJSON_Delete(body);
-		return;
-	}
-	if (c->evcon != NULL)
-		evhttp_connection_set_closecb(c->evcon, NULL, NULL);
-	http_send(c->req, c->route, code, body, c->gw->draining);
-	c->req = NULL;
-	c->evcon = NULL;
-}
-
-void call_error(struct gw_call *c, int code, const char *error, const char *reason)
-{
-	call_reply(c, code, error_body(error, reason));
-}
-
 static cJSON *queue_unavailable_body(const char *request_id)
 {
-	cJSON *o = error_body("queue_unavailable", FRIENDLY_RETRY);
+	cJSON *o = call_error_body("queue_unavailable", FRIENDLY_RETRY);
 
 	cJSON_AddStringToObject(o, "request_id", request_id);
 	return o;
@@ -210,7 +96,7 @@ static void refuse(struct evhttp_request *req, enum refusal why, int code,
 		   const char *error, const char *reason, bool close)
 {
 	metric_add(&m_refusals[why], 1);
-	send_error(req, ROUTE_PURCHASE, code, error, reason, close);
+	call_error_now(req, ROUTE_PURCHASE, code, error, reason, close);
 }
 
 static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
@@ -251,7 +137,7 @@ static void refuse_unless_known(struct gateway *gw, struct evhttp_request *req,
 	const char *hget[] = { "HGET", key, "st" };
 	struct pending *pd;
 
-	if (pr->generated_id || !store_ready(&gw->store) ||
+	if (pr->generated_id || !gw_store_ready(&gw->store) ||
 	    gw->redis_pending >= gw->cfg.max_inflight ||
 	    (pd = calloc(1, sizeof(*pd))) == NULL) {
 		refuse(req, why, code, error, reason, false);
@@ -263,7 +149,7 @@ static void refuse_unless_known(struct gateway *gw, struct evhttp_request *req,
 	pd->refusal_error = error;
 	pd->refusal_reason = reason;
 	snprintf(key, sizeof(key), "fs:req:%s", pr->request_id);
-	if (store_command_argv(&gw->store, replay_cb, pd, 3, hget, NULL) < 0) {
+	if (gw_store_command_argv(&gw->store, replay_cb, pd, 3, hget, NULL) < 0) {
 		free(pd);
 		refuse(req, why, code, error, reason, false);
 		return;
@@ -273,17 +159,6 @@ static void refuse_unless_known(struct gateway *gw, struct evhttp_request *req,
 }
 
 /* ---- handlers ---- */
-
-/* The body as a contiguous string, or NULL when too large (len still set). */
-static const char *body_of(struct gateway *gw, struct evhttp_request *req, size_t *len)
-{
-	struct evbuffer *in = evhttp_request_get_input_buffer(req);
-
-	*len = evbuffer_get_length(in);
-	if (*len > (size_t)gw->cfg.max_body || *len == 0)
-		return NULL;
-	return (const char *)evbuffer_pullup(in, (ev_ssize_t)*len);
-}
 
 static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 {
@@ -301,7 +176,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 		refuse(req, REF_DRAINING, 503, "busy", FRIENDLY, true);
 		return;
 	}
-	body = body_of(gw, req, &len);
+	body = call_body(gw, req, &len);
 	if (request_parse_purchase(body, len, (size_t)gw->cfg.max_body, &pr, &code,
 				   err, sizeof(err)) < 0) {
 		refuse(req, REF_INVALID, 400, code, err, false);
@@ -367,18 +242,21 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 		log_warn("produce_failed", "request_id=%s err=\"%s\"", pd->request_id, err);
 		free(pd);
 		metric_add(&m_refusals[REF_QUEUE_UNAVAILABLE], 1);
-		http_send(req, ROUTE_PURCHASE, 503, queue_unavailable_body(pr.request_id), false);
+		call_reply_now(req, ROUTE_PURCHASE, 503, queue_unavailable_body(pr.request_id),
+			       false);
 		return;
 	}
 	call_init(&pd->call, gw, req, ROUTE_PURCHASE);
 }
 
-void routes_on_delivery(struct gateway *gw, struct pending *pd, rd_kafka_resp_err_t err,
+void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 			bool maybe_stored)
 {
+	struct gateway *gw = arg;
+	struct pending *pd = msg_opaque;
 	cJSON *o;
 
-	metric_observe_us(&gw_m_produce_latency, (uint64_t)(mono_us() - pd->produced_us));
+	metric_observe_us(&m_produce_latency, (uint64_t)(mono_us() - pd->produced_us));
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
 		log_warn("delivery_failed", "request_id=%s kind=%s err=%s", pd->request_id,
 			 intent_kind_name(pd->kind), rd_kafka_err2name(err));
@@ -386,8 +264,9 @@ void routes_on_delivery(struct gateway *gw, struct pending *pd, rd_kafka_resp_er
 			metric_add(&m_refusals[REF_QUEUE_UNAVAILABLE], 1);
 		if (maybe_stored) {
 			/* Retrying with the same id is safe: the deductor applies it once. */
-			cJSON *u = error_body("outcome_unknown", "we could not confirm your request; "
-					      "check it or retry with the same request_id");
+			cJSON *u = call_error_body("outcome_unknown",
+						   "we could not confirm your request; "
+						   "check it or retry with the same request_id");
 
 			cJSON_AddStringToObject(u, "request_id", pd->request_id);
 			call_reply(&pd->call, 503, u);
@@ -401,8 +280,8 @@ void routes_on_delivery(struct gateway *gw, struct pending *pd, rd_kafka_resp_er
 	cJSON_AddStringToObject(o, "request_id", pd->request_id);
 	if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE) {
 		/* The purchase is in Kafka: it will be decided whether or not the client stays. */
-		store_mark_queued(&gw->store, pd->request_id, gw->cfg.record_ttl_s);
-		metric_add(&gw_m_accepted, 1);
+		gw_store_mark_queued(&gw->store, pd->request_id, gw->cfg.record_ttl_s);
+		metric_add(&m_accepted, 1);
 		cJSON_AddStringToObject(o, "state", "queued");
 	} else {
 		cJSON_AddStringToObject(o, "state", pd->state);
@@ -559,51 +438,51 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 	int rc;
 
 	if (!valid_request_id(rid)) {
-		send_error(req, route, 400, "invalid_field", "request_id is not valid", false);
+		call_error_now(req, route, 400, "invalid_field", "request_id is not valid", false);
 		return;
 	}
 	if (route != ROUTE_PURCHASE_GET) {
-		body = body_of(gw, req, &len);
+		body = call_body(gw, req, &len);
 		if (request_parse_owner(body != NULL ? body : "", body != NULL ? len : 0,
 					(size_t)gw->cfg.max_body, owner, &code, err,
 					sizeof(err)) < 0) {
-			send_error(req, route, 400, code, err, false);
+			call_error_now(req, route, 400, code, err, false);
 			return;
 		}
 	}
 	if (route != ROUTE_PURCHASE_GET && gw->draining) {
-		send_error(req, route, 503, "busy", "shutting down; retry shortly", true);
+		call_error_now(req, route, 503, "busy", "shutting down; retry shortly", true);
 		return;
 	}
-	if (!store_ready(&gw->store)) {
-		send_error(req, route, 503, "store_unavailable", "Redis is unavailable; retry later",
-			   false);
+	if (!gw_store_ready(&gw->store)) {
+		call_error_now(req, route, 503, "store_unavailable",
+			       "Redis is unavailable; retry later", false);
 		return;
 	}
 	/* Bounded like the Kafka side: a slow Redis must not pile up requests. */
 	if (gw->redis_pending >= gw->cfg.max_inflight) {
-		send_error(req, route, 503, "busy", "busy; retry shortly", false);
+		call_error_now(req, route, 503, "busy", "busy; retry shortly", false);
 		return;
 	}
 	pd = calloc(1, sizeof(*pd));
 	if (pd == NULL) {
-		send_error(req, route, 503, "busy", "out of memory", false);
+		call_error_now(req, route, 503, "busy", "out of memory", false);
 		return;
 	}
 	strcpy(pd->request_id, rid);
 	strcpy(pd->owner, owner);
 	snprintf(key, sizeof(key), "fs:req:%s", rid);
 	if (route == ROUTE_PURCHASE_GET) {
-		rc = store_command_argv(&gw->store, purchase_get_cb, pd, 2, getall, NULL);
+		rc = gw_store_command_argv(&gw->store, purchase_get_cb, pd, 2, getall, NULL);
 	} else {
 		pd->kind = route == ROUTE_PAY ? FLASHSALE__INTENT__KIND__PAY :
 						FLASHSALE__INTENT__KIND__CANCEL;
-		rc = store_command_argv(&gw->store, transition_cb, pd, 6, hmget, NULL);
+		rc = gw_store_command_argv(&gw->store, transition_cb, pd, 6, hmget, NULL);
 	}
 	if (rc < 0) {
 		free(pd);
-		send_error(req, route, 503, "store_unavailable", "Redis is unavailable; retry later",
-			   false);
+		call_error_now(req, route, 503, "store_unavailable",
+			       "Redis is unavailable; retry later", false);
 		return;
 	}
 	gw->redis_pending++;
@@ -616,7 +495,8 @@ static void route_promo_get(struct gateway *gw, struct evhttp_request *req, cons
 	cJSON *o;
 
 	if (p == NULL) {
-		send_error(req, ROUTE_PROMO_GET, 404, "unknown_sku", "no promotion for this sku", false);
+		call_error_now(req, ROUTE_PROMO_GET, 404, "unknown_sku",
+			       "no promotion for this sku", false);
 		return;
 	}
 	/* Counters are as of the last refresh (at most refresh_ms old while Redis is up). */
@@ -631,7 +511,7 @@ static void route_promo_get(struct gateway *gw, struct evhttp_request *req, cons
 	cJSON_AddNumberToObject(o, "end_ms", (double)p->end_ms);
 	cJSON_AddNumberToObject(o, "hold_seconds", (double)(p->hold_ms / 1000));
 	cJSON_AddStringToObject(o, "status", promo_status(p, gateway_now_ms(gw)));
-	http_send(req, ROUTE_PROMO_GET, 200, o, false);
+	call_reply_now(req, ROUTE_PROMO_GET, 200, o, false);
 }
 
 static void route_time(struct gateway *gw, struct evhttp_request *req)
@@ -639,43 +519,7 @@ static void route_time(struct gateway *gw, struct evhttp_request *req)
 	cJSON *o = cJSON_CreateObject();
 
 	cJSON_AddNumberToObject(o, "now_ms", (double)gateway_now_ms(gw));
-	http_send(req, ROUTE_TIME, 200, o, false);
-}
-
-/* Constant-time compare: the token must not leak through timing. */
-static bool token_equal(const char *a, const char *b)
-{
-	size_t la = strlen(a), lb = strlen(b);
-	unsigned char d = la != lb;
-
-	for (size_t i = 0; i < la; i++)
-		d |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
-	return d == 0 && lb != 0;
-}
-
-static void route_promo_admin(struct gateway *gw, struct evhttp_request *req)
-{
-	const char *auth, *body;
-	size_t len;
-
-	if (gw->cfg.admin_token == NULL || gw->cfg.admin_token[0] == '\0') {
-		send_error(req, ROUTE_PROMO_ADMIN, 403, "admin_disabled",
-			   "the admin API is disabled (gateway.admin_token is empty)", false);
-		return;
-	}
-	auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-	if (auth == NULL || strncmp(auth, "Bearer ", 7) != 0 ||
-	    !token_equal(auth + 7, gw->cfg.admin_token)) {
-		send_error(req, ROUTE_PROMO_ADMIN, 401, "unauthorized", "missing or wrong bearer token",
-			   false);
-		return;
-	}
-	if (gw->draining) {
-		send_error(req, ROUTE_PROMO_ADMIN, 503, "busy", "shutting down; retry shortly", true);
-		return;
-	}
-	body = body_of(gw, req, &len);
-	promo_admin_create(gw, req, body, len);
+	call_reply_now(req, ROUTE_TIME, 200, o, false);
 }
 
 void routes_handle(struct evhttp_request *req, void *arg)
@@ -700,7 +544,8 @@ void routes_handle(struct evhttp_request *req, void *arg)
 		rest = path + 14;
 		n = strcspn(rest, "/");
 		if (n == 0 || n > FS_ID_MAX) {
-			send_error(req, ROUTE_OTHER, 404, "not_found", "no such resource", false);
+			call_error_now(req, ROUTE_OTHER, 404, "not_found", "no such resource",
+				       false);
 			return;
 		}
 		memcpy(id, rest, n);
@@ -715,7 +560,8 @@ void routes_handle(struct evhttp_request *req, void *arg)
 				goto bad_method;
 			route_request_op(gw, req, rest[1] == 'p' ? ROUTE_PAY : ROUTE_CANCEL, id);
 		} else {
-			send_error(req, ROUTE_OTHER, 404, "not_found", "no such resource", false);
+			call_error_now(req, ROUTE_OTHER, 404, "not_found", "no such resource",
+				       false);
 		}
 		return;
 	}
@@ -728,7 +574,7 @@ void routes_handle(struct evhttp_request *req, void *arg)
 	if (strcmp(path, "/admin/promotions") == 0) {
 		if (m != EVHTTP_REQ_POST)
 			goto bad_method;
-		route_promo_admin(gw, req);
+		admin_create_promo(gw, req);
 		return;
 	}
 	if (strcmp(path, "/v1/time") == 0) {
@@ -737,8 +583,9 @@ void routes_handle(struct evhttp_request *req, void *arg)
 		route_time(gw, req);
 		return;
 	}
-	send_error(req, ROUTE_OTHER, 404, "not_found", "no such resource", false);
+	call_error_now(req, ROUTE_OTHER, 404, "not_found", "no such resource", false);
 	return;
 bad_method:
-	send_error(req, ROUTE_OTHER, 405, "method_not_allowed", "method not allowed here", false);
+	call_error_now(req, ROUTE_OTHER, 405, "method_not_allowed", "method not allowed here",
+		       false);
 }

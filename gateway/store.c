@@ -1,23 +1,24 @@
 #include "store.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <event2/event.h>
 
 #include "log.h"
 
-#define STORE_BACKOFF_MIN_MS 100
-#define STORE_BACKOFF_MAX_MS 5000
+#define GW_STORE_BACKOFF_MIN_MS 100
+#define GW_STORE_BACKOFF_MAX_MS 5000
 
-static void store_connect(struct store *s);
+static void gw_store_connect(struct gw_store *s);
 
-static void store_retry_cb(evutil_socket_t fd, short what, void *arg)
+static void gw_store_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
-	store_connect(arg);
+	gw_store_connect(arg);
 }
 
-static void store_schedule_retry(struct store *s)
+static void gw_store_schedule_retry(struct gw_store *s)
 {
 	struct timeval tv;
 
@@ -27,33 +28,33 @@ static void store_schedule_retry(struct store *s)
 	tv.tv_usec = (s->backoff_ms % 1000) * 1000;
 	evtimer_add(s->retry_ev, &tv);
 	s->backoff_ms *= 2;
-	if (s->backoff_ms > STORE_BACKOFF_MAX_MS)
-		s->backoff_ms = STORE_BACKOFF_MAX_MS;
+	if (s->backoff_ms > GW_STORE_BACKOFF_MAX_MS)
+		s->backoff_ms = GW_STORE_BACKOFF_MAX_MS;
 }
 
 /* hiredis frees the context after a failed connect: forget it. */
-static void store_on_connect(const redisAsyncContext *ac, int status)
+static void gw_store_on_connect(const redisAsyncContext *ac, int status)
 {
-	struct store *s = ac->data;
+	struct gw_store *s = ac->data;
 
 	if (status != REDIS_OK) {
 		log_warn("redis_connect_failed", "address=%s err=\"%s\" retry_ms=%d",
 			 s->address, ac->errstr, s->backoff_ms);
 		s->ac = NULL;
 		s->connected = false;
-		store_schedule_retry(s);
+		gw_store_schedule_retry(s);
 		return;
 	}
 	s->connected = true;
-	s->backoff_ms = STORE_BACKOFF_MIN_MS;
+	s->backoff_ms = GW_STORE_BACKOFF_MIN_MS;
 	s->connects++;
 	log_info("redis_connected", "address=%s connects=%lld", s->address, s->connects);
 }
 
 /* Called only for a context that had connected; hiredis frees it afterwards. */
-static void store_on_disconnect(const redisAsyncContext *ac, int status)
+static void gw_store_on_disconnect(const redisAsyncContext *ac, int status)
 {
-	struct store *s = ac->data;
+	struct gw_store *s = ac->data;
 
 	if (status != REDIS_OK)
 		log_warn("redis_disconnected", "address=%s err=\"%s\"", s->address, ac->errstr);
@@ -61,10 +62,10 @@ static void store_on_disconnect(const redisAsyncContext *ac, int status)
 		log_info("redis_disconnected", "address=%s", s->address);
 	s->ac = NULL;
 	s->connected = false;
-	store_schedule_retry(s);
+	gw_store_schedule_retry(s);
 }
 
-static void store_connect(struct store *s)
+static void gw_store_connect(struct gw_store *s)
 {
 	char err[256];
 	redisAsyncContext *ac;
@@ -75,40 +76,60 @@ static void store_connect(struct store *s)
 	if (ac == NULL) {
 		log_warn("redis_connect_failed", "address=%s err=\"%s\" retry_ms=%d",
 			 s->address, err, s->backoff_ms);
-		store_schedule_retry(s);
+		gw_store_schedule_retry(s);
 		return;
 	}
 	ac->data = s;
-	redisAsyncSetConnectCallback(ac, store_on_connect);
-	redisAsyncSetDisconnectCallback(ac, store_on_disconnect);
+	redisAsyncSetConnectCallback(ac, gw_store_on_connect);
+	redisAsyncSetDisconnectCallback(ac, gw_store_on_disconnect);
 	s->ac = ac;
 	s->connected = false;
 }
 
-int store_init(struct store *s, struct event_base *base, const char *address)
+int gw_store_init(struct gw_store *s, struct event_base *base, const char *address)
 {
 	memset(s, 0, sizeof(*s));
 	s->base = base;
 	s->address = address;
-	s->backoff_ms = STORE_BACKOFF_MIN_MS;
-	s->retry_ev = evtimer_new(base, store_retry_cb, s);
+	s->backoff_ms = GW_STORE_BACKOFF_MIN_MS;
+	s->retry_ev = evtimer_new(base, gw_store_retry_cb, s);
 	if (s->retry_ev == NULL)
 		return -1;
-	store_connect(s);
+	gw_store_connect(s);
 	return 0;
 }
 
-int store_command_argv(struct store *s, redisCallbackFn *fn, void *privdata,
-		       int argc, const char **argv, const size_t *argvlen)
+int gw_store_command_argv(struct gw_store *s, redisCallbackFn *fn, void *privdata,
+			  int argc, const char **argv, const size_t *argvlen)
 {
-	if (!store_ready(s))
+	if (!gw_store_ready(s))
 		return -1;
 	if (redisAsyncCommandArgv(s->ac, fn, privdata, argc, argv, argvlen) != REDIS_OK)
 		return -1;
 	return 0;
 }
 
-void store_mark_queued(struct store *s, const char *request_id, long long ttl_s)
+int64_t gw_store_reply_int(const redisReply *r, bool *ok)
+{
+	char *end;
+	long long v;
+
+	if (r == NULL)
+		goto bad;
+	if (r->type == REDIS_REPLY_INTEGER)
+		return r->integer;
+	if (r->type != REDIS_REPLY_STRING || r->len == 0)
+		goto bad;
+	v = strtoll(r->str, &end, 10);
+	if (*end != '\0')
+		goto bad;
+	return v;
+bad:
+	*ok = false;
+	return 0;
+}
+
+void gw_store_mark_queued(struct gw_store *s, const char *request_id, long long ttl_s)
 {
 	char key[128], ttl[32];
 	const char *hset[] = { "HSETNX", key, "st", "queued" };
@@ -117,12 +138,12 @@ void store_mark_queued(struct store *s, const char *request_id, long long ttl_s)
 	snprintf(key, sizeof(key), "fs:req:%s", request_id);
 	snprintf(ttl, sizeof(ttl), "%lld", ttl_s);
 	/* Best effort: the record only helps GET say "queued" early. */
-	if (store_command_argv(s, NULL, NULL, 4, hset, NULL) < 0 ||
-	    store_command_argv(s, NULL, NULL, 4, expire, NULL) < 0)
+	if (gw_store_command_argv(s, NULL, NULL, 4, hset, NULL) < 0 ||
+	    gw_store_command_argv(s, NULL, NULL, 4, expire, NULL) < 0)
 		log_debug("queued_marker_skipped", "request_id=%s", request_id);
 }
 
-void store_reset(struct store *s)
+void gw_store_reset(struct gw_store *s)
 {
 	redisAsyncContext *ac = s->ac;
 
@@ -132,10 +153,10 @@ void store_reset(struct store *s)
 	s->ac = NULL;
 	s->connected = false;
 	redisAsyncFree(ac);
-	store_schedule_retry(s);
+	gw_store_schedule_retry(s);
 }
 
-void store_close(struct store *s)
+void gw_store_close(struct gw_store *s)
 {
 	s->stopping = true;
 	if (s->retry_ev != NULL)
@@ -144,7 +165,7 @@ void store_close(struct store *s)
 		redisAsyncDisconnect(s->ac);
 }
 
-void store_free(struct store *s)
+void gw_store_free(struct gw_store *s)
 {
 	s->stopping = true;
 	if (s->ac != NULL) {

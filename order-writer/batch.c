@@ -99,37 +99,6 @@ int batch_copy_escape(struct batch_buf *b, const char *s)
 	return 0;
 }
 
-const char *batch_kind_name(int kind)
-{
-	switch (kind) {
-	case FLASHSALE__LEDGER_EVENT__KIND__RESERVED: return "reserved";
-	case FLASHSALE__LEDGER_EVENT__KIND__PAID: return "paid";
-	case FLASHSALE__LEDGER_EVENT__KIND__CANCELLED: return "cancelled";
-	case FLASHSALE__LEDGER_EVENT__KIND__EXPIRED: return "expired";
-	case FLASHSALE__LEDGER_EVENT__KIND__REFUSED: return "refused";
-	case FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED: return "transition_refused";
-	default: return NULL;
-	}
-}
-
-const char *batch_order_state(int kind)
-{
-	switch (kind) {
-	case FLASHSALE__LEDGER_EVENT__KIND__RESERVED: return "held";
-	case FLASHSALE__LEDGER_EVENT__KIND__PAID: return "paid";
-	case FLASHSALE__LEDGER_EVENT__KIND__CANCELLED: return "cancelled";
-	case FLASHSALE__LEDGER_EVENT__KIND__EXPIRED: return "expired";
-	default: return NULL;
-	}
-}
-
-bool batch_kind_terminal(int kind)
-{
-	return kind == FLASHSALE__LEDGER_EVENT__KIND__PAID ||
-	       kind == FLASHSALE__LEDGER_EVENT__KIND__CANCELLED ||
-	       kind == FLASHSALE__LEDGER_EVENT__KIND__EXPIRED;
-}
-
 static bool batch_empty(const char *s)
 {
 	return s == NULL || s[0] == '\0';
@@ -137,7 +106,7 @@ static bool batch_empty(const char *s)
 
 int batch_event_check(const fs_ledger_event *ev, char *err, size_t errlen)
 {
-	if (batch_kind_name((int)ev->kind) == NULL) {
+	if (ledger_kind_name((int)ev->kind) == NULL) {
 		snprintf(err, errlen, "unknown ledger event kind %d", (int)ev->kind);
 		return -1;
 	}
@@ -167,8 +136,8 @@ static int batch_field(struct batch_buf *b, const char *s, char sep)
 int batch_row_append(struct batch_buf *b, const fs_ledger_event *ev,
 		     int32_t partition, int64_t offset, int64_t seq)
 {
-	const char *kind = batch_kind_name((int)ev->kind);
-	const char *order_state = batch_order_state((int)ev->kind);
+	const char *kind = ledger_kind_name((int)ev->kind);
+	const char *order_state = ledger_kind_order_state((int)ev->kind);
 	size_t start = b->len;
 
 	if (kind == NULL)
@@ -207,59 +176,18 @@ fail:
 	return -1;
 }
 
-void batch_offsets_reset(struct batch_offsets *o)
+int batch_positions_arrays(const struct offsets_pos *pos, size_t n, struct batch_buf *parts,
+			   struct batch_buf *nexts)
 {
-	o->n = 0;
-}
-
-void batch_offsets_free(struct batch_offsets *o)
-{
-	free(o->v);
-	o->v = NULL;
-	o->n = 0;
-	o->cap = 0;
-}
-
-int batch_offsets_note(struct batch_offsets *o, int32_t partition, int64_t offset)
-{
-	size_t i;
-
-	for (i = 0; i < o->n; i++) {
-		if (o->v[i].partition == partition) {
-			if (offset + 1 > o->v[i].next)
-				o->v[i].next = offset + 1;
-			return 0;
-		}
-	}
-	if (o->n == o->cap) {
-		size_t cap = o->cap > 0 ? o->cap * 2 : 16;
-		struct batch_offset *v = realloc(o->v, cap * sizeof(*v));
-
-		if (v == NULL)
-			return -1;
-		o->v = v;
-		o->cap = cap;
-	}
-	o->v[o->n].partition = partition;
-	o->v[o->n].next = offset + 1;
-	o->n++;
-	return 0;
-}
-
-int batch_offsets_arrays(const struct batch_offsets *o, struct batch_buf *parts,
-			 struct batch_buf *nexts)
-{
-	size_t i;
-
 	batch_buf_reset(parts);
 	batch_buf_reset(nexts);
 	if (batch_buf_append(parts, "{", 1) < 0 || batch_buf_append(nexts, "{", 1) < 0)
 		return -1;
-	for (i = 0; i < o->n; i++) {
+	for (size_t i = 0; i < n; i++) {
 		const char *sep = i > 0 ? "," : "";
 
-		if (batch_buf_printf(parts, "%s%" PRId32, sep, o->v[i].partition) < 0 ||
-		    batch_buf_printf(nexts, "%s%" PRId64, sep, o->v[i].next) < 0)
+		if (batch_buf_printf(parts, "%s%" PRId32, sep, pos[i].partition) < 0 ||
+		    batch_buf_printf(nexts, "%s%" PRId64, sep, pos[i].offset) < 0)
 			return -1;
 	}
 	if (batch_buf_append(parts, "}", 1) < 0 || batch_buf_append(nexts, "}", 1) < 0)

@@ -9,7 +9,7 @@
 #include "log.h"
 #include "pg.h"
 
-struct store {
+struct ow_store {
 	char *conninfo;
 	PGconn *conn;
 	struct batch_buf parts;   /* scratch for the ledger_offsets arrays */
@@ -20,7 +20,7 @@ struct store {
  * Per connection: ON COMMIT DELETE ROWS empties it at every commit (and a
  * rollback discards the COPY), so a batch never sees another's rows. seq
  * keeps the batch's order for the DISTINCT ON picks; order_state carries the
- * C mapping of kind to orders.state (batch_order_state()).
+ * C mapping of kind to orders.state (ledger_kind_order_state()).
  */
 static const char sql_stage[] =
 	"CREATE TEMP TABLE IF NOT EXISTS ledger_stage ("
@@ -92,11 +92,11 @@ static const char sql_offsets[] =
 	" SET next_offset = GREATEST(ledger_offsets.next_offset, EXCLUDED.next_offset)";
 
 /* libpq's COPY length is an int: send big batches in pieces. */
-#define STORE_COPY_CHUNK (1024 * 1024)
+#define OW_STORE_COPY_CHUNK (1024 * 1024)
 
-struct store *store_new(const char *conninfo)
+struct ow_store *ow_store_new(const char *conninfo)
 {
-	struct store *s = calloc(1, sizeof(*s));
+	struct ow_store *s = calloc(1, sizeof(*s));
 
 	if (s == NULL)
 		return NULL;
@@ -108,7 +108,7 @@ struct store *store_new(const char *conninfo)
 	return s;
 }
 
-void store_disconnect(struct store *s)
+void ow_store_disconnect(struct ow_store *s)
 {
 	if (s->conn != NULL) {
 		PQfinish(s->conn);
@@ -116,50 +116,50 @@ void store_disconnect(struct store *s)
 	}
 }
 
-void store_free(struct store *s)
+void ow_store_free(struct ow_store *s)
 {
 	if (s == NULL)
 		return;
-	store_disconnect(s);
+	ow_store_disconnect(s);
 	batch_buf_free(&s->parts);
 	batch_buf_free(&s->nexts);
 	free(s->conninfo);
 	free(s);
 }
 
-bool store_connected(const struct store *s)
+bool ow_store_connected(const struct ow_store *s)
 {
 	return s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK;
 }
 
-int store_connect(struct store *s, bool apply_schema, char *err, size_t errlen)
+int ow_store_connect(struct ow_store *s, bool apply_schema, char *err, size_t errlen)
 {
-	store_disconnect(s);
+	ow_store_disconnect(s);
 	s->conn = pg_connect(s->conninfo, err, errlen);
 	if (s->conn == NULL)
 		return -1;
 	if ((apply_schema && pg_apply_schema(s->conn, err, errlen) < 0) ||
 	    pg_exec(s->conn, "SET application_name = 'flashsale-order-writer'", err, errlen) < 0 ||
 	    pg_exec(s->conn, sql_stage, err, errlen) < 0) {
-		store_disconnect(s);
+		ow_store_disconnect(s);
 		return -1;
 	}
 	return 0;
 }
 
-int store_ping(struct store *s, char *err, size_t errlen)
+int ow_store_ping(struct ow_store *s, char *err, size_t errlen)
 {
-	if (!store_connected(s) || pg_exec(s->conn, "SELECT 1", err, errlen) < 0) {
+	if (!ow_store_connected(s) || pg_exec(s->conn, "SELECT 1", err, errlen) < 0) {
 		if (s->conn == NULL)
 			snprintf(err, errlen, "not connected to postgres");
-		store_disconnect(s);
+		ow_store_disconnect(s);
 		return -1;
 	}
 	return 0;
 }
 
 /* Make libpq's message one line: inner newlines become spaces, trailing ones go. */
-static void store_trim(char *err)
+static void ow_store_trim(char *err)
 {
 	size_t n;
 	char *p;
@@ -177,13 +177,13 @@ static void store_trim(char *err)
  * data error rolls back and keeps the connection; anything else drops the
  * connection so that the caller reconnects before it redoes the batch.
  */
-static enum store_result store_fail(struct store *s, PGresult *r, const char *step,
+static enum ow_store_result ow_store_fail(struct ow_store *s, PGresult *r, const char *step,
 				    char *err, size_t errlen)
 {
 	const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
 	const char *primary = r != NULL ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
 	const char *detail = r != NULL ? PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL) : NULL;
-	enum store_result res = STORE_RETRY;
+	enum ow_store_result res = OW_STORE_RETRY;
 
 	/* One line (it travels in logs and dead letters): "step: SQLSTATE message (detail)". */
 	if (state != NULL && primary != NULL) {
@@ -198,26 +198,26 @@ static enum store_result store_fail(struct store *s, PGresult *r, const char *st
 		snprintf(err, errlen, "%s: %s", step,
 			 msg != NULL && msg[0] != '\0' ? msg : "unknown error");
 	}
-	store_trim(err);
+	ow_store_trim(err);
 	if (state != NULL && state[0] == '2' && (state[1] == '2' || state[1] == '3'))
-		res = STORE_DATA;
+		res = OW_STORE_DATA;
 	if (r != NULL)
 		PQclear(r);
-	if (res == STORE_DATA && PQstatus(s->conn) == CONNECTION_OK) {
+	if (res == OW_STORE_DATA && PQstatus(s->conn) == CONNECTION_OK) {
 		char ignore[256];
 
 		/* Drain what is left of a failed COPY before the rollback. */
 		while ((r = PQgetResult(s->conn)) != NULL)
 			PQclear(r);
 		if (pg_exec(s->conn, "ROLLBACK", ignore, sizeof(ignore)) == 0)
-			return STORE_DATA;
+			return OW_STORE_DATA;
 	}
-	store_disconnect(s);
+	ow_store_disconnect(s);
 	return res;
 }
 
-/* Run a statement that returns no rows; STORE_OK or the failure class. */
-static enum store_result store_step(struct store *s, const char *step, const char *sql,
+/* Run a statement that returns no rows; OW_STORE_OK or the failure class. */
+static enum ow_store_result ow_store_step(struct ow_store *s, const char *step, const char *sql,
 				    int nparams, const char *const *params,
 				    char *err, size_t errlen)
 {
@@ -228,80 +228,80 @@ static enum store_result store_step(struct store *s, const char *step, const cha
 	else
 		r = PQexec(s->conn, sql);
 	if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK)
-		return store_fail(s, r, step, err, errlen);
-	log_debug("store_step", "step=%s rows=%s", step, PQcmdTuples(r));
+		return ow_store_fail(s, r, step, err, errlen);
+	log_debug("ow_store_step", "step=%s rows=%s", step, PQcmdTuples(r));
 	PQclear(r);
-	return STORE_OK;
+	return OW_STORE_OK;
 }
 
-static enum store_result store_copy(struct store *s, const char *rows, size_t len,
+static enum ow_store_result ow_store_copy(struct ow_store *s, const char *rows, size_t len,
 				    char *err, size_t errlen)
 {
 	PGresult *r = PQexec(s->conn, sql_copy);
 	size_t off;
 
 	if (r == NULL || PQresultStatus(r) != PGRES_COPY_IN)
-		return store_fail(s, r, "copy", err, errlen);
+		return ow_store_fail(s, r, "copy", err, errlen);
 	PQclear(r);
-	for (off = 0; off < len; off += STORE_COPY_CHUNK) {
-		size_t n = len - off < STORE_COPY_CHUNK ? len - off : STORE_COPY_CHUNK;
+	for (off = 0; off < len; off += OW_STORE_COPY_CHUNK) {
+		size_t n = len - off < OW_STORE_COPY_CHUNK ? len - off : OW_STORE_COPY_CHUNK;
 
 		if (PQputCopyData(s->conn, rows + off, (int)n) != 1)
-			return store_fail(s, NULL, "copy", err, errlen);
+			return ow_store_fail(s, NULL, "copy", err, errlen);
 	}
 	if (PQputCopyEnd(s->conn, NULL) != 1)
-		return store_fail(s, NULL, "copy", err, errlen);
+		return ow_store_fail(s, NULL, "copy", err, errlen);
 	r = PQgetResult(s->conn);
 	if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK)
-		return store_fail(s, r, "copy", err, errlen);
+		return ow_store_fail(s, r, "copy", err, errlen);
 	PQclear(r);
 	while ((r = PQgetResult(s->conn)) != NULL)
 		PQclear(r);
-	return STORE_OK;
+	return OW_STORE_OK;
 }
 
-enum store_result store_apply(struct store *s, const char *rows, size_t len,
-			      const struct batch_offsets *offs, bool project,
-			      char *err, size_t errlen)
+enum ow_store_result ow_store_apply(struct ow_store *s, const char *rows, size_t len,
+				    const struct offsets_pos *next, size_t nnext, bool project,
+				    char *err, size_t errlen)
 {
-	enum store_result res;
+	enum ow_store_result res;
 
-	if (!store_connected(s)) {
+	if (!ow_store_connected(s)) {
 		snprintf(err, errlen, "not connected to postgres");
-		store_disconnect(s);
-		return STORE_RETRY;
+		ow_store_disconnect(s);
+		return OW_STORE_RETRY;
 	}
-	if ((res = store_step(s, "begin", "BEGIN", 0, NULL, err, errlen)) != STORE_OK)
+	if ((res = ow_store_step(s, "begin", "BEGIN", 0, NULL, err, errlen)) != OW_STORE_OK)
 		return res;
 	if (len > 0) {
-		if ((res = store_copy(s, rows, len, err, errlen)) != STORE_OK ||
-		    (res = store_step(s, "ledger_events", sql_events, 0, NULL, err, errlen)) != STORE_OK)
+		if ((res = ow_store_copy(s, rows, len, err, errlen)) != OW_STORE_OK ||
+		    (res = ow_store_step(s, "ledger_events", sql_events, 0, NULL, err, errlen)) != OW_STORE_OK)
 			return res;
 		if (project &&
-		    ((res = store_step(s, "orders_insert", sql_orders_insert, 0, NULL,
-				       err, errlen)) != STORE_OK ||
-		     (res = store_step(s, "orders_update", sql_orders_update, 0, NULL,
-				       err, errlen)) != STORE_OK ||
-		     (res = store_step(s, "refusals", sql_refusals, 0, NULL,
-				       err, errlen)) != STORE_OK))
+		    ((res = ow_store_step(s, "orders_insert", sql_orders_insert, 0, NULL,
+				       err, errlen)) != OW_STORE_OK ||
+		     (res = ow_store_step(s, "orders_update", sql_orders_update, 0, NULL,
+				       err, errlen)) != OW_STORE_OK ||
+		     (res = ow_store_step(s, "refusals", sql_refusals, 0, NULL,
+				       err, errlen)) != OW_STORE_OK))
 			return res;
 	}
-	if (offs != NULL && offs->n > 0) {
+	if (nnext > 0) {
 		const char *params[2];
 
-		if (batch_offsets_arrays(offs, &s->parts, &s->nexts) < 0) {
+		if (batch_positions_arrays(next, nnext, &s->parts, &s->nexts) < 0) {
 			char ignore[256];
 
 			snprintf(err, errlen, "out of memory");
 			if (pg_exec(s->conn, "ROLLBACK", ignore, sizeof(ignore)) < 0)
-				store_disconnect(s);
-			return STORE_RETRY;
+				ow_store_disconnect(s);
+			return OW_STORE_RETRY;
 		}
 		params[0] = s->parts.data;
 		params[1] = s->nexts.data;
-		if ((res = store_step(s, "ledger_offsets", sql_offsets, 2, params,
-				      err, errlen)) != STORE_OK)
+		if ((res = ow_store_step(s, "ledger_offsets", sql_offsets, 2, params,
+				      err, errlen)) != OW_STORE_OK)
 			return res;
 	}
-	return store_step(s, "commit", "COMMIT", 0, NULL, err, errlen);
+	return ow_store_step(s, "commit", "COMMIT", 0, NULL, err, errlen);
 }

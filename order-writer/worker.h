@@ -1,62 +1,49 @@
 /*
- * The order-writer's worker thread: consume ledger events in batches, apply
- * each batch to PostgreSQL in one transaction (store.h), then store the
- * Kafka offsets (auto commit sends them). Blocking libpq and librdkafka calls
- * happen only on this thread; the main thread's event loop only asks for a
- * drain, reads health and joins.
+ * The order-writer's part of the shared batch consumer (common/consumer.h):
+ * a batch of ledger events becomes one PostgreSQL transaction (COPY into a
+ * staging table, set-based idempotent upserts, ledger_offsets), and the
+ * offsets are stored only once it committed and its dead letters are
+ * delivered.
  */
-#ifndef FLASHSALE_OW_WORKER_H
-#define FLASHSALE_OW_WORKER_H
+#ifndef FLASHSALE_ORDER_WRITER_WORKER_H
+#define FLASHSALE_ORDER_WRITER_WORKER_H
 
-#include "daemon.h"
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "kafka.h"
+#include "consumer.h"
+#include "daemon.h"
 #include "store.h"
+#include "util.h"
 
-#define WORKER_MUSTCHECK __attribute__((warn_unused_result))
-
-struct worker_cfg {
-	const struct kafka_cfg *kafka;
-	const char *group;          /* consumer group id */
-	int batch_size;             /* events per batch, >= 1 */
-	int batch_wait_ms;          /* wait after the first event of a batch */
-	int retry_backoff_ms;       /* first backoff after a PostgreSQL failure */
+/* Every key of the order-writer's config table (main.c). */
+struct ow_config {
+	struct daemon_cfg base;
+	struct consumer_settings consumer; /* order_writer.group, .batch_size, ... */
+	char *pg_conninfo;
 };
 
-struct worker;
-
-/* Register the order-writer metrics (start-up, once). */
-void worker_metrics_register(void);
+struct ow_worker;
 
 /*
- * Create the consumer (subscribed to the ledger) and the dead-letter
- * producer. The worker takes ownership of store, which must be connected.
- * NULL with the reason in err; store is then still the caller's.
+ * Create the consumer (subscribed to the ledger, dead letters to their
+ * topic) and the metrics. The worker takes ownership of store, which must
+ * be connected; cfg must outlive it. NULL with the reason in err (store is
+ * then still the caller's).
  */
-struct worker *worker_new(const struct worker_cfg *cfg, struct store *store,
-			  char *err, size_t errlen) WORKER_MUSTCHECK;
+struct ow_worker *ow_worker_new(const struct ow_config *cfg, struct ow_store *store,
+				char *err, size_t errlen) FS_MUSTCHECK;
 
-/* Start the thread. -1 with the reason in err. */
-int worker_start(struct worker *w, char *err, size_t errlen) WORKER_MUSTCHECK;
+/* The worker's consumer, for consumer_run(). */
+struct consumer *ow_worker_consumer(struct ow_worker *w);
 
 /*
- * The thread, for daemon_run_worker(): its stop request makes the worker
- * finish its batch, store offsets, close and exit.
+ * /healthz (a daemon_health_fn on a struct ow_worker): healthy when the
+ * thread beat within the last 5 s and PostgreSQL is connected. Any thread.
  */
-struct daemon_thread *worker_thread(struct worker *w);
+enum daemon_health ow_worker_health(void *ow_worker, char *detail, size_t n);
 
-/* Wait for the thread; its exit status: 0 after a drain, -1 on a fatal error. */
-int worker_join(struct worker *w);
-
-/*
- * Healthy when the thread beat within the last 5 s and PostgreSQL is
- * connected; detail gets a JSON object. Any thread.
- */
-enum daemon_health worker_health(const struct worker *w, char *detail, size_t n);
-
-/* Free everything (after worker_join, or if never started). */
-void worker_free(struct worker *w);
+/* Free everything, the store too (after consumer_run, or if never started). */
+void ow_worker_free(struct ow_worker *w);
 
 #endif

@@ -51,7 +51,7 @@ struct audit_sku {
 };
 
 struct audit {
-	const struct reconciler_cfg *cfg;
+	const struct rc_config *cfg;
 	redisContext *rc;
 	PGconn *pg;
 	struct audit_sku *skus;
@@ -178,20 +178,8 @@ static int audit_read_pg(struct audit *a)
 	return 0;
 }
 
-static redisReply *audit_redis(struct audit *a, redisReply *r, const char *what)
-{
-	if (r == NULL) {
-		snprintf(a->err, sizeof(a->err), "redis %s: %s", what,
-			 a->rc->errstr[0] ? a->rc->errstr : "no reply");
-		return NULL;
-	}
-	if (r->type == REDIS_REPLY_ERROR) {
-		snprintf(a->err, sizeof(a->err), "redis %s: %s", what, r->str);
-		freeReplyObject(r);
-		return NULL;
-	}
-	return r;
-}
+/* A reply we must have; NULL with a->err filled on failure. */
+#define audit_redis(a, r, what) redisx_must((a)->rc, (r), (what), (a)->err, sizeof((a)->err))
 
 static long long reply_ll(const redisReply *e, bool *present)
 {
@@ -417,7 +405,7 @@ static void audit_print(const struct audit *a, long long violations)
 	fflush(stdout);
 }
 
-int audit_run(const struct reconciler_cfg *cfg, int wait_drain_s, long long *violations)
+int audit_run(const struct rc_config *cfg, int wait_drain_s, long long *violations)
 {
 	struct audit a = { .cfg = cfg };
 	int64_t deadline = mono_us() + (int64_t)wait_drain_s * 1000000;

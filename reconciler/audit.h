@@ -2,10 +2,12 @@
  * `audit`: check the invariants of DEVELOPERS.md across Redis and
  * PostgreSQL and print one line per SKU plus a verdict line.
  */
-#ifndef RECONCILER_AUDIT_H
-#define RECONCILER_AUDIT_H
+#ifndef FLASHSALE_RECONCILER_AUDIT_H
+#define FLASHSALE_RECONCILER_AUDIT_H
 
-struct reconciler_cfg;
+#include "util.h"
+
+struct rc_config;
 
 /*
  * Compare the stores; with wait_drain_s > 0 repeat every 250 ms until Redis
@@ -13,7 +15,7 @@ struct reconciler_cfg;
  * the time is up, then report. 0 when the audit ran (*violations says how
  * many it found), -1 when it could not run (reason logged).
  */
-int audit_run(const struct reconciler_cfg *cfg, int wait_drain_s, long long *violations)
-	__attribute__((warn_unused_result));
+int audit_run(const struct rc_config *cfg, int wait_drain_s, long long *violations)
+	FS_MUSTCHECK;
 
 #endif

@@ -22,9 +22,6 @@ static const char *const fold_words[] = {
 #define W_FIRST_REFUSAL 5
 #define W_COUNT (sizeof(fold_words) / sizeof(fold_words[0]))
 
-static const char *const fold_kind_names[] = {
-	NULL, "reserved", "paid", "cancelled", "expired", "refused", "transition_refused",
-};
 
 /* Strings are never freed one by one: an arena of large chunks. */
 struct arena_chunk {
@@ -175,14 +172,6 @@ static uint8_t word_index(const char *s)
 const char *fold_word(uint8_t idx)
 {
 	return idx < W_COUNT ? fold_words[idx] : "";
-}
-
-int fold_kind_parse(const char *name)
-{
-	for (int k = FOLD_RESERVED; k <= FOLD_TRANSITION_REFUSED; k++)
-		if (name != NULL && strcmp(fold_kind_names[k], name) == 0)
-			return k;
-	return 0;
 }
 
 struct fold *fold_new(void)

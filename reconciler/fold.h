@@ -18,8 +18,8 @@
  *     event (Redis' promotion seq), duplicates included: what a repaired
  *     Redis must show so that no deductor's floor is above it.
  */
-#ifndef RECONCILER_FOLD_H
-#define RECONCILER_FOLD_H
+#ifndef FLASHSALE_RECONCILER_FOLD_H
+#define FLASHSALE_RECONCILER_FOLD_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -27,8 +27,9 @@
 
 #include "intent.h"
 #include "strmap.h"
+#include "util.h"
 
-/* Same numbers as flashsale.LedgerEvent.Kind. */
+/* Same numbers as flashsale.LedgerEvent.Kind (names: ledger_kind_parse). */
 enum fold_kind {
 	FOLD_RESERVED = 1,
 	FOLD_PAID = 2,
@@ -113,7 +114,7 @@ struct fold_sku {
 
 struct fold;
 
-struct fold *fold_new(void) __attribute__((warn_unused_result));
+struct fold *fold_new(void) FS_MUSTCHECK;
 void fold_free(struct fold *f);
 
 /*
@@ -122,10 +123,7 @@ void fold_free(struct fold *f);
  * invalid one), -1 when out of memory.
  */
 int fold_add(struct fold *f, const struct fold_event *ev, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
-
-/* "reserved" -> FOLD_RESERVED, ...; 0 for an unknown name. */
-int fold_kind_parse(const char *name);
+	FS_MUSTCHECK;
 
 /* The state word of a record's o or st index ("reserved", "sold_out", ...). */
 const char *fold_word(uint8_t idx);
@@ -151,7 +149,7 @@ long long fold_watermark(const struct fold *f, int partition);
  */
 int fold_summarize(const struct fold *f, const struct fold_promo *promos, size_t npromos,
 		   bool allow_oversold, struct fold_sku **out, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+	FS_MUSTCHECK;
 void fold_skus_free(struct fold_sku *s, size_t n);
 
 /*
@@ -164,6 +162,6 @@ void fold_skus_free(struct fold_sku *s, size_t n);
  */
 int fold_plan_correction(const struct fold *f, const struct fold_sku *s,
 			 const struct fold_req **out, size_t n, long long *paid_over)
-	__attribute__((warn_unused_result));
+	FS_MUSTCHECK;
 
 #endif

@@ -16,22 +16,19 @@
 #include "redisx.h"
 #include "reconciler.h"
 
-static struct reconciler_cfg cfg;
+static struct rc_config cfg;
 
 static struct cf_key keys[] = {
-	KAFKA_CF_KEYS(cfg.kafka),
+	DAEMON_CF_KEYS(cfg.base, "9103"),
 	REDIS_CF_KEYS(cfg.redis_address),
 	PG_CF_KEYS(cfg.pg_conninfo),
-	HTTP_CF_KEYS(cfg.http_host, cfg.http_port, "9103"),
-	LOG_CF_KEY(cfg.log_level),
 	{ "reconciler.release_interval_ms", CF_INT, &cfg.release_interval_ms, "250", 10, 60000,
 	  "How often the release loop looks for holds past their deadline" },
 	{ "reconciler.release_batch", CF_INT, &cfg.release_batch, "1000", 1, 100000,
 	  "Most due holds per SKU released in one round" },
 	{ "reconciler.release_resend_ms", CF_INT, &cfg.release_resend_ms, "30000", 1000, 3600000,
 	  "Wait before sending a hold's RELEASE again while it is still held" },
-	{ "reconciler.record_ttl_s", CF_INT, &cfg.record_ttl_s, "604800", 60, 315360000,
-	  "Seconds a rebuilt request record is kept (match deductor.record_ttl_s)" },
+	RECORD_TTL_CF_KEY("reconciler.record_ttl_s", cfg.record_ttl_s),
 	{ "reconciler.release_grace_ms", CF_INT, &cfg.release_grace_ms, "7000", 0, 3600000,
 	  "A hold is released this long after its deadline, so that every PAY the gateways "
 	  "accepted before the deadline is ahead of the RELEASE on the partition; must exceed "
@@ -57,11 +54,6 @@ static struct cf_table table = {
 	.keys = keys,
 };
 
-static enum daemon_health app_health(void *r, char *detail, size_t n)
-{
-	return release_health(r, detail, n);
-}
-
 static int cmd_run(void)
 {
 	struct release *release;
@@ -71,11 +63,11 @@ static int cmd_run(void)
 	release_metrics_register();
 	release = release_start(&cfg, err, sizeof(err));
 	if (release == NULL)
-		die("release_start", "msg=\"%s\"", err);
+		die("startup_failed", "what=release msg=\"%s\"", err);
 	log_info("started", "redis=%s bootstrap=%s http_port=%lld interval_ms=%lld",
-		 cfg.redis_address, cfg.kafka.bootstrap, cfg.http_port, cfg.release_interval_ms);
-	drained = daemon_run_worker(release_thread(release), app_health, release,
-				    cfg.http_host, (int)cfg.http_port, &table);
+		 cfg.redis_address, cfg.base.kafka.bootstrap, cfg.base.http_port, cfg.release_interval_ms);
+	drained = daemon_run_worker(release_thread(release), release_health, release,
+				    cfg.base.http_host, (int)cfg.base.http_port, &table);
 	release_free(release);
 	log_info("stopped", "clean=%s", drained ? "true" : "false");
 	return drained ? 0 : 1;
@@ -224,10 +216,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	split_args(argc, argv, commonv, &commonc, cmdv, &cmdc);
-	cf_parse_args(&table, commonc, commonv, &first_arg);
-	log_init("reconciler");
-	if (!log_set_level(cfg.log_level))
-		die("bad_config", "key=log.level value=%s", cfg.log_level);
+	daemon_init(&table, &cfg.base, commonc, commonv, &first_arg);
 	name = cmdc > 0 ? cmdv[0] : "run";
 	if (strcmp(name, "run") == 0) {
 		if (cmdc > 1)

@@ -3,11 +3,12 @@
  * commands (and at the end) read the replies back, keeping the first error.
  * One round trip per chunk instead of one per command.
  */
-#ifndef RECONCILER_PIPE_H
-#define RECONCILER_PIPE_H
+#ifndef FLASHSALE_RECONCILER_PIPE_H
+#define FLASHSALE_RECONCILER_PIPE_H
 
 #include <stddef.h>
 #include <hiredis/hiredis.h>
+#include "util.h"
 
 struct rpipe {
 	redisContext *c;
@@ -22,9 +23,9 @@ void rpipe_init(struct rpipe *p, redisContext *c, size_t chunk);
 
 /* Append one command (argv form). -1 once anything failed (see p->err). */
 int rpipe_append(struct rpipe *p, int argc, const char **argv, const size_t *argvlen)
-	__attribute__((warn_unused_result));
+	FS_MUSTCHECK;
 
 /* Read every pending reply. -1 if any command or the connection failed. */
-int rpipe_flush(struct rpipe *p) __attribute__((warn_unused_result));
+int rpipe_flush(struct rpipe *p) FS_MUSTCHECK;
 
 #endif

@@ -36,7 +36,7 @@ static const char unfence_lua[] =
 	"return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
 
 struct rebuild {
-	const struct reconciler_cfg *cfg;
+	const struct rc_config *cfg;
 	const struct rebuild_opts *opt;
 	redisContext *rc;
 	PGconn *pg;
@@ -79,21 +79,8 @@ static bool rebuild_owns(const struct rebuild *b, const char *sku)
 
 /* ---- Redis ---- */
 
-/* A reply we must have; NULL with err filled on failure. */
-static redisReply *redis_must(struct rebuild *b, redisReply *r, const char *what)
-{
-	if (r == NULL) {
-		snprintf(b->err, sizeof(b->err), "redis %s: %s", what,
-			 b->rc->errstr[0] ? b->rc->errstr : "no reply");
-		return NULL;
-	}
-	if (r->type == REDIS_REPLY_ERROR) {
-		snprintf(b->err, sizeof(b->err), "redis %s: %s", what, r->str);
-		freeReplyObject(r);
-		return NULL;
-	}
-	return r;
-}
+/* A reply we must have; NULL with b->err filled on failure. */
+#define redis_must(b, r, what) redisx_must((b)->rc, (r), (what), (b)->err, sizeof((b)->err))
 
 /* fs:ready: 1 present, 0 absent, -1 error. */
 static int rebuild_state_present(struct rebuild *b)
@@ -301,7 +288,7 @@ static int rebuild_fold_pg_rows(struct rebuild *b, const PGresult *res)
 {
 	for (int i = 0; i < PQntuples(res); i++) {
 		struct fold_event ev = {
-			.kind = fold_kind_parse(PQgetvalue(res, i, 0)),
+			.kind = ledger_kind_parse(PQgetvalue(res, i, 0)),
 			.request_id = PQgetvalue(res, i, 1),
 			.sku = PQgetvalue(res, i, 2),
 			.user_id = PQgetvalue(res, i, 3),
@@ -433,19 +420,13 @@ out:
 /* A decoded ledger event as the fold takes it. */
 static void rebuild_event_of(const fs_ledger_event *ev, struct fold_event *fe)
 {
-	fe->kind = ev->kind;
-	fe->request_id = ev->request_id;
-	fe->sku = ev->sku;
-	fe->user_id = ev->user_id;
-	fe->state = ev->state;
-	fe->reason = ev->reason;
-	fe->qty = ev->qty;
-	fe->deadline_ms = ev->deadline_ms;
-	fe->at_ms = ev->at_ms;
-	fe->intent_partition = ev->intent_kind != 0 ? ev->intent_partition : -1;
-	fe->intent_offset = ev->intent_offset;
-	fe->sku_seq = ev->sku_seq;
-	fe->changed = ev->changed;
+	*fe = (struct fold_event){
+		.kind = ev->kind, .request_id = ev->request_id, .sku = ev->sku,
+		.user_id = ev->user_id, .state = ev->state, .reason = ev->reason, .qty = ev->qty,
+		.deadline_ms = ev->deadline_ms, .at_ms = ev->at_ms,
+		.intent_partition = ev->intent_kind != 0 ? ev->intent_partition : -1,
+		.intent_offset = ev->intent_offset, .sku_seq = ev->sku_seq, .changed = ev->changed,
+	};
 }
 
 /* Decode and fold one tail message; -1 only when out of memory. */
@@ -487,7 +468,7 @@ static int rebuild_read_tail(struct rebuild *b)
 	char err[512];
 	int rc = -1;
 
-	rk = kafka_reader_new(&b->cfg->kafka, "flashsale-reconciler-rebuild", err, sizeof(err));
+	rk = kafka_reader_new(&b->cfg->base.kafka, "flashsale-reconciler-rebuild", err, sizeof(err));
 	if (rk == NULL) {
 		snprintf(b->err, sizeof(b->err), "%.400s", err);
 		return -1;
@@ -591,7 +572,7 @@ static int rebuild_cancel_one(struct rebuild *b, rd_kafka_t *pk, const struct fo
 			      const struct fold_req *r, long long now, long long *held,
 			      long long *seq)
 {
-	fs_ledger_event ev = FLASHSALE__LEDGER_EVENT__INIT;
+	fs_ledger_event ev;
 	char event_id[FS_ID_MAX + 16], rid[FS_ID_MAX + 1], user[FS_ID_MAX + 1];
 	struct fold_event fe;
 	rd_kafka_resp_err_t kerr;
@@ -607,24 +588,15 @@ static int rebuild_cancel_one(struct rebuild *b, rd_kafka_t *pk, const struct fo
 	*held -= qty;
 	*seq += 1;
 	left = s->promo.stock - *held - s->sold;
-	ev.kind = FLASHSALE__LEDGER_EVENT__KIND__CANCELLED;
-	ev.event_id = event_id;
-	ev.request_id = rid;
-	ev.sku = (char *)s->promo.sku;
-	ev.user_id = user;
-	ev.qty = (uint32_t)qty;
-	ev.state = (char *)"cancelled";
-	ev.reason = (char *)"oversell_correction";
-	ev.deadline_ms = dl;
-	ev.at_ms = now;
-	ev.remaining = left > 0 ? left : 0;
-	ev.held = *held;
-	ev.sold = s->sold;
-	ev.initial = s->promo.stock;
-	ev.intent_partition = -1;
-	ev.intent_offset = -1;
-	ev.sku_seq = *seq;
-	ev.changed = true;
+	/* No intent made it: no watermark moves, the SKU's sequence does. */
+	ledger_event_set(&ev, &(struct ledger_fields){
+		.kind = FLASHSALE__LEDGER_EVENT__KIND__CANCELLED, .event_id = event_id,
+		.request_id = rid, .sku = s->promo.sku, .user_id = user, .qty = (uint32_t)qty,
+		.state = "cancelled", .reason = "oversell_correction", .deadline_ms = dl,
+		.at_ms = now, .remaining = left > 0 ? left : 0, .held = *held, .sold = s->sold,
+		.initial = s->promo.stock, .intent_partition = -1, .intent_offset = -1,
+		.sku_seq = *seq, .changed = true,
+	});
 	len = flashsale__ledger_event__get_packed_size(&ev);
 	buf = malloc(len + 1);
 	if (buf == NULL) {
@@ -681,7 +653,7 @@ static int rebuild_correct(struct rebuild *b, const struct fold_sku *skus)
 		if (s->oversold <= 0)
 			continue;
 		if (pk == NULL) {
-			pk = kafka_producer_new(&b->cfg->kafka, "flashsale-reconciler-correct",
+			pk = kafka_producer_new(&b->cfg->base.kafka, "flashsale-reconciler-correct",
 						FS_TOPIC_LEDGER, correct_dr_cb, NULL, &failed,
 						err, sizeof(err));
 			if (pk == NULL) {
@@ -703,7 +675,7 @@ static int rebuild_correct(struct rebuild *b, const struct fold_sku *skus)
 		if (over > 0)
 			rebuild_report_paid(b, s, over);
 	}
-	if (pk != NULL && (kafka_flush(pk, (int)b->cfg->kafka.produce_timeout_ms + 1000) < 0 ||
+	if (pk != NULL && (kafka_flush(pk, (int)b->cfg->base.kafka.produce_timeout_ms + 1000) < 0 ||
 			   failed > 0)) {
 		snprintf(b->err, sizeof(b->err), "%d correction events not delivered: nothing "
 			 "written to Redis; run correct again (it is idempotent)", failed);
@@ -1053,7 +1025,7 @@ static void rebuild_print(const struct rebuild *b, const struct fold_sku *skus, 
 		 b->epoch);
 }
 
-int rebuild_run(const struct reconciler_cfg *cfg, const struct rebuild_opts *opt,
+int rebuild_run(const struct rc_config *cfg, const struct rebuild_opts *opt,
 		struct rebuild_report *report)
 {
 	struct rebuild b = { .cfg = cfg, .opt = opt };

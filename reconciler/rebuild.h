@@ -15,14 +15,14 @@
  * cannot finish lifts only the fences it set itself and says why, and
  * fs:ready is never deleted.
  */
-#ifndef RECONCILER_REBUILD_H
-#define RECONCILER_REBUILD_H
+#ifndef FLASHSALE_RECONCILER_REBUILD_H
+#define FLASHSALE_RECONCILER_REBUILD_H
 
 #include <stdbool.h>
 
 #include "util.h"
 
-struct reconciler_cfg;
+struct rc_config;
 
 enum rebuild_mode {
 	REBUILD_MISSING,   /* `rebuild`: only when fs:ready is absent */
@@ -51,7 +51,7 @@ struct rebuild_report {
  * unless quiet. 0 on success (or nothing to do), -1 with the reason logged
  * and in report->err (report may be NULL).
  */
-int rebuild_run(const struct reconciler_cfg *cfg, const struct rebuild_opts *opt,
+int rebuild_run(const struct rc_config *cfg, const struct rebuild_opts *opt,
 		struct rebuild_report *report) FS_MUSTCHECK;
 
 #endif

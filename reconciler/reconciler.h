@@ -3,21 +3,19 @@
  * (run), restores Redis from the ledger after loss (rebuild) and checks the
  * invariants across Redis and PostgreSQL (audit).
  */
-#ifndef RECONCILER_H
-#define RECONCILER_H
+#ifndef FLASHSALE_RECONCILER_H
+#define FLASHSALE_RECONCILER_H
 
 #include <stdbool.h>
 
+#include "daemon.h"
 #include "kafka.h"
 
 /* Every key of the reconciler's config table (main.c). */
-struct reconciler_cfg {
-	struct kafka_cfg kafka;
+struct rc_config {
+	struct daemon_cfg base;
 	char *redis_address;
 	char *pg_conninfo;
-	char *http_host;
-	long long http_port;
-	char *log_level;
 	long long release_interval_ms;
 	long long release_batch;
 	long long release_resend_ms;

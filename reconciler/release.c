@@ -101,7 +101,7 @@ struct due {
 };
 
 struct release {
-	const struct reconciler_cfg *cfg;
+	const struct rc_config *cfg;
 	redisContext *rc;
 	rd_kafka_t *rk;
 	struct daemon_thread th;   /* beats after each finished round */
@@ -247,7 +247,7 @@ static long long reply_ll(const redisReply *e)
  */
 static int release_collect(struct release *r, long long now)
 {
-	const struct reconciler_cfg *cfg = r->cfg;
+	const struct rc_config *cfg = r->cfg;
 	const char *argv[] = { "SMEMBERS", "fs:promos" };
 	redisReply *skus = release_cmd(r, 2, argv);
 	long long remaining = 0, held = 0, sold = 0;
@@ -359,7 +359,7 @@ static int release_filter(struct release *r, long long now)
 static size_t release_send(struct release *r)
 {
 	size_t queued = 0, delivered = 0;
-	int timeout = (int)r->cfg->kafka.produce_timeout_ms + 1000;
+	int timeout = (int)r->cfg->base.kafka.produce_timeout_ms + 1000;
 
 	for (size_t i = 0; i < r->ndue; i++) {
 		fs_intent in = FLASHSALE__INTENT__INIT;
@@ -483,7 +483,7 @@ static void release_repair(struct release *r)
 
 static void release_round(struct release *r)
 {
-	const struct reconciler_cfg *cfg = r->cfg;
+	const struct rc_config *cfg = r->cfg;
 	const char *exists[] = { "EXISTS", "fs:ready" };
 	redisReply *rep;
 	char err[256];
@@ -554,7 +554,7 @@ static void release_round(struct release *r)
 static void *release_main(void *arg)
 {
 	struct release *r = arg;
-	const struct reconciler_cfg *cfg = r->cfg;
+	const struct rc_config *cfg = r->cfg;
 	int64_t interval_us = cfg->release_interval_ms * 1000;
 
 	while (!daemon_thread_stopping(&r->th)) {
@@ -572,7 +572,7 @@ static void *release_main(void *arg)
 		}
 	}
 
-	if (kafka_flush(r->rk, (int)cfg->kafka.produce_timeout_ms) < 0)
+	if (kafka_flush(r->rk, (int)cfg->base.kafka.produce_timeout_ms) < 0)
 		log_warn("drain_flush_incomplete", "outq=%d", rd_kafka_outq_len(r->rk));
 	if (r->rc != NULL && __atomic_load_n(&r->locked, __ATOMIC_RELAXED)) {
 		const char *argv[] = { "EVAL", lock_drop_lua, "1", LOCK_KEY, r->token };
@@ -586,7 +586,7 @@ static void *release_main(void *arg)
 	return NULL;
 }
 
-struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_t errlen)
+struct release *release_start(const struct rc_config *cfg, char *err, size_t errlen)
 {
 	struct release *r = calloc(1, sizeof(*r));
 	char rid[27];
@@ -600,7 +600,7 @@ struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_
 	/* Unique per process: request_id_new is random and time-ordered. */
 	request_id_new(rid);
 	snprintf(r->token, sizeof(r->token), "%s-%d", rid, (int)getpid() % 10000);
-	r->rk = kafka_producer_new(&cfg->kafka, "flashsale-reconciler", FS_TOPIC_INTENTS,
+	r->rk = kafka_producer_new(&cfg->base.kafka, "flashsale-reconciler", FS_TOPIC_INTENTS,
 				   release_dr_cb, NULL, r,
 				   err, errlen);
 	if (r->rk == NULL)
@@ -634,11 +634,12 @@ void release_free(struct release *r)
 	free(r);
 }
 
-enum daemon_health release_health(struct release *r, char *detail, size_t n)
+enum daemon_health release_health(void *release, char *detail, size_t n)
 {
+	struct release *r = release;
 	int64_t age_ms = daemon_thread_beat_age_ms(&r->th);
 	/* A repair runs on this thread: give it the quiesce time and the tail's. */
-	int64_t limit_ms = r->cfg->release_interval_ms * 20 + r->cfg->kafka.produce_timeout_ms +
+	int64_t limit_ms = r->cfg->release_interval_ms * 20 + r->cfg->base.kafka.produce_timeout_ms +
 			   r->cfg->rebuild_tail_timeout_ms;
 	bool redis_ok = __atomic_load_n(&r->redis_ok, __ATOMIC_RELAXED) != 0;
 	bool alive = age_ms <= (limit_ms > 5000 ? limit_ms : 5000);

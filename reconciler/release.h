@@ -11,22 +11,23 @@
  * (rs marks the last delivered one), and resend after that period while the
  * hold is still in fs:holds (the intent was lost or is still queued).
  */
-#ifndef RECONCILER_RELEASE_H
-#define RECONCILER_RELEASE_H
+#ifndef FLASHSALE_RECONCILER_RELEASE_H
+#define FLASHSALE_RECONCILER_RELEASE_H
 
 #include "daemon.h"
 #include <stdbool.h>
 #include <stddef.h>
+#include "util.h"
 
-struct reconciler_cfg;
+struct rc_config;
 struct release;
 
 /* Register the loop's metrics. Start-up only. */
 void release_metrics_register(void);
 
 /* Create the producer and start the worker thread; NULL with a reason in err. */
-struct release *release_start(const struct reconciler_cfg *cfg, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
+struct release *release_start(const struct rc_config *cfg, char *err, size_t errlen)
+	FS_MUSTCHECK;
 
 /*
  * The worker thread, for daemon_run_worker(). Its stop request drains
@@ -43,6 +44,6 @@ void release_free(struct release *r);
  * /healthz: heartbeat and Redis (failed without), fenced partitions and the
  * last automatic repair's failure (degraded while it fails). Any thread.
  */
-enum daemon_health release_health(struct release *r, char *detail, size_t n);
+enum daemon_health release_health(void *release, char *detail, size_t n);
 
 #endif

@@ -254,6 +254,11 @@ static void test_kind_names(void **state)
 	assert_string_equal(intent_kind_name(FLASHSALE__INTENT__KIND__RELEASE), "release");
 	assert_string_equal(intent_kind_name(0), "unspecified");
 	assert_string_equal(intent_kind_name(77), "unspecified");
+}
+
+/* The one ledger vocabulary every daemon uses: names, orders.state, terminal. */
+static void test_ledger_vocabulary(void **state)
+{
 	assert_string_equal(ledger_kind_name(FLASHSALE__LEDGER_EVENT__KIND__RESERVED), "reserved");
 	assert_string_equal(ledger_kind_name(FLASHSALE__LEDGER_EVENT__KIND__PAID), "paid");
 	assert_string_equal(ledger_kind_name(FLASHSALE__LEDGER_EVENT__KIND__CANCELLED), "cancelled");
@@ -261,12 +266,35 @@ static void test_kind_names(void **state)
 	assert_string_equal(ledger_kind_name(FLASHSALE__LEDGER_EVENT__KIND__REFUSED), "refused");
 	assert_string_equal(ledger_kind_name(FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED),
 			    "transition_refused");
+	assert_null(ledger_kind_name(0));
+	assert_null(ledger_kind_name(7));
+	assert_null(ledger_kind_name(-1));
+
+	assert_string_equal(ledger_kind_order_state(FLASHSALE__LEDGER_EVENT__KIND__RESERVED), "held");
+	assert_string_equal(ledger_kind_order_state(FLASHSALE__LEDGER_EVENT__KIND__PAID), "paid");
+	assert_string_equal(ledger_kind_order_state(FLASHSALE__LEDGER_EVENT__KIND__CANCELLED), "cancelled");
+	assert_string_equal(ledger_kind_order_state(FLASHSALE__LEDGER_EVENT__KIND__EXPIRED), "expired");
+	assert_null(ledger_kind_order_state(FLASHSALE__LEDGER_EVENT__KIND__REFUSED));
+	assert_null(ledger_kind_order_state(FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED));
+	assert_null(ledger_kind_order_state(0));
+
+	assert_false(ledger_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__RESERVED));
+	assert_true(ledger_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__PAID));
+	assert_true(ledger_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__CANCELLED));
+	assert_true(ledger_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__EXPIRED));
+	assert_false(ledger_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__REFUSED));
+	assert_false(ledger_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED));
+	for (int k = 1; k <= 6; k++)
+		assert_int_equal(ledger_kind_parse(ledger_kind_name(k)), k);
+	assert_int_equal(ledger_kind_parse("bogus"), 0);
+	assert_int_equal(ledger_kind_parse(NULL), 0);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_intent_round_trip),
+		cmocka_unit_test(test_ledger_vocabulary),
 		cmocka_unit_test(test_ledger_round_trip),
 		cmocka_unit_test(test_deadletter_round_trip),
 		cmocka_unit_test(test_validate_accepts),

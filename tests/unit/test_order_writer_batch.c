@@ -175,35 +175,6 @@ static void test_row_unknown_kind(void **state)
 	assert_int_equal(buf.len, len);
 }
 
-static void test_kind_mapping(void **state)
-{
-	assert_string_equal(batch_kind_name(FLASHSALE__LEDGER_EVENT__KIND__RESERVED), "reserved");
-	assert_string_equal(batch_kind_name(FLASHSALE__LEDGER_EVENT__KIND__PAID), "paid");
-	assert_string_equal(batch_kind_name(FLASHSALE__LEDGER_EVENT__KIND__CANCELLED), "cancelled");
-	assert_string_equal(batch_kind_name(FLASHSALE__LEDGER_EVENT__KIND__EXPIRED), "expired");
-	assert_string_equal(batch_kind_name(FLASHSALE__LEDGER_EVENT__KIND__REFUSED), "refused");
-	assert_string_equal(batch_kind_name(FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED),
-			    "transition_refused");
-	assert_null(batch_kind_name(0));
-	assert_null(batch_kind_name(7));
-	assert_null(batch_kind_name(-1));
-
-	assert_string_equal(batch_order_state(FLASHSALE__LEDGER_EVENT__KIND__RESERVED), "held");
-	assert_string_equal(batch_order_state(FLASHSALE__LEDGER_EVENT__KIND__PAID), "paid");
-	assert_string_equal(batch_order_state(FLASHSALE__LEDGER_EVENT__KIND__CANCELLED), "cancelled");
-	assert_string_equal(batch_order_state(FLASHSALE__LEDGER_EVENT__KIND__EXPIRED), "expired");
-	assert_null(batch_order_state(FLASHSALE__LEDGER_EVENT__KIND__REFUSED));
-	assert_null(batch_order_state(FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED));
-	assert_null(batch_order_state(0));
-
-	assert_false(batch_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__RESERVED));
-	assert_true(batch_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__PAID));
-	assert_true(batch_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__CANCELLED));
-	assert_true(batch_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__EXPIRED));
-	assert_false(batch_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__REFUSED));
-	assert_false(batch_kind_terminal(FLASHSALE__LEDGER_EVENT__KIND__TRANSITION_REFUSED));
-}
-
 static void test_event_check(void **state)
 {
 	fs_ledger_event ev = make_event(FLASHSALE__LEDGER_EVENT__KIND__RESERVED,
@@ -237,44 +208,27 @@ static void test_event_check(void **state)
 	assert_int_equal(batch_event_check(&ev, err, sizeof(err)), -1);
 }
 
-static void test_offsets(void **state)
+static void test_positions_arrays(void **state)
 {
-	struct batch_offsets o = { 0 };
+	struct offsets_pos p[40] = { { 0, 0 } };
 	struct batch_buf parts = { 0 }, nexts = { 0 };
 
-	assert_int_equal(batch_offsets_arrays(&o, &parts, &nexts), 0);
+	assert_int_equal(batch_positions_arrays(p, 0, &parts, &nexts), 0);
 	assert_string_equal(parts.data, "{}");
 	assert_string_equal(nexts.data, "{}");
-
-	assert_int_equal(batch_offsets_note(&o, 3, 10), 0);
-	assert_int_equal(batch_offsets_note(&o, 5, 2), 0);
-	assert_int_equal(batch_offsets_note(&o, 3, 7), 0);   /* older: no change */
-	assert_int_equal(batch_offsets_note(&o, 3, 12), 0);
-	assert_int_equal(batch_offsets_note(&o, 5, 1), 0);
-	assert_int_equal(batch_offsets_note(&o, 0, 0), 0);
-	assert_int_equal(o.n, 3);
-	assert_int_equal(o.v[0].partition, 3);
-	assert_int_equal(o.v[0].next, 13);
-	assert_int_equal(o.v[1].partition, 5);
-	assert_int_equal(o.v[1].next, 3);
-	assert_int_equal(o.v[2].partition, 0);
-	assert_int_equal(o.v[2].next, 1);
-	assert_int_equal(batch_offsets_arrays(&o, &parts, &nexts), 0);
+	p[0] = (struct offsets_pos){ 3, 13 };
+	p[1] = (struct offsets_pos){ 5, 3 };
+	p[2] = (struct offsets_pos){ 0, 1 };
+	assert_int_equal(batch_positions_arrays(p, 3, &parts, &nexts), 0);
 	assert_string_equal(parts.data, "{3,5,0}");
 	assert_string_equal(nexts.data, "{13,3,1}");
 
-	/* Large offsets survive; many partitions grow the array. */
-	batch_offsets_reset(&o);
-	assert_int_equal(o.n, 0);
-	for (int32_t p = 0; p < 40; p++)
-		assert_int_equal(batch_offsets_note(&o, p, 9000000000LL + p), 0);
-	assert_int_equal(o.n, 40);
-	assert_int_equal(o.v[39].next, 9000000000LL + 40);
-	assert_int_equal(batch_offsets_arrays(&o, &parts, &nexts), 0);
+	/* Large offsets survive; many partitions grow the buffers. */
+	for (int32_t i = 0; i < 40; i++)
+		p[i] = (struct offsets_pos){ i, 9000000001LL + i };
+	assert_int_equal(batch_positions_arrays(p, 40, &parts, &nexts), 0);
 	assert_non_null(strstr(nexts.data, ",9000000040}"));
 	assert_memory_equal(parts.data, "{0,1,2,", 7);
-
-	batch_offsets_free(&o);
 	batch_buf_free(&parts);
 	batch_buf_free(&nexts);
 }
@@ -288,9 +242,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_row_terminal_states, teardown),
 		cmocka_unit_test_teardown(test_row_escapes_fields, teardown),
 		cmocka_unit_test_teardown(test_row_unknown_kind, teardown),
-		cmocka_unit_test(test_kind_mapping),
 		cmocka_unit_test(test_event_check),
-		cmocka_unit_test(test_offsets),
+		cmocka_unit_test(test_positions_arrays),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -109,9 +109,9 @@ static void test_refused_keeps_outcome(void **state)
 	assert_int_equal(fold_add(f, &bad, err, sizeof(err)), 0);
 	assert_int_equal(fold_stats(f)->invalid, 1);
 	assert_null(fold_find(f, "r3"));
-	assert_int_equal(fold_kind_parse("transition_refused"), FOLD_TRANSITION_REFUSED);
-	assert_int_equal(fold_kind_parse("paid"), FOLD_PAID);
-	assert_int_equal(fold_kind_parse("bogus"), 0);
+	assert_int_equal(ledger_kind_parse("transition_refused"), FOLD_TRANSITION_REFUSED);
+	assert_int_equal(ledger_kind_parse("paid"), FOLD_PAID);
+	assert_int_equal(ledger_kind_parse("bogus"), 0);
 	fold_free(f);
 }
 

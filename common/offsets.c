@@ -1,25 +1,27 @@
-#include "batch.h"
+#include "offsets.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-void batch_init(struct batch *b)
+#include "array.h"
+
+void offsets_init(struct offsets *b)
 {
 	memset(b, 0, sizeof(*b));
 }
 
-void batch_free(struct batch *b)
+void offsets_free(struct offsets *b)
 {
 	free(b->parts);
 	memset(b, 0, sizeof(*b));
 }
 
-void batch_reset(struct batch *b)
+void offsets_reset(struct offsets *b)
 {
 	b->nparts = 0;
 }
 
-static struct batch_part *batch_find(const struct batch *b, int32_t partition)
+static struct offsets_part *offsets_find(const struct offsets *b, int32_t partition)
 {
 	size_t i;
 
@@ -29,9 +31,9 @@ static struct batch_part *batch_find(const struct batch *b, int32_t partition)
 	return NULL;
 }
 
-int batch_note(struct batch *b, int32_t partition, int64_t offset)
+int offsets_note(struct offsets *b, int32_t partition, int64_t offset)
 {
-	struct batch_part *p = batch_find(b, partition);
+	struct offsets_part *p = offsets_find(b, partition);
 
 	if (p != NULL) {
 		if (offset < p->first)
@@ -40,15 +42,8 @@ int batch_note(struct batch *b, int32_t partition, int64_t offset)
 			p->last = offset;
 		return 0;
 	}
-	if (b->nparts == b->cap) {
-		size_t cap = b->cap ? b->cap * 2 : 16;
-		struct batch_part *np = realloc(b->parts, cap * sizeof(*np));
-
-		if (np == NULL)
-			return -1;
-		b->parts = np;
-		b->cap = cap;
-	}
+	if (ARRAY_GROW(b->parts, b->cap, b->nparts + 1) < 0)
+		return -1;
 	p = &b->parts[b->nparts++];
 	p->partition = partition;
 	p->first = offset;
@@ -57,9 +52,9 @@ int batch_note(struct batch *b, int32_t partition, int64_t offset)
 	return 0;
 }
 
-void batch_block(struct batch *b, int32_t partition, int64_t offset)
+void offsets_block(struct offsets *b, int32_t partition, int64_t offset)
 {
-	struct batch_part *p = batch_find(b, partition);
+	struct offsets_part *p = offsets_find(b, partition);
 
 	if (p == NULL)
 		return;
@@ -67,7 +62,7 @@ void batch_block(struct batch *b, int32_t partition, int64_t offset)
 		p->blocked = offset;
 }
 
-void batch_unblock(struct batch *b)
+void offsets_unblock(struct offsets *b)
 {
 	size_t i;
 
@@ -75,14 +70,14 @@ void batch_unblock(struct batch *b)
 		b->parts[i].blocked = -1;
 }
 
-bool batch_is_blocked(const struct batch *b, int32_t partition, int64_t offset)
+bool offsets_is_blocked(const struct offsets *b, int32_t partition, int64_t offset)
 {
-	const struct batch_part *p = batch_find(b, partition);
+	const struct offsets_part *p = offsets_find(b, partition);
 
 	return p != NULL && p->blocked >= 0 && offset >= p->blocked;
 }
 
-bool batch_any_blocked(const struct batch *b)
+bool offsets_any_blocked(const struct offsets *b)
 {
 	size_t i;
 
@@ -92,26 +87,26 @@ bool batch_any_blocked(const struct batch *b)
 	return false;
 }
 
-void batch_drop(struct batch *b, int32_t partition)
+void offsets_drop(struct offsets *b, int32_t partition)
 {
-	struct batch_part *p = batch_find(b, partition);
+	struct offsets_part *p = offsets_find(b, partition);
 
 	if (p == NULL)
 		return;
 	*p = b->parts[--b->nparts];
 }
 
-bool batch_has(const struct batch *b, int32_t partition)
+bool offsets_has(const struct offsets *b, int32_t partition)
 {
-	return batch_find(b, partition) != NULL;
+	return offsets_find(b, partition) != NULL;
 }
 
-size_t batch_store_positions(const struct batch *b, struct batch_pos *out, size_t n)
+size_t offsets_store_positions(const struct offsets *b, struct offsets_pos *out, size_t n)
 {
 	size_t i, k = 0;
 
 	for (i = 0; i < b->nparts && k < n; i++) {
-		const struct batch_part *p = &b->parts[i];
+		const struct offsets_part *p = &b->parts[i];
 
 		if (p->blocked < 0) {
 			out[k].partition = p->partition;
@@ -124,7 +119,7 @@ size_t batch_store_positions(const struct batch *b, struct batch_pos *out, size_
 	return k;
 }
 
-size_t batch_blocked_positions(const struct batch *b, struct batch_pos *out, size_t n)
+size_t offsets_blocked_positions(const struct offsets *b, struct offsets_pos *out, size_t n)
 {
 	size_t i, k = 0;
 
@@ -137,7 +132,7 @@ size_t batch_blocked_positions(const struct batch *b, struct batch_pos *out, siz
 	return k;
 }
 
-size_t batch_first_positions(const struct batch *b, struct batch_pos *out, size_t n)
+size_t offsets_first_positions(const struct offsets *b, struct offsets_pos *out, size_t n)
 {
 	size_t i, k = 0;
 

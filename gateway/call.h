@@ -1,0 +1,65 @@
+/*
+ * Answering HTTP requests: the JSON replies every handler sends, counted by
+ * route and status code, and the bookkeeping of an answer that comes later
+ * (a Kafka delivery, a Redis or PostgreSQL reply).
+ *
+ * A deferred answer lives in a struct gw_call. evhttp serves one request
+ * per connection at a time, so the call registers the connection's close
+ * callback: if the client goes away first the call is marked dead and the
+ * late answer is dropped without touching memory evhttp freed.
+ */
+#ifndef FLASHSALE_GATEWAY_CALL_H
+#define FLASHSALE_GATEWAY_CALL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct gateway;
+struct evhttp_request;
+struct evhttp_connection;
+struct cJSON;
+
+enum gw_route {
+	ROUTE_PURCHASE,
+	ROUTE_PURCHASE_GET,
+	ROUTE_PAY,
+	ROUTE_CANCEL,
+	ROUTE_PROMO_GET,
+	ROUTE_PROMO_ADMIN,
+	ROUTE_TIME,
+	ROUTE_OTHER,
+	ROUTE_N
+};
+
+struct gw_call {
+	struct gateway *gw;
+	struct evhttp_request *req;        /* NULL once answered or freed by evhttp */
+	struct evhttp_connection *evcon;   /* NULL once closed */
+	enum gw_route route;
+	bool dead;                         /* the client went away */
+};
+
+/* Register gateway_requests_total, one series per route and code (start-up). */
+void call_metrics_register(void);
+
+/* The body as a contiguous string, or NULL when empty or too large (len still set). */
+const char *call_body(struct gateway *gw, struct evhttp_request *req, size_t *len);
+
+/* {"error": error, "reason": reason}, to be completed or sent. */
+struct cJSON *call_error_body(const char *error, const char *reason);
+
+/* Answer req at once with body (taken); close asks the client to go away. */
+void call_reply_now(struct evhttp_request *req, enum gw_route route, int code,
+		    struct cJSON *body, bool close);
+void call_error_now(struct evhttp_request *req, enum gw_route route, int code,
+		    const char *error, const char *reason, bool close);
+
+/* Start a deferred answer for req (registers the close callback). */
+void call_init(struct gw_call *c, struct gateway *gw, struct evhttp_request *req,
+	       enum gw_route route);
+
+/* Answer a call (takes body); a dead call is only counted. */
+void call_reply(struct gw_call *c, int code, struct cJSON *body);
+void call_error(struct gw_call *c, int code, const char *error, const char *reason);
+
+#endif
