@@ -1,4 +1,4 @@
-"""pytest fixtures: one private flashsale stack per test (see stack.py).
+"""pytest fixtures: one private flashsale stack per test (deploy/stack.py).
 
     def test_x(stack): ...                       # default settings
     @pytest.mark.stack_env(FLASHSALE_GATEWAY_MAX_BODY="4096")
@@ -11,9 +11,14 @@ after a failure the tail of every log is added to the report and the dir is
 kept (its path is printed). A sanitizer report in any log fails the test.
 """
 
+import os
+import sys
+
 import pytest
 
-from stack import Stack
+# `stack` is deploy/stack.py, for this file and the tests (from stack import wait_for).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "deploy"))
+from stack import Stack  # noqa: E402
 
 LOG_TAIL = 60
 
