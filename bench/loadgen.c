@@ -68,6 +68,8 @@ usage(FILE *out)
 "                           t_s,sent,accepted,refused,final,answers_per_s,\n"
 "                           purchases_per_s,purchase_p50_ms,purchase_p99_ms\n"
 "      --interval-ms MS     timeseries interval (default 250)\n"
+"      --jwt-secret-file F  sign each buyer's calls with an HS256 token (the\n"
+"                           gateway's gateway.jwt_secret, in file F)\n"
 "  -q, --quiet              no human summary on stdout\n"
 "  -h, --help               this help\n"
 "  -V, --version            print the version\n"
@@ -81,7 +83,7 @@ enum {
 	OPT_RAMP_MS, OPT_DUP_RATIO, OPT_RETRIES, OPT_POLL_MS, OPT_WAIT_FINAL,
 	OPT_NO_WAIT_FINAL, OPT_FINAL_TIMEOUT, OPT_PAY_RATIO, OPT_CANCEL_RATIO,
 	OPT_SEED, OPT_RUN_ID, OPT_TIMEOUT_MS, OPT_PROGRESS, OPT_JSON,
-	OPT_SKUS, OPT_SKU_PREFIX, OPT_PER_SKU, OPT_TIMESERIES, OPT_INTERVAL_MS,
+	OPT_SKUS, OPT_SKU_PREFIX, OPT_PER_SKU, OPT_TIMESERIES, OPT_INTERVAL_MS, OPT_JWT_SECRET,
 };
 
 static const struct option long_opts[] = {
@@ -112,6 +114,7 @@ static const struct option long_opts[] = {
 	{ "per-sku", required_argument, NULL, OPT_PER_SKU },
 	{ "timeseries", required_argument, NULL, OPT_TIMESERIES },
 	{ "interval-ms", required_argument, NULL, OPT_INTERVAL_MS },
+	{ "jwt-secret-file", required_argument, NULL, OPT_JWT_SECRET },
 	{ "quiet", no_argument, NULL, 'q' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
@@ -137,6 +140,22 @@ bad_usage(const char *value, const char *what)
 	fprintf(stderr, "flashsale-loadgen: invalid %s: '%s' (see --help)\n",
 		what, value);
 	exit(2);
+}
+
+/* The first line of a file (a secret); exits 2 when unreadable or empty. */
+static char *
+read_secret(const char *path)
+{
+	static char buf[1024];
+	FILE *f = fopen(path, "r");
+
+	if (f == NULL || fgets(buf, sizeof(buf), f) == NULL)
+		bad_usage(path, "--jwt-secret-file (unreadable)");
+	fclose(f);
+	buf[strcspn(buf, "\r\n")] = '\0';
+	if (buf[0] == '\0')
+		bad_usage(path, "--jwt-secret-file (empty)");
+	return buf;
 }
 
 static uint64_t
@@ -365,6 +384,9 @@ main(int argc, char **argv)
 			break;
 		case OPT_INTERVAL_MS:
 			cf.interval_ms = (uint32_t)parse_u64(optarg, 10, 3600000);
+			break;
+		case OPT_JWT_SECRET:
+			cf.jwt_secret = read_secret(optarg);
 			break;
 		case 'q':
 			quiet = true;

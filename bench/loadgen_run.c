@@ -17,6 +17,7 @@
  * fixed-size reservoir, per-interval ones to a reused buffer.
  */
 #include "loadgen_run.h"
+#include "loadgen_token.h"
 
 #include <errno.h>
 #include <math.h>
@@ -373,7 +374,7 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 	struct evhttp_request *req;
 	struct evkeyvalq *h;
 	enum evhttp_cmd_type cmd = EVHTTP_REQ_POST;
-	char path[512], body[512];
+	char path[512], body[512], user[96], auth[640];
 	int blen = -1;
 
 	switch (b->job) {
@@ -410,6 +411,16 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 	evhttp_add_header(h, "Host", r->host_header);
 	evhttp_add_header(h, "Connection", "keep-alive");
 	evhttp_add_header(h, "Accept", "application/json");
+	/* Every call of a buyer carries its token: the gateway trusts nothing else. */
+	if (cf->jwt_secret != NULL) {
+		snprintf(user, sizeof(user), "%s%u", cf->user_prefix, b->user);
+		if (lg_token_header(cf->jwt_secret, user, (int64_t)time(NULL), 3600, auth,
+				    sizeof(auth)) < 0) {
+			evhttp_request_free(req);
+			return -1;
+		}
+		evhttp_add_header(h, "Authorization", auth);
+	}
 	if (blen >= 0) {
 		evhttp_add_header(h, "Content-Type", "application/json");
 		evbuffer_add(evhttp_request_get_output_buffer(req), body,

@@ -40,6 +40,7 @@ struct lg_config {
 	bool progress;
 	const char *timeseries_path;	/* CSV, one row per interval; NULL: none */
 	uint32_t interval_ms;
+	const char *jwt_secret;		/* HS256 secret of buyer tokens; NULL: none sent */
 };
 
 struct lg_sku_stats {

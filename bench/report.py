@@ -16,6 +16,8 @@ RATIOS = (
      "trivial libevent server answering a fixed 202"),
     ("soldout_vs_ceiling", "soldout", "gateway sold-out refusal",
      "the same HTTP ceiling"),
+    ("slowloris_vs_calm", "slowloris", "gateway sold-out refusal under slowloris connections",
+     "the same run without them"),
     ("deduct_hot_vs_evalsha", "deduct", "deductor, one hot SKU",
      "redis-benchmark EVALSHA deduct.lua, 1 intent per call, unpipelined"),
     ("deduct_hot_vs_evalsha_pipelined", "deduct", "deductor, one hot SKU",
@@ -58,6 +60,8 @@ def figures(res, key):
     return {
         "accept_vs_ceiling": (acc.get("rps"), acc.get("ceiling_rps"), "req/s"),
         "soldout_vs_ceiling": (sold.get("rps"), sold.get("ceiling_rps"), "req/s"),
+        "slowloris_vs_calm": ((s.get("slowloris") or {}).get("rps"),
+                              (s.get("slowloris") or {}).get("calm_rps"), "req/s"),
         "deduct_hot_vs_evalsha": (hot.get("rate"), unp, "intents/s"),
         "deduct_hot_vs_evalsha_pipelined": (hot.get("rate"), pip, "intents/s"),
         "deduct_hot_vs_pgbench": (hot.get("rate"), pgb, "purchases/s"),

@@ -1,9 +1,10 @@
 -- wrk script for the HTTP stages of bench/run: every request is a distinct
--- purchase (its own request id and user), so the gateway's per-user rules
--- and idempotency see what a real spike sends, and the ceiling server gets
--- byte-for-byte the same requests.
+-- purchase (its own request id) by a buyer with their own token from
+-- TOKENS (lines "user jwt", cycled), so the gateway's identity check,
+-- per-user rules and idempotency see what a real spike sends, and the
+-- ceiling server gets byte-for-byte the same requests.
 --
---   wrk -t1 -c64 -d5s -s bench/wrk_purchase.lua URL -- SKU RUN_ID
+--   wrk -t1 -c64 -d5s -s bench/wrk_purchase.lua URL -- SKU RUN_ID TOKENS
 --
 -- done() prints one line "WRKJSON {...}" with the totals and the count of
 -- answers by HTTP status, which bench/run checks (a stage whose answers are
@@ -18,20 +19,32 @@ function setup(thread)
 	table.insert(threads, thread)
 end
 
-local sku, run, n
+local sku, run, n, auth
 local headers = { ["Content-Type"] = "application/json" }
 
 function init(args)
 	sku = args[1] or "bench-accept"
 	run = (args[2] or "wrk") .. "-" .. tostring(tid)
 	n = 0
+	auth = {}
+	local f = assert(io.open(assert(args[3], "no TOKENS file"), "r"))
+	for line in f:lines() do
+		local tok = line:match("^%S+ (%S+)$")
+		if tok then
+			table.insert(auth, "Bearer " .. tok)
+		end
+	end
+	f:close()
+	assert(#auth > 0, "TOKENS holds no token")
+	-- Threads start apart in the pool so they do not share buyers early.
+	n = math.floor((tid - 1) * #auth / 16)
 end
 
 function request()
 	n = n + 1
 	local id = run .. "-" .. n
-	local body = '{"request_id":"' .. id .. '","sku":"' .. sku ..
-		'","user_id":"' .. id .. '","qty":1}'
+	local body = '{"request_id":"' .. id .. '","sku":"' .. sku .. '","qty":1}'
+	headers["Authorization"] = auth[(n % #auth) + 1]
 	return wrk.format("POST", "/v1/purchases", headers, body)
 end
 

@@ -20,6 +20,7 @@
 #include "log.h"
 
 #define CF_ENV_PREFIX "FLASHSALE_"
+#define CF_SECRET_MAX 8192
 
 static struct cf_key *cf_find(struct cf_table *t, const char *name)
 {
@@ -159,20 +160,111 @@ static int cf_ini_handler(void *user, const char *section, const char *name,
 		snprintf(key, sizeof(key), "%s.%s", section, name);
 	else
 		snprintf(key, sizeof(key), "%s", name);
-	if (cf_set(ctx->t, key, value, ctx->reason, sizeof(ctx->reason)) < 0) {
+	char reason[sizeof(ctx->reason)];
+
+	if (cf_set(ctx->t, key, value, reason, sizeof(reason)) < 0) {
 		/* Keep the first error: inih goes on parsing after a failure. */
 		if (ctx->failed)
 			return 1;
+		memcpy(ctx->reason, reason, sizeof(reason));
 		ctx->failed = true;
 		return 0;
 	}
 	return 1;
 }
 
+/*
+ * inih r55 (Debian 12) reads a line with fgets() into 200 bytes and parses
+ * what did not fit as a line of its own: 198 bytes and the newline fit.
+ */
+#define CF_INI_LINE_MAX 198
+
+/*
+ * What inih would get wrong or report vaguely, found before it reads the
+ * file: a line over CF_INI_LINE_MAX bytes (inih r55 parses its tail as a
+ * line of its own, so a long comment could set a key), a NUL byte, and a
+ * line that is
+ * neither blank, a comment, a [section] nor key = value (so that a failing
+ * line inih reports is always one of ours). 0 when the file cannot be
+ * opened: inih says so.
+ */
+static int cf_prescan(const char *path, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "r");
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int lineno = 0, rc = 0;
+
+	if (f == NULL)
+		return 0;
+	while (rc == 0 && (n = getline(&line, &cap, f)) >= 0) {
+		const char *p = line;
+
+		lineno++;
+		if (n > 0 && line[n - 1] == '\n')
+			line[--n] = '\0';     /* a '\r' counts: inih reads it too */
+		if (memchr(line, '\0', (size_t)n) != NULL) {
+			/* inih reads C strings: the rest of the line would vanish. */
+			snprintf(err, errlen, "%s:%d: NUL byte", path, lineno);
+			rc = -1;
+			break;
+		}
+		if (n > CF_INI_LINE_MAX) {
+			snprintf(err, errlen, "%s:%d: line longer than %d bytes", path, lineno,
+				 CF_INI_LINE_MAX);
+			rc = -1;
+			break;
+		}
+		p += strspn(p, " \t");
+		if (lineno == 1 && (uint8_t)p[0] == 0xEF)
+			p += strspn(p, "\xEF\xBB\xBF");   /* a UTF-8 BOM, as inih allows */
+		if (*p == '\0' || *p == ';' || *p == '#')
+			continue;
+		if (*p == '[' ? strchr(p, ']') == NULL : strpbrk(p, "=:") == NULL) {
+			snprintf(err, errlen, "%s:%d: syntax error", path, lineno);
+			rc = -1;
+		}
+	}
+	free(line);
+	fclose(f);
+	return rc;
+}
+
+/* Parse the first `lines` lines of path into ctx; false if unreadable. */
+static bool cf_parse_prefix(const char *path, int lines, struct cf_file_ctx *ctx)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = NULL, *line = NULL;
+	size_t size = 0, cap = 0;
+	FILE *mem;
+	ssize_t n;
+
+	if (f == NULL)
+		return false;
+	mem = open_memstream(&buf, &size);
+	if (mem == NULL) {
+		fclose(f);
+		return false;
+	}
+	while (lines-- > 0 && (n = getline(&line, &cap, f)) >= 0)
+		fwrite(line, 1, (size_t)n, mem);
+	free(line);
+	fclose(f);
+	fclose(mem);
+	(void)ini_parse_string(buf, cf_ini_handler, ctx);
+	free(buf);
+	return true;
+}
+
 int cf_load_file(struct cf_table *t, const char *path, char *err, size_t errlen)
 {
 	struct cf_file_ctx ctx = { .t = t, .path = path };
-	int rc = ini_parse(path, cf_ini_handler, &ctx);
+	int rc;
+
+	if (cf_prescan(path, err, errlen) < 0)
+		return -1;
+	rc = ini_parse(path, cf_ini_handler, &ctx);
 
 	if (rc == -1) {
 		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
@@ -183,9 +275,17 @@ int cf_load_file(struct cf_table *t, const char *path, char *err, size_t errlen)
 		return -1;
 	}
 	if (rc > 0) {
-		/* The first failing line is either a syntax error or ours. */
-		if (ctx.failed)
-			snprintf(err, errlen, "%s:%d: %s", path, rc, ctx.reason);
+		/*
+		 * inih names the first failing line, a syntax error or a key of
+		 * ours; ctx.reason is our first failure, perhaps on a later line
+		 * (an inline comment can make "[ ;app]" a syntax error the
+		 * prescan cannot see: found by fuzzing). The lines up to rc,
+		 * parsed again, tell which.
+		 */
+		struct cf_file_ctx again = { .t = t, .path = path };
+
+		if (ctx.failed && cf_parse_prefix(path, rc, &again) && again.failed)
+			snprintf(err, errlen, "%s:%d: %s", path, rc, again.reason);
 		else
 			snprintf(err, errlen, "%s:%d: syntax error", path, rc);
 		return -1;
@@ -212,6 +312,36 @@ static void cf_env_name(const char *key, char *out, size_t n)
 	out[o] = '\0';
 }
 
+/*
+ * A secret's file (a credential): its contents up to the first newline,
+ * which must be all there is. -1 with the reason in err.
+ */
+static int cf_read_secret(const char *path, char *out, size_t n, char *err, size_t errlen)
+{
+	FILE *f = fopen(path, "rb");
+	size_t len;
+
+	if (f == NULL) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	len = fread(out, 1, n, f);
+	fclose(f);
+	if (len >= n) {
+		snprintf(err, errlen, "%s: longer than %zu bytes", path, n - 1);
+		return -1;
+	}
+	out[len] = '\0';
+	while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r'))
+		out[--len] = '\0';
+	/* A NUL or a second line (found by fuzzing): not one line of text. */
+	if (strlen(out) != len || strcspn(out, "\r\n") != len) {
+		snprintf(err, errlen, "%s: a secret must be one line of text", path);
+		return -1;
+	}
+	return 0;
+}
+
 int cf_load_env(struct cf_table *t, char *const *envp, char *err, size_t errlen)
 {
 	if (envp == NULL)
@@ -221,12 +351,28 @@ int cf_load_env(struct cf_table *t, char *const *envp, char *err, size_t errlen)
 		size_t nl;
 		const char *value = NULL;
 
+		char secret[CF_SECRET_MAX + 1];
+		const char *file = NULL;
+
 		cf_env_name(k->name, name, sizeof(name));
 		nl = strlen(name);
 		/* The last definition wins, as with getenv() on most libcs. */
 		for (char *const *e = envp; *e != NULL; e++) {
 			if (strncmp(*e, name, nl) == 0 && (*e)[nl] == '=')
 				value = *e + nl + 1;
+			else if (k->secret && strncmp(*e, name, nl) == 0 &&
+				 strncmp(*e + nl, "_FILE=", 6) == 0)
+				file = *e + nl + 6;
+		}
+		if (value == NULL && file != NULL) {
+			if (cf_read_secret(file, secret, sizeof(secret), err, errlen) < 0) {
+				char tmp[512];
+
+				snprintf(tmp, sizeof(tmp), "%s", err);
+				snprintf(err, errlen, "environment %s_FILE: %s", name, tmp);
+				return -1;
+			}
+			value = secret;
 		}
 		if (value == NULL)
 			continue;
@@ -408,6 +554,8 @@ void cf_print(const struct cf_table *t, void *stdio_file)
 		case CF_STR: {
 			const char *v = *(char *const *)k->target;
 
+			if (k->secret && v != NULL && v[0] != '\0')
+				v = "<redacted>";
 			fprintf(f, "%s = %s\n", k->name, v != NULL ? v : "");
 			break;
 		}

@@ -5,7 +5,8 @@
  *
  * A key is "section.name" (e.g. "kafka.bootstrap"); in the INI file it is
  * `name = value` under `[section]`; in the environment it is
- * FLASHSALE_SECTION_NAME (upper case, '.' and '-' become '_'); on the command
+ * FLASHSALE_SECTION_NAME (upper case, '.' and '-' become '_'; a secret may
+ * instead come from the file FLASHSALE_SECTION_NAME_FILE names); on the command
  * line it is `-s section.name=value` (or `--set`). An unknown key in the file
  * or a -s flag is an error (typos must not pass silently); unknown
  * FLASHSALE_* variables are ignored because several daemons share one
@@ -32,6 +33,12 @@ struct cf_key {
 	long long min, max;   /* CF_INT bounds, inclusive */
 	const char *help;     /* one line, shown by --help and checked by the doc test */
 	bool reload;          /* applied on SIGHUP (cf_reload); else needs a restart */
+	/*
+	 * A secret (CF_STR): --print-config shows "<redacted>", and the
+	 * environment may name a file holding it, FLASHSALE_SECTION_NAME_FILE
+	 * (systemd's LoadCredential= puts it in $CREDENTIALS_DIRECTORY).
+	 */
+	bool secret;
 };
 
 struct cf_table {

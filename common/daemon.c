@@ -193,6 +193,12 @@ struct evhttp *daemon_http(struct event_base *base, struct evhttp *http,
 	return http;
 }
 
+void daemon_http_healthz(struct evhttp *http)
+{
+	if (evhttp_set_cb(http, "/healthz", daemon_healthz_cb, NULL) != 0)
+		die("startup_failed", "what=http msg=\"cannot register /healthz\"");
+}
+
 void daemon_notify_ready(void)
 {
 #ifdef HAVE_SYSTEMD
@@ -379,17 +385,66 @@ bool daemon_run_worker(struct daemon_thread *t, daemon_health_fn health,
 	return l.drained;
 }
 
+static bool common_option(const char *s, bool *takes_value)
+{
+	static const char *const with_value[] = { "-c", "-s", "--config", "--set" };
+	static const char *const flags[] = { "-h", "--help", "-V", "--version", "--print-config" };
+
+	*takes_value = false;
+	for (size_t i = 0; i < sizeof(with_value) / sizeof(with_value[0]); i++)
+		if (strcmp(s, with_value[i]) == 0)
+			return *takes_value = true;
+	for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+		if (strcmp(s, flags[i]) == 0)
+			return true;
+	return strncmp(s, "--config=", 9) == 0 || strncmp(s, "--set=", 6) == 0 ||
+	       ((s[1] == 'c' || s[1] == 's') && s[0] == '-' && s[2] != '\0');
+}
+
+/*
+ * Reorder argv in place: the common options (anywhere) first, for
+ * cf_parse_args, which must not see a command's own flags (--force,
+ * --user ...); then the command and its arguments, in their order.
+ * Returns the index of the command's first word (argc when none).
+ */
+static int split_args(int argc, char **argv)
+{
+	char **cmdv = calloc((size_t)argc + 1, sizeof(*cmdv));
+	bool in_command = false, takes_value;
+	int commonc = 1, cmdc = 0;
+
+	if (cmdv == NULL) {
+		fprintf(stderr, "%s: out of memory\n", argv[0]);
+		exit(1);
+	}
+	for (int i = 1; i < argc; i++) {
+		const char *s = argv[i];
+
+		if (s[0] == '-' && (!in_command || common_option(s, &takes_value))) {
+			argv[commonc++] = argv[i];
+			if (common_option(s, &takes_value) && takes_value && i + 1 < argc)
+				argv[commonc++] = argv[++i];
+			continue;
+		}
+		in_command = true;
+		cmdv[cmdc++] = argv[i];
+	}
+	memcpy(argv + commonc, cmdv, (size_t)cmdc * sizeof(*cmdv));
+	free(cmdv);
+	return commonc;
+}
+
 void daemon_init(struct cf_table *table, const struct daemon_cfg *base, int argc, char **argv,
 		 int *args)
 {
-	int first_arg;
+	int first_arg, commonc = args != NULL ? split_args(argc, argv) : argc;
 
-	cf_parse_args(table, argc, argv, &first_arg);
+	cf_parse_args(table, commonc, argv, &first_arg);
 	log_init(table->app);
 	if (!log_set_level(base->log_level))
 		die("bad_config", "key=log.level value=%s", base->log_level);
 	if (args != NULL)
-		*args = first_arg;
+		*args = first_arg < commonc ? first_arg : commonc;
 	else if (first_arg < argc)
 		die("bad_usage", "msg=\"unexpected argument %s\"", argv[first_arg]);
 }

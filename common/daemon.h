@@ -50,10 +50,16 @@ void daemon_signals(struct event_base *base, const struct daemon_hooks *hooks);
 /*
  * Serve GET /healthz and GET /metrics on host:port (port 0 = disabled) on
  * base. If http is not NULL the handlers are added to that existing server
- * instead (the gateway). Start-up only (dies on failure).
+ * instead (the gateway's admin listener). Start-up only (dies on failure).
  */
 struct evhttp *daemon_http(struct event_base *base, struct evhttp *http,
 			   const char *host, int port, const struct daemon_hooks *hooks);
+
+/*
+ * Serve GET /healthz only on an existing server, with the hooks daemon_http
+ * was given (the gateway's public listener: /metrics stays private).
+ */
+void daemon_http_healthz(struct evhttp *http);
 
 /*
  * The one worker thread of a consumer daemon (deductor, order-writer,
@@ -132,8 +138,9 @@ struct daemon_cfg {
  * Start-up of a daemon: parse the configuration (exits 2 on a usage error,
  * 0 after --help, --version or --print-config), start logging as
  * table->app at base->log_level, and refuse extra arguments unless args is
- * not NULL (then *args gets the index of the first one). Dies on a bad log
- * level.
+ * not NULL. Then argv is reordered: the common options first, wherever they
+ * were, then the command and its own flags (`rebuild --force`, `token
+ * --user U`), which start at *args. Dies on a bad log level.
  */
 void daemon_init(struct cf_table *table, const struct daemon_cfg *base, int argc, char **argv,
 		 int *args);

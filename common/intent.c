@@ -1,5 +1,6 @@
 #include "intent.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,6 +12,14 @@
 static const char *str_or_empty(const char *s)
 {
 	return s != NULL ? s : "";
+}
+
+/* At most max characters, each in set (the empty string passes). */
+static bool short_text(const char *s, size_t max, const char *set)
+{
+	size_t n = strlen(s);
+
+	return n <= max && strspn(s, set) == n;
 }
 
 int intent_validate(const fs_intent *in, const void *key, size_t keylen,
@@ -32,26 +41,109 @@ int intent_validate(const fs_intent *in, const void *key, size_t keylen,
 		snprintf(err, errlen, "invalid sku");
 		return -1;
 	}
-	if (key != NULL && (keylen != strlen(sku) || memcmp(key, sku, keylen) != 0)) {
-		snprintf(err, errlen, "message key does not equal sku");
+	/* Without the key a producer's partitioner scatters one SKU's stream. */
+	if (key == NULL || keylen != strlen(sku) || memcmp(key, sku, keylen) != 0) {
+		snprintf(err, errlen, key == NULL ? "message has no key (the key must be the sku)" :
+			 "message key does not equal sku");
 		return -1;
 	}
-	if (in->kind == FLASHSALE__INTENT__KIND__PURCHASE) {
-		if (!valid_user_id(user)) {
-			snprintf(err, errlen, "invalid user_id");
-			return -1;
-		}
-		if (in->qty < 1 || in->qty > INTENT_QTY_MAX) {
-			snprintf(err, errlen, "invalid qty %u", in->qty);
-			return -1;
-		}
-	} else if (user[0] != '\0' && !valid_user_id(user)) {
+	if (in->kind == FLASHSALE__INTENT__KIND__PURCHASE &&
+	    (in->qty < 1 || in->qty > INTENT_QTY_MAX)) {
+		snprintf(err, errlen, "invalid qty %u", in->qty);
+		return -1;
+	}
+	/* The buyer of a purchase, the owner who pays or cancels: deduct.lua
+	 * checks it against the purchase. A release (the reconciler's) has none. */
+	if (in->kind == FLASHSALE__INTENT__KIND__RELEASE ? user[0] != '\0' && !valid_user_id(user) :
+	    !valid_user_id(user)) {
 		snprintf(err, errlen, "invalid user_id");
 		return -1;
 	}
-	if (in->accepted_at_ms < 0) {
-		snprintf(err, errlen, "invalid accepted_at_ms %lld", (long long)in->accepted_at_ms);
+	if (!short_text(str_or_empty(in->client_ip), FS_CLIENT_IP_MAX, "0123456789abcdefABCDEF.:")) {
+		snprintf(err, errlen, "invalid client_ip (at most %d characters of an IP address)",
+			 FS_CLIENT_IP_MAX);
 		return -1;
+	}
+	if (!short_text(str_or_empty(in->source), FS_SOURCE_MAX,
+			"abcdefghijklmnopqrstuvwxyz0123456789_-")) {
+		snprintf(err, errlen, "invalid source (at most %d characters of [a-z0-9_-])",
+			 FS_SOURCE_MAX);
+		return -1;
+	}
+	/* Only the reconciler returns units on its own; its RELEASE is also
+	 * refused before the deadline by deduct.lua. */
+	if (in->kind == FLASHSALE__INTENT__KIND__RELEASE &&
+	    strcmp(str_or_empty(in->source), "reconciler") != 0) {
+		snprintf(err, errlen, "RELEASE from source \"%s\" (only the reconciler releases)",
+			 str_or_empty(in->source));
+		return -1;
+	}
+	if (in->accepted_at_ms < 0 || in->sent_at_ms < 0) {
+		snprintf(err, errlen, "invalid accepted_at_ms or sent_at_ms");
+		return -1;
+	}
+	return 0;
+}
+
+/* A base-128 varint at *p (below end); false when cut short or over 10 bytes. */
+static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	*v = 0;
+	for (int shift = 0; shift < 70 && *p < end; shift += 7) {
+		uint8_t b = *(*p)++;
+
+		*v |= (uint64_t)(b & 0x7f) << shift;
+		if ((b & 0x80) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * What protobuf-c lets through and C strings would silently change: a NUL
+ * inside a string field (protobuf-c's C string ends there, so
+ * "req-1\0other" would act as "req-1") and field number 0 written as an
+ * overlong tag (protobuf-c rejects it only in one byte). The walk covers the
+ * top level only: Intent has no nested messages. Malformed framing is left
+ * to protobuf-c's own refusal.
+ */
+static int intent_wire_check(const uint8_t *p, size_t len, char *err, size_t errlen)
+{
+	const uint8_t *end = p + len;
+
+	while (p < end) {
+		uint64_t tag, n;
+
+		if (!wire_varint(&p, end, &tag))
+			return 0;
+		if ((tag >> 3) == 0) {
+			snprintf(err, errlen, "field number 0");
+			return -1;
+		}
+		switch (tag & 7) {
+		case 0:
+			if (!wire_varint(&p, end, &n))
+				return 0;
+			break;
+		case 1:
+			p += 8 <= end - p ? 8 : end - p;
+			break;
+		case 5:
+			p += 4 <= end - p ? 4 : end - p;
+			break;
+		case 2:
+			if (!wire_varint(&p, end, &n) || n > (uint64_t)(end - p))
+				return 0;
+			if (memchr(p, 0, (size_t)n) != NULL) {
+				snprintf(err, errlen, "NUL byte in field %llu",
+					 (unsigned long long)(tag >> 3));
+				return -1;
+			}
+			p += n;
+			break;
+		default:
+			return 0;
+		}
 	}
 	return 0;
 }
@@ -59,8 +151,16 @@ int intent_validate(const fs_intent *in, const void *key, size_t keylen,
 fs_intent *intent_decode(const void *buf, size_t len, const void *key, size_t keylen,
 			 char *err, size_t errlen)
 {
-	fs_intent *in = flashsale__intent__unpack(NULL, len, buf);
+	fs_intent *in;
 
+	/* Checked before decoding: a huge message costs nothing more. */
+	if (len > FS_INTENT_MAX_BYTES) {
+		snprintf(err, errlen, "intent of %zu bytes, the limit is %d", len, FS_INTENT_MAX_BYTES);
+		return NULL;
+	}
+	if (intent_wire_check(buf, len, err, errlen) < 0)
+		return NULL;
+	in = flashsale__intent__unpack(NULL, len, buf);
 	if (in == NULL) {
 		snprintf(err, errlen, "cannot decode Intent (%zu bytes)", len);
 		return NULL;

@@ -21,20 +21,25 @@
  */
 #define FS_PARTITIONS 12
 
+/* Limits of an Intent on the wire (proto/README.md): larger ones are dead-lettered. */
+#define FS_INTENT_MAX_BYTES 1024
+#define FS_CLIENT_IP_MAX 45     /* the longest textual IPv6 address */
+#define FS_SOURCE_MAX 32
+
 typedef Flashsale__Intent fs_intent;
 typedef Flashsale__LedgerEvent fs_ledger_event;
 
 /*
  * Check an intent against the contract in proto/flashsale.proto and the
- * message key it arrived under (key may be NULL when not known). -1 with the
- * reason in err.
+ * message key it arrived under (which must equal its sku; NULL fails). -1
+ * with the reason in err.
  */
 int intent_validate(const fs_intent *in, const void *key, size_t keylen,
 		    char *err, size_t errlen) FS_MUSTCHECK;
 
 /*
- * Decode and validate a Kafka message value; NULL with the reason in err.
- * Free the result with intent_free().
+ * Decode and validate a Kafka message value of at most FS_INTENT_MAX_BYTES;
+ * NULL with the reason in err. Free the result with intent_free().
  */
 fs_intent *intent_decode(const void *buf, size_t len, const void *key, size_t keylen,
 			 char *err, size_t errlen) FS_MUSTCHECK;

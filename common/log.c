@@ -65,6 +65,10 @@ static void write_all(int fd, const char *buf, size_t len)
 	}
 }
 
+/* fmt comes from the levelled macros, checked there (format attribute). */
+static void log_vwrite(enum log_level level, const char *event, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+
 static void log_vwrite(enum log_level level, const char *event, const char *fmt, va_list ap)
 {
 	char line[LOG_LINE_MAX];

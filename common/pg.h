@@ -11,7 +11,8 @@
 
 #define PG_CF_KEYS(connvar) \
 	{ "postgres.conninfo", CF_STR, &(connvar), "host=/run/flashsale dbname=flashsale", 0, 0, \
-	  "libpq connection string (host= may be a Unix socket directory)" }
+	  "libpq connection string (host= may be a Unix socket directory; may hold a password)", \
+	  false, true }
 
 /* Blocking connect; NULL with the server's message in err. */
 PGconn *pg_connect(const char *conninfo, char *err, size_t errlen) FS_MUSTCHECK;

@@ -103,3 +103,43 @@ int strmap_put_max(struct strmap *m, const char *key, int64_t value)
 	m->n++;
 	return 0;
 }
+
+/* Remove slot i, shifting back the entries that probed past it (no tombstones). */
+static void strmap_remove_at(struct strmap *m, size_t i)
+{
+	size_t j = i;
+
+	free(m->slot[i].key);
+	m->slot[i].key = NULL;
+	m->n--;
+	for (;;) {
+		size_t home;
+
+		j = (j + 1) & m->mask;
+		if (m->slot[j].key == NULL)
+			return;
+		home = m->slot[j].hash & m->mask;
+		/* Leave it when its home lies cyclically in (i, j]. */
+		if (i <= j ? (home > i && home <= j) : (home > i || home <= j))
+			continue;
+		m->slot[i] = m->slot[j];
+		m->slot[j].key = NULL;
+		i = j;
+	}
+}
+
+int strmap_add(struct strmap *m, const char *key, int64_t delta, int64_t *out)
+{
+	struct strmap_slot *s;
+
+	if (strmap_put_max(m, key, INT64_MIN) < 0)
+		return -1;
+	s = strmap_find(m, key, strmap_hash(key));
+	if (s->value == INT64_MIN)
+		s->value = 0;
+	s->value += delta;
+	*out = s->value;
+	if (s->value == 0)
+		strmap_remove_at(m, (size_t)(s - m->slot));
+	return 0;
+}

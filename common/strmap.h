@@ -35,6 +35,12 @@ int64_t strmap_get(const struct strmap *m, const char *key, int64_t def);
 /* Set key to value when absent or smaller. -1 when out of memory. */
 int strmap_put_max(struct strmap *m, const char *key, int64_t value) FS_MUSTCHECK;
 
+/*
+ * Add delta to key's value (absent counts as 0) and store the sum in *out;
+ * a key whose value reaches 0 is removed. -1 when out of memory.
+ */
+int strmap_add(struct strmap *m, const char *key, int64_t delta, int64_t *out) FS_MUSTCHECK;
+
 static inline size_t strmap_count(const struct strmap *m)
 {
 	return m->n;

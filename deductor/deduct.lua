@@ -4,7 +4,9 @@
 -- KEYS[4] fs:holds:<sku>   KEYS[5] fs:req:<request_id>
 -- KEYS[6] fs:wm            KEYS[7] fs:fence
 -- ARGV[1] kind: purchase | pay | cancel | release
--- ARGV[2] request_id  ARGV[3] sku  ARGV[4] user_id  ARGV[5] qty
+-- ARGV[2] request_id  ARGV[3] sku  ARGV[5] qty
+-- ARGV[4] user_id: the buyer of a purchase; the owner of the purchase a
+--         pay or cancel acts on (checked); empty for a release
 -- ARGV[6] seconds to keep the request record (idempotency horizon)
 -- ARGV[7] intents partition  ARGV[8] the intent's offset in it
 -- ARGV[9] min_wm: the highest offset of this partition whose event the
@@ -186,6 +188,12 @@ end
 if o ~= 'reserved' then
     local why = o and 'not_reserved' or 'unknown_request'
     return reply('transition_refused', st or 'unknown', why, ruser or user, rqty, 0, 0, q)
+end
+if kind ~= 'release' and user ~= ruser then
+    -- Only the buyer pays or cancels: an intent that names another user
+    -- (forged straight onto the topic) is answered like an unknown request,
+    -- which tells nothing about whose purchase it is.
+    return reply('transition_refused', 'unknown', 'unknown_request', user, 0, 0, 0, 0)
 end
 
 if kind == 'pay' then

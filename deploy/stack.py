@@ -28,12 +28,15 @@ DIR defaults to <repo>/state.
 
 Layout of DIR: logs/<name>.log, run/<name>.pid, redis/ (AOF), redis.sock,
 pg/ (socket directory) and pg/data/, kafka.bootstrap, ports, admin.token,
-stack.env.
+jwt.secret (the demo key buyer tokens are signed with), stack.env.
 
 The Kafka mock keeps its data in memory: restarting it ("daemon restart
 kafka") starts an empty cluster on new ports; restart the daemons after it.
 """
 
+import base64
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -59,7 +62,7 @@ DAEMONS = ("order-writer", "deductor", "reconciler", "gateway")
 INFRA = ("redis", "postgres", "kafka")
 COMPONENTS = INFRA + DAEMONS
 ACTIONS = ("start", "stop", "kill", "restart")
-PORT_ORDER = ("gateway", "deductor", "order-writer", "reconciler")  # of DIR/ports
+PORT_ORDER = ("gateway", "deductor", "order-writer", "reconciler", "gateway-admin")  # of DIR/ports
 STOP_TIMEOUT = 15
 READY_TIMEOUT = 30
 
@@ -178,6 +181,29 @@ def http_get(port, path, timeout=2.0):
         return None
     finally:
         conn.close()
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def jwt_hs256(secret, claims):
+    """An HS256 JSON Web Token over claims (what a shop's login issues)."""
+    head = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    body = b64url(json.dumps(claims, separators=(",", ":")).encode())
+    sig = hmac.new(secret.encode(), ("%s.%s" % (head, body)).encode(), hashlib.sha256).digest()
+    return "%s.%s.%s" % (head, body, b64url(sig))
+
+
+def scoped_id(user, client_id):
+    """The request id the gateway files a buyer's client_id under (gateway/
+    auth.c auth_scoped_id): SHA-256 over the length-prefixed user and the
+    client id, 26 Crockford base32 digits. What PostgreSQL and Redis hold."""
+    u = user.encode()
+    d = hashlib.sha256(bytes([len(u) >> 8, len(u) & 255]) + u + client_id.encode()).digest()
+    n = int.from_bytes(d, "big") >> (256 - 130)
+    b32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return "".join(b32[(n >> (5 * (25 - i))) & 31] for i in range(26))
 
 
 def shell_quote(value):
@@ -602,16 +628,19 @@ class Stack:
         """Ports are chosen once per state dir and kept, so a restarted daemon
         keeps its address (the tests hold the gateway URL)."""
         f = self.path("ports")
-        if os.path.isfile(f) and os.path.getsize(f) > 0:
-            return
+        have = dict(self.recorded_ports())
+        missing = [n for n in PORT_ORDER if self.port_var(n) not in have]
+        if not missing:
+            return  # a state dir from an older version gets only what it lacks
         socks = []
         try:
-            for _ in PORT_ORDER:
+            for _ in missing:
                 s = socket.socket()
                 s.bind(("127.0.0.1", 0))
                 socks.append(s)
-            text = "".join("%s=%d\n" % (self.port_var(name), s.getsockname()[1])
-                           for name, s in zip(PORT_ORDER, socks))
+            text = "".join("%s=%s\n" % kv for kv in self.recorded_ports())
+            text += "".join("%s=%d\n" % (self.port_var(name), s.getsockname()[1])
+                            for name, s in zip(missing, socks))
         finally:
             for s in socks:
                 s.close()
@@ -637,13 +666,17 @@ class Stack:
         return name.upper().replace("-", "_") + "_PORT"
 
     def ensure_token(self):
-        f = self.path("admin.token")
-        if os.path.isfile(f) and os.path.getsize(f) > 0:
-            return
-        fd = os.open(f + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(os.urandom(16).hex())
-        os.replace(f + ".tmp", f)
+        """The admin token and the demo key buyer tokens are signed with
+        (HS256; `flashsale-gateway token --user U` prints one), each made
+        once per state dir, readable by root only."""
+        for name, nbytes in (("admin.token", 16), ("jwt.secret", 32)):
+            f = self.path(name)
+            if os.path.isfile(f) and os.path.getsize(f) > 0:
+                continue
+            fd = os.open(f + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(os.urandom(nbytes).hex())
+            os.replace(f + ".tmp", f)
 
     def env_entries(self):
         """What stack.env sets, in order: (name, value, keep_callers). The
@@ -659,11 +692,15 @@ class Stack:
             ("FLASHSALE_POSTGRES_CONNINFO",
              "host=%s dbname=flashsale user=postgres" % self.path("pg"), False),
             ("FLASHSALE_GATEWAY_ADMIN_TOKEN", token, True),
+            ("FLASHSALE_GATEWAY_JWT_SECRET_FILE", self.path("jwt.secret"), True),
             ("FLASHSALE_LOG_LEVEL", "info", True),
         ]
         if kafka.client_settings:
             entries.append(("FLASHSALE_KAFKA_SETTINGS", kafka.client_settings, True))
         entries += [(k, v, True) for k, v in self.recorded_ports()]
+        admin = dict(self.recorded_ports()).get("GATEWAY_ADMIN_PORT")
+        if admin:
+            entries.append(("FLASHSALE_GATEWAY_ADMIN_PORT", admin, True))
         return entries
 
     def write_env(self):
@@ -683,6 +720,7 @@ class Stack:
             else:
                 lines.append("export %s=%s" % (name, shell_quote(value)))
         lines.append("export GATEWAY_URL=http://127.0.0.1:$GATEWAY_PORT")
+        lines.append("export GATEWAY_ADMIN_URL=http://127.0.0.1:$GATEWAY_ADMIN_PORT")
         with open(self.env_file + ".tmp", "w") as f:
             f.write("\n".join(lines) + "\n")
         os.replace(self.env_file + ".tmp", self.env_file)
@@ -700,10 +738,16 @@ class Stack:
             if not keep or not env.get(name):
                 env[name] = value
         env["GATEWAY_URL"] = "http://127.0.0.1:" + env.get("GATEWAY_PORT", "")
+        env["GATEWAY_ADMIN_URL"] = "http://127.0.0.1:" + env.get("GATEWAY_ADMIN_PORT", "")
         self.env = env
         self.url = env["GATEWAY_URL"]
+        self.admin_url = env["GATEWAY_ADMIN_URL"]
         self.admin_token = env["FLASHSALE_GATEWAY_ADMIN_TOKEN"]
+        with open(env["FLASHSALE_GATEWAY_JWT_SECRET_FILE"]) as f:
+            self.jwt_secret = f.read().strip()
         self.ports = {name: int(env[self.port_var(name)]) for name in DAEMONS}
+        # /metrics and /admin live on the gateway's private listener.
+        self.ports["gateway"] = int(env["GATEWAY_ADMIN_PORT"])
         return env
 
     def port_of(self, name):
@@ -818,17 +862,33 @@ class Stack:
 
     # ------------------------------------------------------------ access
 
-    def http(self, method, path, body=None, token=None, headers=None, timeout=10):
-        """One request to the gateway. Returns (status, JSON value or text)."""
+    def token(self, user, ttl=3600, secret=None, **claims):
+        """A buyer token for user: HS256 with the stack's demo key (or
+        secret), exp ttl seconds from now; claims add or override (iss,
+        aud, nbf, exp...; None drops one)."""
+        now = int(time.time())
+        body = {"sub": user, "iat": now, "exp": now + ttl}
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        return jwt_hs256(secret if secret is not None else self.jwt_secret, body)
+
+    def http(self, method, path, body=None, token=None, headers=None, timeout=10,
+             user=None):
+        """One request to the gateway: /admin/... to its private listener,
+        the rest to the public one. user signs a buyer token (token= sends
+        one as is). Returns (status, JSON value or text)."""
         data = None
         hdrs = dict(headers or {})
         if body is not None:
             data = body if isinstance(body, bytes) else (
                 body.encode() if isinstance(body, str) else json.dumps(body).encode())
             hdrs.setdefault("Content-Type", "application/json")
+        if user is not None:
+            token = self.token(user)
         if token is not None:
             hdrs["Authorization"] = "Bearer " + token
-        req = urllib.request.Request(self.url + path, data=data, method=method,
+        base = self.admin_url if path.startswith("/admin") else self.url
+        req = urllib.request.Request(base + path, data=data, method=method,
                                      headers=hdrs)
         try:
             with _LOCAL.open(req, timeout=timeout) as r:
@@ -1038,6 +1098,8 @@ def cmd_demo(st):
         except StackError:
             pass
         shutil.rmtree(st.dir)
+    # One load generator stands for thousands of buyers, all on 127.0.0.1.
+    st.extra_env.setdefault("FLASHSALE_GATEWAY_MAX_CONNECTIONS_PER_IP", "100000")
     st.start()
     st.say("promotion demo-phone: %d units, 1 per buyer, %ds to pay" % (stock, hold))
     try:
@@ -1051,7 +1113,8 @@ def cmd_demo(st):
     cmd = [os.path.join(BUILD_DIR, BINARIES["loadgen"]), "--url", st.url, "--sku", "demo-phone",
            "--buyers", str(buyers), "--concurrency", "256", "--dup-ratio", "0.2",
            "--pay-ratio", "0.5", "--poll-ms", "250", "--final-timeout-s", str(hold + 60),
-           "--seed", "2026", "--json", report, "--quiet"]
+           "--seed", "2026", "--json", report, "--quiet",
+           "--jwt-secret-file", st.path("jwt.secret")]
     if sys.stderr.isatty():
         cmd.append("--progress")
     sys.stdout.flush()

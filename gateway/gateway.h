@@ -3,6 +3,8 @@
  * runs everything; every module below keeps its state in struct gateway and
  * nothing blocks the loop after start-up.
  *
+ *   auth       buyer identity: JWT verification, request ids scoped to the buyer
+ *   conn       the guard below evhttp: connection caps, head deadline and limits
  *   request    pure parsing and validation of request bodies
  *   ratelimit  per-user token buckets
  *   store      the Redis connection (struct gw_store)
@@ -21,6 +23,8 @@
 
 #include "daemon.h"
 #include "kafka.h"
+#include "auth.h"
+#include "conn.h"
 #include "request.h"
 #include "ratelimit.h"
 #include "store.h"
@@ -40,6 +44,15 @@ struct gw_config {
 	char *redis_address;
 	char *pg_conninfo;
 	char *admin_token;          /* "" = admin API disabled */
+	char *admin_host;           /* the private listener: /admin, /metrics */
+	long long admin_port;
+	char *jwt_secret;           /* HS256 secret */
+	char *jwt_jwks_file;        /* RS256 / ES256 / HS256 keys */
+	char *jwt_issuer;
+	char *jwt_audience;
+	long long jwt_leeway_s;
+	struct gw_conn_limits conn; /* gateway.max_connections ... trusted_proxies */
+	char *trusted_proxies;
 	long long max_inflight;
 	long long user_rate_per_s;
 	long long user_burst;
@@ -52,7 +65,10 @@ struct gw_config {
 
 struct gateway {
 	struct event_base *base;
-	struct evhttp *http;
+	struct evhttp *http;        /* the public API */
+	struct evhttp *admin_http;  /* /admin, /metrics: 127.0.0.1 by default */
+	struct auth auth;
+	struct gw_conns conns;
 	struct gw_config cfg;
 	struct gw_store store;
 	struct promo_cache promo;

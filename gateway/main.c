@@ -32,7 +32,35 @@ static struct cf_key keys[] = {
 	REDIS_CF_KEYS(gw.cfg.redis_address),
 	PG_CF_KEYS(gw.cfg.pg_conninfo),
 	{ "gateway.admin_token", CF_STR, &gw.cfg.admin_token, "", 0, 0,
-	  "Bearer token of POST /admin/promotions (empty disables the admin API)" },
+	  "Bearer token of POST /admin/promotions (empty disables the admin API)", false, true },
+	{ "gateway.admin_host", CF_STR, &gw.cfg.admin_host, "127.0.0.1", 0, 0,
+	  "Address of the private listener: /admin, /metrics, /healthz" },
+	{ "gateway.admin_port", CF_INT, &gw.cfg.admin_port, "8081", 0, 65535,
+	  "Port of the private listener (0 disables it, and with it /admin and /metrics)" },
+	{ "gateway.jwt_secret", CF_STR, &gw.cfg.jwt_secret, "", 0, 0,
+	  "HS256 secret of buyer tokens, at least 32 bytes (or in the file named by "
+	  "FLASHSALE_GATEWAY_JWT_SECRET_FILE)", false, true },
+	{ "gateway.jwt_jwks_file", CF_STR, &gw.cfg.jwt_jwks_file, "", 0, 0,
+	  "JWKS file of buyer token keys (RS256, ES256 P-256, HS256), chosen by kid" },
+	{ "gateway.jwt_issuer", CF_STR, &gw.cfg.jwt_issuer, "", 0, 0,
+	  "Required iss of buyer tokens (empty: not checked)" },
+	{ "gateway.jwt_audience", CF_STR, &gw.cfg.jwt_audience, "", 0, 0,
+	  "Required aud of buyer tokens (empty: not checked)" },
+	{ "gateway.jwt_leeway_s", CF_INT, &gw.cfg.jwt_leeway_s, "30", 0, 600,
+	  "Clock skew allowed on a token's exp and nbf, seconds" },
+	{ "gateway.max_connections", CF_INT, &gw.cfg.conn.max_connections, "20000", 1, 1000000,
+	  "Connections the public listener keeps open at once (more: 503 and closed)" },
+	{ "gateway.max_connections_per_ip", CF_INT, &gw.cfg.conn.max_per_ip, "256", 1, 1000000,
+	  "Connections one client address keeps open at once (more: 503 and closed)" },
+	{ "gateway.max_header_bytes", CF_INT, &gw.cfg.conn.max_header_bytes, "8192", 512, 1048576,
+	  "Largest request head (request line and headers), bytes (more: 431)" },
+	{ "gateway.max_headers", CF_INT, &gw.cfg.conn.max_headers, "64", 4, 1000,
+	  "Most header lines in a request (more: 431)" },
+	{ "gateway.header_timeout_ms", CF_INT, &gw.cfg.conn.header_timeout_ms, "5000", 100, 600000,
+	  "A request's head must arrive within this long of its first byte (else 408)" },
+	{ "gateway.trusted_proxies", CF_STR, &gw.cfg.trusted_proxies, "", 0, 0,
+	  "Addresses or CIDRs of proxies whose PROXY line or X-Forwarded-For names the client "
+	  "(comma separated; empty: none)" },
 	{ "gateway.max_inflight", CF_INT, &gw.cfg.max_inflight, "20000", 1, 10000000,
 	  "Intents awaiting Kafka acknowledgement (and, counted apart, reads awaiting Redis) "
 	  "before requests get 503 busy", true },
@@ -52,7 +80,52 @@ static struct cf_key keys[] = {
 	{ NULL, 0, NULL, NULL, 0, 0, NULL },
 };
 
-static struct cf_table table = { .app = APP, .usage = NULL, .keys = keys };
+static struct cf_table table = {
+	.app = APP,
+	.usage = "[token --user USER [--ttl SECONDS]]",
+	.keys = keys,
+};
+
+/*
+ * `flashsale-gateway token --user U [--ttl S]`: print a buyer token signed
+ * with the configured HS256 key (the demo stack's), for curl and the tests.
+ */
+static int gw_token(int argc, char **argv)
+{
+	const char *user = NULL;
+	long long ttl = 3600;
+	char err[256], *tok, *end;
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--user") == 0 && i + 1 < argc) {
+			user = argv[++i];
+		} else if (strcmp(argv[i], "--ttl") == 0 && i + 1 < argc) {
+			ttl = strtoll(argv[++i], &end, 10);
+			if (*end != '\0' || ttl < 1 || ttl > 31536000) {
+				fprintf(stderr, "flashsale-gateway token: --ttl wants 1..31536000\n");
+				return 2;
+			}
+		} else {
+			fprintf(stderr, "usage: flashsale-gateway token --user USER [--ttl SECONDS]\n");
+			return 2;
+		}
+	}
+	if (user == NULL) {
+		fprintf(stderr, "usage: flashsale-gateway token --user USER [--ttl SECONDS]\n");
+		return 2;
+	}
+	if (auth_init(&gw.auth, gw.cfg.jwt_secret, gw.cfg.jwt_jwks_file, gw.cfg.jwt_issuer,
+		      gw.cfg.jwt_audience, gw.cfg.jwt_leeway_s, err, sizeof(err)) < 0 ||
+	    (tok = auth_sign(&gw.auth, user, now_ms() / 1000, ttl, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "flashsale-gateway token: %s\n", err);
+		auth_free(&gw.auth);
+		return 1;
+	}
+	printf("%s\n", tok);
+	free(tok);
+	auth_free(&gw.auth);
+	return 0;
+}
 
 static enum daemon_health gw_health(void *arg, char *detail, size_t n)
 {
@@ -140,9 +213,26 @@ static void gw_config_changed(const char *key, void *arg)
 		ratelimit_set(&g->rl, (double)g->cfg.user_rate_per_s, (double)g->cfg.user_burst);
 }
 
+/*
+ * SIGHUP also re-reads the JWKS file: keys rotate without a restart (add
+ * the new key, issue with it, drop the old one after the longest token
+ * lifetime). A file that does not load keeps the keys in use.
+ */
 static void gw_reload(void *arg)
 {
+	struct gateway *g = arg;
+	struct auth fresh;
+	char err[512];
+
 	daemon_reload_config(&table, gw_config_changed, arg);
+	if (auth_init(&fresh, g->cfg.jwt_secret, g->cfg.jwt_jwks_file, g->cfg.jwt_issuer,
+		      g->cfg.jwt_audience, g->cfg.jwt_leeway_s, err, sizeof(err)) < 0) {
+		log_error("keys_reload_failed", "msg=\"%s\" keys=%zu kept=true", err, g->auth.nkeys);
+		return;
+	}
+	auth_free(&g->auth);
+	g->auth = fresh;
+	log_info("keys_reloaded", "keys=%zu", g->auth.nkeys);
 }
 
 int main(int argc, char **argv)
@@ -155,8 +245,20 @@ int main(int argc, char **argv)
 	};
 	char err[512];
 	size_t max_req;
+	int args;
 
-	daemon_init(&table, &gw.cfg.base, argc, argv, NULL);
+	daemon_init(&table, &gw.cfg.base, argc, argv, &args);
+	if (args < argc && strcmp(argv[args], "token") == 0) {
+		int rc = gw_token(argc - args - 1, argv + args + 1);
+
+		cf_free(&table);
+		return rc;
+	}
+	if (args < argc)
+		die("bad_usage", "msg=\"unexpected argument %s\"", argv[args]);
+	if (auth_init(&gw.auth, gw.cfg.jwt_secret, gw.cfg.jwt_jwks_file, gw.cfg.jwt_issuer,
+		      gw.cfg.jwt_audience, gw.cfg.jwt_leeway_s, err, sizeof(err)) < 0)
+		die("bad_config", "what=jwt msg=\"%s\"", err);
 	if (gw.cfg.base.http_port == 0)
 		die("bad_config", "key=http.port value=0 msg=\"it serves the API\"");
 
@@ -182,6 +284,12 @@ int main(int argc, char **argv)
 	gw.http = evhttp_new(gw.base);
 	if (gw.http == NULL)
 		die("startup_failed", "what=http msg=\"evhttp_new\"");
+	gw.cfg.conn.trusted_proxies = gw.cfg.trusted_proxies;
+	if (gw_conns_init(&gw.conns, gw.base, &gw.cfg.conn, err, sizeof(err)) < 0)
+		die("bad_config", "key=gateway.trusted_proxies msg=\"%s\"", err);
+	/* Every connection goes through the guard before evhttp parses it. */
+	evhttp_set_bevcb(gw.http, gw_conns_bevcb, &gw.conns);
+	evhttp_set_max_headers_size(gw.http, (ev_ssize_t)gw.cfg.conn.max_header_bytes);
 	/* Slightly too large bodies get our JSON 400; huge ones evhttp's 413, unbuffered. */
 	max_req = (size_t)gw.cfg.max_body * 4;
 	evhttp_set_max_body_size(gw.http, (ev_ssize_t)(max_req < 65536 ? 65536 : max_req));
@@ -191,7 +299,11 @@ int main(int argc, char **argv)
 	if (evhttp_bind_socket(gw.http, gw.cfg.base.http_host, (ev_uint16_t)gw.cfg.base.http_port) < 0)
 		die("startup_failed", "what=http msg=\"cannot listen on %s:%lld\"", gw.cfg.base.http_host,
 		    gw.cfg.base.http_port);
-	daemon_http(gw.base, gw.http, NULL, 0, &hooks);
+	/* The public listener answers buyers and /healthz; the rest is private. */
+	gw.admin_http = daemon_http(gw.base, NULL, gw.cfg.admin_host, (int)gw.cfg.admin_port, &hooks);
+	daemon_http_healthz(gw.http);
+	if (gw.admin_http != NULL)
+		evhttp_set_gencb(gw.admin_http, routes_handle_admin, &gw);
 	daemon_signals(gw.base, &hooks);
 	log_info("listening", "host=%s port=%lld version=%s", gw.cfg.base.http_host, gw.cfg.base.http_port,
 		 FLASHSALE_VERSION);
@@ -209,6 +321,10 @@ int main(int argc, char **argv)
 	gw_store_free(&gw.store);
 	adminpg_free(&gw.pg);
 	evhttp_free(gw.http);
+	if (gw.admin_http != NULL)
+		evhttp_free(gw.admin_http);
+	gw_conns_free(&gw.conns);
+	auth_free(&gw.auth);
 	promo_free(&gw);
 	ratelimit_free(&gw.rl);
 	event_base_free(gw.base);

@@ -1,9 +1,9 @@
 /*
  * Request bodies: pure parsing and validation of the JSON the API accepts,
  * with no I/O, so that every rule is unit-tested. On failure the functions
- * return -1, set *code to a short error code ("body_too_large",
- * "invalid_json", "invalid_field") and put a human reason naming the field
- * in err.
+ * return -1, set *code to a short error code ("body_too_large" (413),
+ * "invalid_json", "invalid_field" (400)) and put a human reason naming the
+ * field in err.
  */
 #ifndef FLASHSALE_GATEWAY_REQUEST_H
 #define FLASHSALE_GATEWAY_REQUEST_H
@@ -36,17 +36,19 @@ struct promo_req {
 };
 
 /*
- * Parse POST /v1/purchases: {"sku", "user_id", "qty", "request_id"?}.
- * body need not be NUL-terminated. request_id is generated when absent.
+ * Parse POST /v1/purchases: {"sku", "qty", "user_id"?, "request_id"?}.
+ * body need not be NUL-terminated. user_id is "" when absent (the buyer is
+ * the token's sub; a body user_id is only checked against it);
+ * request_id is generated when absent. A key given twice is invalid_json.
  */
 int request_parse_purchase(const char *body, size_t len, size_t max_body,
 			   struct purchase_req *out, const char **code,
 			   char *err, size_t errlen) FS_MUSTCHECK;
 
 /*
- * Parse the body of POST /v1/purchases/{id}/pay and /cancel: {"user_id"},
- * the buyer who owns the purchase (checked against the record), so that
- * knowing a request id is not enough to cancel someone else's hold.
+ * Parse the body of POST /v1/purchases/{id}/pay and /cancel: empty, or
+ * {"user_id"?}; user_id is "" when absent. The owner is the token's sub;
+ * a body user_id must name the same buyer.
  */
 int request_parse_owner(const char *body, size_t len, size_t max_body,
 			char user_id[FS_ID_MAX + 1], const char **code,

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <cjson/cJSON.h>
 #include <event2/http.h>
@@ -20,11 +21,11 @@
 enum refusal {
 	REF_INVALID, REF_UNKNOWN_SKU, REF_NOT_STARTED, REF_ENDED, REF_SOLD_OUT,
 	REF_LIMIT, REF_RATE_LIMITED, REF_BUSY, REF_STALE_CACHE, REF_DRAINING,
-	REF_QUEUE_UNAVAILABLE, REF_N
+	REF_QUEUE_UNAVAILABLE, REF_UNAUTHORIZED, REF_N
 };
 static const char *const refusal_names[REF_N] = {
 	"invalid", "unknown_sku", "not_started", "ended", "sold_out", "limit_reached",
-	"rate_limited", "busy", "stale_cache", "draining", "queue_unavailable",
+	"rate_limited", "busy", "stale_cache", "draining", "queue_unavailable", "unauthorized",
 };
 static struct metric m_refusals[REF_N];
 static char m_refusal_labels[REF_N][48];
@@ -45,6 +46,11 @@ static struct metric m_produce_latency = {
 	.help = "Time from produce to delivery report",
 	.type = METRIC_HISTOGRAM,
 };
+static struct metric m_auth_failed = {
+	.name = "gateway_auth_failures_total",
+	.help = "Buyer requests refused 401: no, malformed, expired or wrongly signed token",
+	.type = METRIC_COUNTER,
+};
 
 void routes_metrics_register(void)
 {
@@ -63,17 +69,19 @@ void routes_metrics_register(void)
 	metrics_register(&gw_m_inflight);
 	metrics_register(&m_produce_latency);
 	metrics_register(&gw_m_cache_age);
+	metrics_register(&m_auth_failed);
 }
 
 /* A request waiting for Redis and/or a Kafka delivery report. */
 struct pending {
 	struct gw_call call;
 	int kind;                          /* Flashsale__Intent__Kind */
-	char request_id[FS_ID_MAX + 1];
+	char request_id[FS_ID_MAX + 1];    /* the pipeline's: scoped to the buyer */
+	char client_id[FS_ID_MAX + 1];     /* the buyer's own, in every answer */
 	char sku[FS_ID_MAX + 1];
 	char user_id[FS_ID_MAX + 1];
 	char state[32];                    /* pay/cancel: st when asked */
-	char owner[FS_ID_MAX + 1];         /* pay/cancel: user_id the caller claims */
+	char owner[FS_ID_MAX + 1];         /* the buyer, from the token */
 	int64_t produced_us;               /* mono time of the produce call */
 	/* purchase refused by a filter, pending the request id's look-up */
 	enum refusal refusal;
@@ -81,6 +89,50 @@ struct pending {
 	const char *refusal_error;         /* static strings */
 	const char *refusal_reason;
 };
+
+/* ---- the buyer ---- */
+
+/*
+ * The buyer of a request: the sub of its `Authorization: Bearer` token,
+ * verified (auth.h). false when it answered 401 itself. Why a token was
+ * refused goes to the debug log only: a client learns no more than that.
+ */
+static bool routes_buyer(struct gateway *gw, struct evhttp_request *req, enum gw_route route,
+			 char user[FS_ID_MAX + 1])
+{
+	const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	char err[256];
+
+	if (h != NULL && strncasecmp(h, "Bearer ", 7) == 0 &&
+	    auth_verify(&gw->auth, h + 7, now_ms() / 1000, user, err, sizeof(err)) == 0)
+		return true;
+	if (h == NULL)
+		snprintf(err, sizeof(err), "no Authorization header");
+	log_debug("auth_refused", "route=%d msg=\"%s\"", (int)route, err);
+	metric_add(&m_auth_failed, 1);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+			  h == NULL ? "Bearer" : "Bearer error=\"invalid_token\"");
+	call_error_now(req, route, 401, "unauthorized",
+		       "a valid bearer token of the buyer is required", false);
+	return false;
+}
+
+/* A body's user_id, when given, must be the token's buyer. */
+static bool routes_same_buyer(struct evhttp_request *req, enum gw_route route,
+			      const char *body_user, const char *user)
+{
+	if (body_user[0] == '\0' || strcmp(body_user, user) == 0)
+		return true;
+	call_error_now(req, route, 400, "invalid_field",
+		       "user_id does not match the bearer token's user", false);
+	return false;
+}
+
+/* 413 for a body over gateway.max_body, 400 for any other parse error. */
+static int parse_status(const char *code)
+{
+	return strcmp(code, "body_too_large") == 0 ? 413 : 400;
+}
 
 /* ---- replies ---- */
 
@@ -108,7 +160,7 @@ static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	pd->call.gw->redis_pending--;
 	if (r != NULL && r->type == REDIS_REPLY_STRING) {
 		o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "request_id", pd->request_id);
+		cJSON_AddStringToObject(o, "request_id", pd->client_id);
 		cJSON_AddStringToObject(o, "state", r->str);
 		metric_add(&m_replays, 1);
 		call_reply(&pd->call, 202, o);
@@ -130,8 +182,8 @@ static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
  * error and reason must be static strings.
  */
 static void refuse_unless_known(struct gateway *gw, struct evhttp_request *req,
-				const struct purchase_req *pr, enum refusal why, int code,
-				const char *error, const char *reason)
+				const struct purchase_req *pr, const char *rid, enum refusal why,
+				int code, const char *error, const char *reason)
 {
 	char key[FS_ID_MAX + 16];
 	const char *hget[] = { "HGET", key, "st" };
@@ -143,12 +195,13 @@ static void refuse_unless_known(struct gateway *gw, struct evhttp_request *req,
 		refuse(req, why, code, error, reason, false);
 		return;
 	}
-	strcpy(pd->request_id, pr->request_id);
+	strcpy(pd->request_id, rid);
+	strcpy(pd->client_id, pr->request_id);
 	pd->refusal = why;
 	pd->refusal_code = code;
 	pd->refusal_error = error;
 	pd->refusal_reason = reason;
-	snprintf(key, sizeof(key), "fs:req:%s", pr->request_id);
+	snprintf(key, sizeof(key), "fs:req:%s", rid);
 	if (gw_store_command_argv(&gw->store, replay_cb, pd, 3, hget, NULL) < 0) {
 		free(pd);
 		refuse(req, why, code, error, reason, false);
@@ -166,8 +219,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	const struct promo *p;
 	struct pending *pd;
 	const char *body, *code = NULL;
-	char err[256], *peer = NULL;
-	ev_uint16_t port = 0;
+	char err[256], user[FS_ID_MAX + 1], rid[27], ip[GW_IP_MAX] = "";
 	size_t len;
 	int64_t now;
 	fs_intent in = FLASHSALE__INTENT__INIT;
@@ -176,12 +228,23 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 		refuse(req, REF_DRAINING, 503, "busy", FRIENDLY, true);
 		return;
 	}
+	if (!routes_buyer(gw, req, ROUTE_PURCHASE, user)) {
+		metric_add(&m_refusals[REF_UNAUTHORIZED], 1);
+		return;
+	}
 	body = call_body(gw, req, &len);
 	if (request_parse_purchase(body, len, (size_t)gw->cfg.max_body, &pr, &code,
 				   err, sizeof(err)) < 0) {
-		refuse(req, REF_INVALID, 400, code, err, false);
+		refuse(req, REF_INVALID, parse_status(code), code, err, false);
 		return;
 	}
+	if (!routes_same_buyer(req, ROUTE_PURCHASE, pr.user_id, user)) {
+		metric_add(&m_refusals[REF_INVALID], 1);
+		return;
+	}
+	strcpy(pr.user_id, user);
+	/* Ids are the buyer's own: nobody can claim another's, none collide. */
+	auth_scoped_id(user, pr.request_id, rid);
 	/* Cheapest first: nothing below does I/O until the produce. */
 	if (!promo_fresh(&gw->promo)) {
 		refuse(req, REF_STALE_CACHE, 503, "busy", FRIENDLY, false);
@@ -198,11 +261,11 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 		return;
 	}
 	if (now >= p->end_ms + WINDOW_SLACK_MS) {
-		refuse_unless_known(gw, req, &pr, REF_ENDED, 409, "ended", "the sale has ended");
+		refuse_unless_known(gw, req, &pr, rid, REF_ENDED, 409, "ended", "the sale has ended");
 		return;
 	}
 	if (p->remaining <= 0) {
-		refuse_unless_known(gw, req, &pr, REF_SOLD_OUT, 409, "sold_out", "sold out");
+		refuse_unless_known(gw, req, &pr, rid, REF_SOLD_OUT, 409, "sold_out", "sold out");
 		return;
 	}
 	if (pr.qty > p->limit) {
@@ -211,7 +274,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 		return;
 	}
 	if (!ratelimit_take(&gw->rl, pr.user_id, mono_us())) {
-		refuse_unless_known(gw, req, &pr, REF_RATE_LIMITED, 429, "rate_limited", FRIENDLY);
+		refuse_unless_known(gw, req, &pr, rid, REF_RATE_LIMITED, 429, "rate_limited", FRIENDLY);
 		return;
 	}
 	if (gw->prod.inflight >= gw->cfg.max_inflight) {
@@ -224,17 +287,17 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 		return;
 	}
 	pd->kind = FLASHSALE__INTENT__KIND__PURCHASE;
-	strcpy(pd->request_id, pr.request_id);
+	strcpy(pd->request_id, rid);
+	strcpy(pd->client_id, pr.request_id);
 	strcpy(pd->sku, pr.sku);
 	strcpy(pd->user_id, pr.user_id);
-	if (evhttp_request_get_connection(req) != NULL)
-		evhttp_connection_get_peer(evhttp_request_get_connection(req), &peer, &port);
+	(void)gw_conns_client_ip(&gw->conns, req, ip);
 	in.kind = FLASHSALE__INTENT__KIND__PURCHASE;
 	in.request_id = pd->request_id;
 	in.sku = pd->sku;
 	in.user_id = pd->user_id;
 	in.qty = (uint32_t)pr.qty;
-	in.client_ip = peer ? peer : (char *)"";
+	in.client_ip = ip;
 	in.sent_at_ms = now_ms();
 	in.source = (char *)"gateway";
 	pd->produced_us = mono_us();
@@ -242,7 +305,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 		log_warn("produce_failed", "request_id=%s err=\"%s\"", pd->request_id, err);
 		free(pd);
 		metric_add(&m_refusals[REF_QUEUE_UNAVAILABLE], 1);
-		call_reply_now(req, ROUTE_PURCHASE, 503, queue_unavailable_body(pr.request_id),
+		call_reply_now(req, ROUTE_PURCHASE, 503, queue_unavailable_body(pd->client_id),
 			       false);
 		return;
 	}
@@ -268,16 +331,16 @@ void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 						   "we could not confirm your request; "
 						   "check it or retry with the same request_id");
 
-			cJSON_AddStringToObject(u, "request_id", pd->request_id);
+			cJSON_AddStringToObject(u, "request_id", pd->client_id);
 			call_reply(&pd->call, 503, u);
 		} else {
-			call_reply(&pd->call, 503, queue_unavailable_body(pd->request_id));
+			call_reply(&pd->call, 503, queue_unavailable_body(pd->client_id));
 		}
 		free(pd);
 		return;
 	}
 	o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "request_id", pd->request_id);
+	cJSON_AddStringToObject(o, "request_id", pd->client_id);
 	if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE) {
 		/* The purchase is in Kafka: it will be decided whether or not the client stays. */
 		gw_store_mark_queued(&gw->store, pd->request_id, gw->cfg.record_ttl_s);
@@ -316,13 +379,19 @@ static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		free(pd);
 		return;
 	}
-	if (r->elements == 0 || pair_get(r, "st") == NULL) {
+	/*
+	 * Only the owner sees a purchase; anyone else gets the answer of an
+	 * unknown id, so ids cannot be probed. (A "queued" marker has no user
+	 * yet: its id is already the owner's own, scoped by the token.)
+	 */
+	if (r->elements == 0 || pair_get(r, "st") == NULL ||
+	    ((v = pair_get(r, "user")) != NULL && strcmp(v, pd->owner) != 0)) {
 		call_error(&pd->call, 404, "unknown_request", "no purchase with this request_id");
 		free(pd);
 		return;
 	}
 	o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "request_id", pd->request_id);
+	cJSON_AddStringToObject(o, "request_id", pd->client_id);
 	/* A "queued" marker has only st until the deductor writes the record. */
 	if ((v = pair_get(r, "sku")) != NULL)
 		cJSON_AddStringToObject(o, "sku", v);
@@ -380,8 +449,7 @@ static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	}
 	if (user->type != REDIS_REPLY_STRING || strcmp(user->str, pd->owner) != 0) {
 		/* The same answer as an unknown id: do not confirm whose it is. */
-		call_error(&pd->call, 404, "unknown_request", "no purchase with this request_id "
-			   "for this user_id");
+		call_error(&pd->call, 404, "unknown_request", "no purchase with this request_id");
 		free(pd);
 		return;
 	}
@@ -420,7 +488,7 @@ static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	pd->produced_us = mono_us();
 	if (producer_send(&gw->prod, &in, pd, err, sizeof(err)) < 0) {
 		log_warn("produce_failed", "request_id=%s err=\"%s\"", pd->request_id, err);
-		call_reply(&pd->call, 503, queue_unavailable_body(pd->request_id));
+		call_reply(&pd->call, 503, queue_unavailable_body(pd->client_id));
 		free(pd);
 	}
 }
@@ -430,7 +498,7 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 			     enum gw_route route, const char *rid)
 {
 	struct pending *pd;
-	char key[FS_ID_MAX + 16], owner[FS_ID_MAX + 1] = "", err[256];
+	char key[FS_ID_MAX + 16], body_user[FS_ID_MAX + 1] = "", user[FS_ID_MAX + 1], err[256];
 	const char *getall[] = { "HGETALL", key };
 	const char *hmget[] = { "HMGET", key, "sku", "st", "user", "dl" };
 	const char *body, *code = NULL;
@@ -441,14 +509,18 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 		call_error_now(req, route, 400, "invalid_field", "request_id is not valid", false);
 		return;
 	}
+	if (!routes_buyer(gw, req, route, user))
+		return;
 	if (route != ROUTE_PURCHASE_GET) {
 		body = call_body(gw, req, &len);
 		if (request_parse_owner(body != NULL ? body : "", body != NULL ? len : 0,
-					(size_t)gw->cfg.max_body, owner, &code, err,
+					(size_t)gw->cfg.max_body, body_user, &code, err,
 					sizeof(err)) < 0) {
-			call_error_now(req, route, 400, code, err, false);
+			call_error_now(req, route, parse_status(code), code, err, false);
 			return;
 		}
+		if (!routes_same_buyer(req, route, body_user, user))
+			return;
 	}
 	if (route != ROUTE_PURCHASE_GET && gw->draining) {
 		call_error_now(req, route, 503, "busy", "shutting down; retry shortly", true);
@@ -469,9 +541,10 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 		call_error_now(req, route, 503, "busy", "out of memory", false);
 		return;
 	}
-	strcpy(pd->request_id, rid);
-	strcpy(pd->owner, owner);
-	snprintf(key, sizeof(key), "fs:req:%s", rid);
+	auth_scoped_id(user, rid, pd->request_id);
+	strcpy(pd->client_id, rid);
+	strcpy(pd->owner, user);
+	snprintf(key, sizeof(key), "fs:req:%s", pd->request_id);
 	if (route == ROUTE_PURCHASE_GET) {
 		rc = gw_store_command_argv(&gw->store, purchase_get_cb, pd, 2, getall, NULL);
 	} else {
@@ -571,12 +644,6 @@ void routes_handle(struct evhttp_request *req, void *arg)
 		route_promo_get(gw, req, path + 15);
 		return;
 	}
-	if (strcmp(path, "/admin/promotions") == 0) {
-		if (m != EVHTTP_REQ_POST)
-			goto bad_method;
-		admin_create_promo(gw, req);
-		return;
-	}
 	if (strcmp(path, "/v1/time") == 0) {
 		if (m != EVHTTP_REQ_GET)
 			goto bad_method;
@@ -588,4 +655,22 @@ void routes_handle(struct evhttp_request *req, void *arg)
 bad_method:
 	call_error_now(req, ROUTE_OTHER, 405, "method_not_allowed", "method not allowed here",
 		       false);
+}
+
+void routes_handle_admin(struct evhttp_request *req, void *arg)
+{
+	struct gateway *gw = arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+
+	if (path == NULL || strcmp(path, "/admin/promotions") != 0) {
+		call_error_now(req, ROUTE_OTHER, 404, "not_found", "no such resource", false);
+		return;
+	}
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		call_error_now(req, ROUTE_OTHER, 405, "method_not_allowed",
+			       "method not allowed here", false);
+		return;
+	}
+	admin_create_promo(gw, req);
 }

@@ -16,8 +16,11 @@ struct evhttp_request;
 /* Register every gateway metric, the other modules' too, in /metrics order (start-up). */
 void routes_metrics_register(void);
 
-/* The evhttp generic callback: arg is the struct gateway. */
+/* The public listener's evhttp generic callback: arg is the struct gateway. */
 void routes_handle(struct evhttp_request *req, void *arg);
+
+/* The admin listener's generic callback (/admin/promotions): arg is the struct gateway. */
+void routes_handle_admin(struct evhttp_request *req, void *arg);
 
 /*
  * The producer's delivery callback (producer_delivery_cb): arg is the

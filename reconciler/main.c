@@ -159,64 +159,15 @@ static int cmd_audit(int argc, char **argv)
 	return violations > 0 ? 1 : 0;
 }
 
-static bool common_option(const char *s, bool *takes_value)
-{
-	static const char *const with_value[] = { "-c", "-s", "--config", "--set" };
-	static const char *const flags[] = { "-h", "--help", "-V", "--version", "--print-config" };
-
-	*takes_value = false;
-	for (size_t i = 0; i < sizeof(with_value) / sizeof(with_value[0]); i++)
-		if (strcmp(s, with_value[i]) == 0)
-			return *takes_value = true;
-	for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
-		if (strcmp(s, flags[i]) == 0)
-			return true;
-	return strncmp(s, "--config=", 9) == 0 || strncmp(s, "--set=", 6) == 0 ||
-	       ((s[1] == 'c' || s[1] == 's') && s[0] == '-' && s[2] != '\0');
-}
-
-/*
- * Split argv: the common options (anywhere) go to cf_parse_args, which must
- * not see the command's own flags (--force ...); the command and its
- * arguments go to *cmdv. Both arrays are allocated with argc + 1 slots.
- */
-static void split_args(int argc, char **argv, char **commonv, int *commonc,
-		       char **cmdv, int *cmdc)
-{
-	bool in_command = false, takes_value;
-
-	*commonc = 0;
-	*cmdc = 0;
-	commonv[(*commonc)++] = argv[0];
-	for (int i = 1; i < argc; i++) {
-		const char *s = argv[i];
-
-		if (s[0] == '-' && (!in_command || common_option(s, &takes_value))) {
-			commonv[(*commonc)++] = argv[i];
-			if (common_option(s, &takes_value) && takes_value && i + 1 < argc)
-				commonv[(*commonc)++] = argv[++i];
-			continue;
-		}
-		in_command = true;
-		cmdv[(*cmdc)++] = argv[i];
-	}
-	commonv[*commonc] = NULL;
-	cmdv[*cmdc] = NULL;
-}
-
 int main(int argc, char **argv)
 {
-	char **commonv = calloc((size_t)argc + 1, sizeof(*commonv));
-	char **cmdv = calloc((size_t)argc + 1, sizeof(*cmdv));
-	int commonc, cmdc, first_arg, rc;
+	char **cmdv;
+	int cmdc, first_arg, rc;
 	const char *name;
 
-	if (commonv == NULL || cmdv == NULL) {
-		fprintf(stderr, "flashsale-reconciler: out of memory\n");
-		return 1;
-	}
-	split_args(argc, argv, commonv, &commonc, cmdv, &cmdc);
-	daemon_init(&table, &cfg.base, commonc, commonv, &first_arg);
+	daemon_init(&table, &cfg.base, argc, argv, &first_arg);
+	cmdv = argv + first_arg;
+	cmdc = argc - first_arg;
 	name = cmdc > 0 ? cmdv[0] : "run";
 	if (strcmp(name, "run") == 0) {
 		if (cmdc > 1)
@@ -233,8 +184,6 @@ int main(int argc, char **argv)
 	} else {
 		usage_error("unknown command %s", name);
 	}
-	free(commonv);
-	free(cmdv);
 	cf_free(&table);
 	return rc;
 }

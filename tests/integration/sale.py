@@ -24,7 +24,7 @@ def buyers(stack, sku, n, *, concurrency=128, dup_ratio=0.2, pay_ratio=0.5,
            '--cancel-ratio', str(cancel_ratio), '--users', str(users or n),
            '--qty-max', str(qty_max), '--seed', str(seed), '--json', report,
            '--final-timeout-s', str(final_timeout_s), '--poll-ms', '100',
-           '--ramp-ms', str(ramp_ms)]
+           '--ramp-ms', str(ramp_ms), '--jwt-secret-file', stack.path('jwt.secret')]
     if not wait_final:
         cmd.append('--no-wait-final')
     if user_prefix:

@@ -6,13 +6,13 @@ import urllib.request
 
 import pytest
 
-from stack import wait_for
+from stack import scoped_id, wait_for
 
 
-def wait_state(stack, rid, want, timeout=20):
+def wait_state(stack, rid, want, user, timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        code, body = stack.http('GET', '/v1/purchases/' + rid)
+        code, body = stack.http('GET', '/v1/purchases/' + rid, user=user)
         if code == 200 and body['state'] in want:
             return body
         time.sleep(0.05)
@@ -29,13 +29,14 @@ def test_malformed_requests_get_4xx_with_reason(stack):
         ('{"sku":"api-1","user_id":"u1","qty":0}', 400),      # qty < 1
         ('{"sku":"api-1","user_id":"u1","qty":1.5}', 400),
         ('{"sku":"api-1","user_id":"u1","qty":"1"}', 400),
-        ('{"sku":"api-1","user_id":"bad user","qty":1}', 400),
+        ('{"sku":"api-1","user_id":"u2","qty":1}', 400),      # not the token's user
+        ('{"sku":"api-1","qty":1,"qty":1}', 400),             # duplicate key
         ('{"sku":"api-1","user_id":"u1","qty":1,"request_id":"has space"}', 400),
         ('{"sku":"nope","user_id":"u1","qty":1}', 404),       # unknown SKU
         ('{"sku":"api-1","user_id":"u1","qty":3}', 409),      # above per-user limit
     ]
     for body, want in bad:
-        code, resp = stack.http('POST', '/v1/purchases', body)
+        code, resp = stack.http('POST', '/v1/purchases', body, user='u1')
         assert code == want, (body, code, resp)
         assert resp.get('error') and resp.get('reason'), (body, resp)
     # Nothing was deducted by any of them.
@@ -45,44 +46,50 @@ def test_malformed_requests_get_4xx_with_reason(stack):
 def test_purchase_pay_cancel_lifecycle(stack):
     stack.create_promotion('api-2', stock=3, per_user_limit=1, hold_seconds=600)
     code, body = stack.http('POST', '/v1/purchases',
-                            {'sku': 'api-2', 'user_id': 'alice', 'qty': 1, 'request_id': 'req-a'})
+                            {'sku': 'api-2', 'qty': 1, 'request_id': 'req-a'}, user='alice')
     assert code == 202 and body['request_id'] == 'req-a', body
-    got = wait_state(stack, 'req-a', {'reserved'})
+    got = wait_state(stack, 'req-a', {'reserved'}, 'alice')
     assert got['deadline_ms'] > 0
+    # Filed under the buyer's scoped id, answered under their own.
+    wait_for(lambda: stack.psql("SELECT user_id FROM orders WHERE request_id = '%s'"
+                                % scoped_id('alice', 'req-a')) == [['alice']],
+             timeout=20, what="alice's order under her scoped id")
     # A retry with the same request id is answered, not deducted again.
     code, body = stack.http('POST', '/v1/purchases',
-                            {'sku': 'api-2', 'user_id': 'alice', 'qty': 1, 'request_id': 'req-a'})
+                            {'sku': 'api-2', 'user_id': 'alice', 'qty': 1, 'request_id': 'req-a'},
+                            user='alice')
     assert code in (202, 409), body
-    # Only the buyer may pay or cancel: the user id must match the purchase.
-    code, body = stack.http('POST', '/v1/purchases/req-a/pay', {'user_id': 'mallory'})
+    # Only the buyer may see, pay or cancel it: to anyone else it does not exist.
+    assert stack.http('GET', '/v1/purchases/req-a', user='mallory')[0] == 404
+    code, body = stack.http('POST', '/v1/purchases/req-a/pay', user='mallory')
     assert code == 404, body
-    code, body = stack.http('POST', '/v1/purchases/req-a/pay')
-    assert code == 400, body
-    code, body = stack.http('POST', '/v1/purchases/req-a/pay', {'user_id': 'alice'})
+    code, body = stack.http('POST', '/v1/purchases/req-a/pay', {'user_id': 'mallory'}, user='alice')
+    assert code == 400, body      # a body naming someone else is refused
+    code, body = stack.http('POST', '/v1/purchases/req-a/pay', user='alice')
     assert code == 202, body
-    wait_state(stack, 'req-a', {'paid'})
+    wait_state(stack, 'req-a', {'paid'}, 'alice')
 
     # Generated request id; cancel gives the unit back.
-    code, body = stack.http('POST', '/v1/purchases', {'sku': 'api-2', 'user_id': 'bob', 'qty': 1})
+    code, body = stack.http('POST', '/v1/purchases', {'sku': 'api-2', 'qty': 1}, user='bob')
     assert code == 202, body
     rid = body['request_id']
     assert len(rid) >= 10
-    wait_state(stack, rid, {'reserved'})
+    wait_state(stack, rid, {'reserved'}, 'bob')
     assert stack.redis('HGET', 'fs:promo:api-2', 'remaining') == '1'
-    code, body = stack.http('POST', '/v1/purchases/%s/cancel' % rid, {'user_id': 'bob'})
+    code, body = stack.http('POST', '/v1/purchases/%s/cancel' % rid, {'user_id': 'bob'}, user='bob')
     assert code == 202, body
-    wait_state(stack, rid, {'cancelled'})
+    wait_state(stack, rid, {'cancelled'}, 'bob')
     assert stack.redis('HGET', 'fs:promo:api-2', 'remaining') == '2'
 
     # The same user is at their limit: refused by the deductor with a reason.
     code, body = stack.http('POST', '/v1/purchases',
-                            {'sku': 'api-2', 'user_id': 'alice', 'qty': 1, 'request_id': 'req-a2'})
+                            {'sku': 'api-2', 'qty': 1, 'request_id': 'req-a2'}, user='alice')
     if code == 202:
-        wait_state(stack, 'req-a2', {'limit_reached'})
+        wait_state(stack, 'req-a2', {'limit_reached'}, 'alice')
     else:
         assert code == 409 and body['error'] == 'limit_reached', body
 
-    code, body = stack.http('GET', '/v1/purchases/no-such-request')
+    code, body = stack.http('GET', '/v1/purchases/no-such-request', user='alice')
     assert code == 404, body
     code, body = stack.http('GET', '/v1/promotions/api-2')
     assert code == 200 and body['stock'] == 3, body
@@ -94,21 +101,24 @@ def test_retry_after_sold_out_gets_the_first_answer(stack):
     said (202, now with the unit reserved), not "sold out"."""
     stack.create_promotion('api-3', stock=1, per_user_limit=1, hold_seconds=600)
     code, body = stack.http('POST', '/v1/purchases',
-                            {'sku': 'api-3', 'user_id': 'carol', 'qty': 1, 'request_id': 'req-c'})
+                            {'sku': 'api-3', 'qty': 1, 'request_id': 'req-c'}, user='carol')
     assert code == 202, body
-    wait_state(stack, 'req-c', {'reserved'})
+    wait_state(stack, 'req-c', {'reserved'}, 'carol')
 
     def gateway_says_sold_out():
-        code, body = stack.http('POST', '/v1/purchases', {'sku': 'api-3', 'user_id': 'dave',
-                                                          'qty': 1})
+        code, body = stack.http('POST', '/v1/purchases', {'sku': 'api-3', 'qty': 1}, user='dave')
         return code == 409 and body['error'] == 'sold_out'
     wait_for(gateway_says_sold_out, timeout=20, what="the gateway's sold-out filter")
     code, body = stack.http('POST', '/v1/purchases',
-                            {'sku': 'api-3', 'user_id': 'carol', 'qty': 1, 'request_id': 'req-c'})
+                            {'sku': 'api-3', 'qty': 1, 'request_id': 'req-c'}, user='carol')
     assert code == 202 and body == {'request_id': 'req-c', 'state': 'reserved'}, (code, body)
+    # Another buyer sending carol's id gets no replay of her answer.
+    code, body = stack.http('POST', '/v1/purchases',
+                            {'sku': 'api-3', 'qty': 1, 'request_id': 'req-c'}, user='erin')
+    assert code == 409 and body['error'] == 'sold_out', body
     # A new client-chosen id is still refused at the gateway.
     code, body = stack.http('POST', '/v1/purchases',
-                            {'sku': 'api-3', 'user_id': 'erin', 'qty': 1, 'request_id': 'req-e'})
+                            {'sku': 'api-3', 'qty': 1, 'request_id': 'req-e'}, user='erin')
     assert code == 409 and body['error'] == 'sold_out', body
     assert stack.metrics('gateway')['flashsale_gateway_purchase_replays_total'] == 1
     assert stack.redis('HGET', 'fs:promo:api-3', 'held') == '1'
@@ -175,11 +185,11 @@ def test_stalled_redis_is_dropped_and_reconnected(stack):
     try:
         wait_for(lambda: 'event=redis_stalled' in stack.log('gateway'), timeout=20,
                  what='the gateway to drop the stalled Redis connection')
-        code, body = stack.http('GET', '/v1/purchases/anything', timeout=5)
+        code, body = stack.http('GET', '/v1/purchases/anything', timeout=5, user='u1')
         assert code == 503, body
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: stack.http('GET', '/healthz')[0] == 200, timeout=20,
              what='the gateway to reconnect')
-    code, body = stack.http('POST', '/v1/purchases', {'sku': 'stall-1', 'user_id': 'u1', 'qty': 1})
+    code, body = stack.http('POST', '/v1/purchases', {'sku': 'stall-1', 'qty': 1}, user='u1')
     assert code == 202, body

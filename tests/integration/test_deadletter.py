@@ -18,11 +18,11 @@ def test_garbage_intent_is_dead_lettered(stack):
     kcat(stack, '-P', '-t', 'flashsale.intents', '-k', 'dlq-1', input=b'\xff\xfe garbage')
     kcat(stack, '-P', '-t', 'flashsale.intents', '-k', 'dlq-1', input=b'\x08\x00')
     code, body = stack.http('POST', '/v1/purchases',
-                            {'sku': 'dlq-1', 'user_id': 'carol', 'qty': 1, 'request_id': 'after-dlq'})
+                            {'sku': 'dlq-1', 'qty': 1, 'request_id': 'after-dlq'}, user='carol')
     assert code == 202, body
     deadline = time.time() + 30
     while time.time() < deadline:
-        code, body = stack.http('GET', '/v1/purchases/after-dlq')
+        code, body = stack.http('GET', '/v1/purchases/after-dlq', user='carol')
         if code == 200 and body['state'] == 'reserved':
             break
         time.sleep(0.1)

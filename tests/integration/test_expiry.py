@@ -2,7 +2,7 @@
 import time
 
 from sale import assert_audit_clean, assert_invariants, buyers, finish, orders_by_state
-from stack import wait_for
+from stack import scoped_id, wait_for
 
 
 def intents(stack, kind):
@@ -36,13 +36,18 @@ def test_unpaid_holds_expire_and_resell(stack):
     # Paying after the deadline changes nothing: the purchase stays expired
     # and the ledger holds one terminal event for it.
     rid, user = stack.psql("SELECT request_id, user_id FROM orders WHERE sku = 'exp-1' LIMIT 1")[0]
-    code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid, {'user_id': user})
+    # PostgreSQL files it under the gateway's scoped id; the buyer knows
+    # their own (loadgen's <run_id>-<buyer>).
+    own = [c for c in ('%s-%d' % (first['config']['run_id'], i) for i in range(60))
+           if scoped_id(user, c) == rid]
+    assert len(own) == 1, (rid, user)
+    code, body = stack.http('POST', '/v1/purchases/%s/pay' % own[0], user=user)
     assert code == 202, body
     wait_for(lambda: intents(stack, 'pay') == {'expired': 1}, timeout=20,
              what='the late payment to be applied')
     rows = stack.psql("SELECT kind FROM ledger_events WHERE request_id = '%s' ORDER BY kind" % rid)
     assert rows == [['expired'], ['reserved']], rows
-    assert stack.http('GET', '/v1/purchases/' + rid)[1]['state'] == 'expired'
+    assert stack.http('GET', '/v1/purchases/' + own[0], user=user)[1]['state'] == 'expired'
     assert stack.psql("SELECT state FROM orders WHERE request_id = '%s'" % rid) == [['expired']]
 
     # The released units are for sale again once the gateway's sold-out flag

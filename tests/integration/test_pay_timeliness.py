@@ -10,8 +10,12 @@ from sale import assert_audit_clean, daemon_pid, orders_by_state
 from stack import wait_for
 
 
+def owner(rid):
+    return 'u' + rid.rsplit('-r', 1)[1]      # reserve()'s buyer of rid
+
+
 def state_of(stack, rid):
-    code, body = stack.http('GET', '/v1/purchases/' + rid)
+    code, body = stack.http('GET', '/v1/purchases/' + rid, user=owner(rid))
     return body.get('state') if code == 200 else None
 
 
@@ -20,7 +24,7 @@ def reserve(stack, sku, n):
     for i in range(n):
         rid = '%s-r%d' % (sku, i)
         code, body = stack.http('POST', '/v1/purchases',
-                                {'sku': sku, 'user_id': 'u%d' % i, 'qty': 1, 'request_id': rid})
+                                {'sku': sku, 'qty': 1, 'request_id': rid}, user='u%d' % i)
         assert code == 202, body
         rids.append(rid)
     for rid in rids:
@@ -33,14 +37,15 @@ def test_pay_accepted_in_time_counts_after_a_deductor_pause(stack):
     sku, n = 'pay-1', 10
     stack.create_promotion(sku, stock=20, per_user_limit=1, hold_seconds=4)
     rids = reserve(stack, sku, n)
-    deadline_ms = max(stack.http('GET', '/v1/purchases/' + rid)[1]['deadline_ms'] for rid in rids)
+    deadline_ms = max(stack.http('GET', '/v1/purchases/' + rid, user=owner(rid))[1]['deadline_ms']
+                      for rid in rids)
     released = stack.metrics('reconciler').get('flashsale_reconciler_releases_sent_total', 0)
 
     pid = daemon_pid(stack, 'deductor')
     os.kill(pid, signal.SIGSTOP)
     try:
         for i, rid in enumerate(rids):
-            code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid, {'user_id': 'u%d' % i})
+            code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid, user='u%d' % i)
             assert code == 202, body
         # Past the deadline and the release grace: the reconciler sends its
         # RELEASEs while the PAYs wait, unapplied, ahead of them.
@@ -69,10 +74,10 @@ def test_pay_after_the_deadline_is_refused_at_the_gateway(stack):
     sku = 'pay-2'
     stack.create_promotion(sku, stock=5, per_user_limit=1, hold_seconds=1)
     rid, = reserve(stack, sku, 1)
-    deadline_ms = stack.http('GET', '/v1/purchases/' + rid)[1]['deadline_ms']
+    deadline_ms = stack.http('GET', '/v1/purchases/' + rid, user='u0')[1]['deadline_ms']
     wait_for(lambda: stack.http('GET', '/v1/time')[1]['now_ms'] > deadline_ms + 200,
              timeout=10, what='the deadline to pass')
-    code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid, {'user_id': 'u0'})
+    code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid, user='u0')
     assert code == 409, body
     assert body['error'] == 'payment_too_late', body
     # The hold is released in its time; nothing was paid.

@@ -13,7 +13,7 @@ import time
 
 from sale import (assert_audit_clean, assert_invariants, assert_ledger_never_oversold, buyers,
                   finish, health, orders_by_state, partition_of, promo)
-from stack import wait_for
+from stack import scoped_id, wait_for
 
 
 def reconciler(stack, *args, timeout=180):
@@ -81,22 +81,22 @@ def test_redis_restored_from_older_copy_is_fenced_and_repaired(stack):
 
 def buy(stack, sku, user, rid):
     code, body = stack.http('POST', '/v1/purchases',
-                            {'sku': sku, 'user_id': user, 'qty': 1, 'request_id': rid})
+                            {'sku': sku, 'qty': 1, 'request_id': rid}, user=user)
     assert code == 202, body
 
 
-def state_of(stack, rid):
-    code, body = stack.http('GET', '/v1/purchases/' + rid)
+def state_of(stack, rid, user):
+    code, body = stack.http('GET', '/v1/purchases/' + rid, user=user)
     return body.get('state') if code == 200 else None
 
 
-def wait_state(stack, rid, want, timeout=30):
-    wait_for(lambda: state_of(stack, rid) == want, timeout=timeout, interval=0.1,
+def wait_state(stack, rid, user, want, timeout=30):
+    wait_for(lambda: state_of(stack, rid, user) == want, timeout=timeout, interval=0.1,
              what='%s to be %s' % (rid, want))
 
 
 def pay(stack, rid, user):
-    code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid, {'user_id': user})
+    code, body = stack.http('POST', '/v1/purchases/%s/pay' % rid, user=user)
     assert code == 202, body
 
 
@@ -107,10 +107,10 @@ def oversell(stack, sku, stock, paid, extra, pay_extra=False):
     for i in range(stock):
         buy(stack, sku, 'u%d' % i, '%s-r%d' % (sku, i))
     for i in range(stock):
-        wait_state(stack, '%s-r%d' % (sku, i), 'reserved')
+        wait_state(stack, '%s-r%d' % (sku, i), 'u%d' % i, 'reserved')
     for i in range(paid):
         pay(stack, '%s-r%d' % (sku, i), 'u%d' % i)
-        wait_state(stack, '%s-r%d' % (sku, i), 'paid')
+        wait_state(stack, '%s-r%d' % (sku, i), 'u%d' % i, 'paid')
     if pay_extra:
         # The payments were lost: `extra` units look unsold again.
         stack.redis('HSET', 'fs:promo:' + sku, 'remaining', extra, 'held', 0,
@@ -124,10 +124,10 @@ def oversell(stack, sku, stock, paid, extra, pay_extra=False):
              timeout=10, interval=0.1, what='the gateway to see units again')
     for i in range(stock, stock + extra):
         buy(stack, sku, 'u%d' % i, '%s-r%d' % (sku, i))
-        wait_state(stack, '%s-r%d' % (sku, i), 'reserved')
+        wait_state(stack, '%s-r%d' % (sku, i), 'u%d' % i, 'reserved')
         if pay_extra:
             pay(stack, '%s-r%d' % (sku, i), 'u%d' % i)
-            wait_state(stack, '%s-r%d' % (sku, i), 'paid')
+            wait_state(stack, '%s-r%d' % (sku, i), 'u%d' % i, 'paid')
 
 
 def test_oversold_ledger_refused_by_rebuild_then_corrected(stack):
@@ -151,7 +151,7 @@ def test_oversold_ledger_refused_by_rebuild_then_corrected(stack):
     assert stack.redis('HGETALL', 'fs:promo:' + a) == before
     # ...and every other SKU kept selling throughout.
     buy(stack, b, 'bob', 'ov-b-1')
-    wait_state(stack, 'ov-b-1', 'reserved')
+    wait_state(stack, 'ov-b-1', 'bob', 'reserved')
 
     # The correction cancels the most recent unpaid holds beyond the stock.
     r = reconciler(stack, 'correct', '--partition', str(partition_of(a)),
@@ -159,11 +159,12 @@ def test_oversold_ledger_refused_by_rebuild_then_corrected(stack):
     assert r.returncode == 0, r.stdout + r.stderr
     corrected = sorted(line.split()[2] for line in r.stdout.splitlines()
                        if line.startswith('corrected sku=ov-a'))
-    assert corrected == ['request_id=ov-a-r10', 'request_id=ov-a-r11', 'request_id=ov-a-r12'], \
-        r.stdout
+    # Filed under the gateway's scoped ids (user, own id).
+    assert corrected == sorted('request_id=' + scoped_id('u%d' % i, 'ov-a-r%d' % i)
+                               for i in (10, 11, 12)), r.stdout
     assert 'oversold sku=' not in r.stdout, r.stdout
-    for rid in ('ov-a-r10', 'ov-a-r11', 'ov-a-r12'):
-        wait_state(stack, rid, 'cancelled')
+    for i in (10, 11, 12):
+        wait_state(stack, 'ov-a-r%d' % i, 'u%d' % i, 'cancelled')
     wait_for(lambda: stack.psql("SELECT count(*) FROM ledger_events WHERE reason = "
                                 "'oversell_correction'") == [['3']], timeout=30,
              what='the corrections in PostgreSQL')
@@ -186,7 +187,8 @@ def test_paid_beyond_stock_is_reported_not_changed(stack):
     reported = [line for line in r.stdout.splitlines() if line.startswith('oversold_paid sku=ov-c')]
     assert len(reported) == 2, r.stdout
     # The two most recent payments are named; no payment was changed.
-    assert {line.split()[2] for line in reported} == {'request_id=ov-c-r2', 'request_id=ov-c-r3'}
+    assert {line.split()[2] for line in reported} == {
+        'request_id=' + scoped_id('u%d' % i, 'ov-c-r%d' % i) for i in (2, 3)}
     assert orders_by_state(stack, c) == {'paid': (4, 4)}
     assert stack.redis('HLEN', 'fs:fence') == '0'
     p = promo(stack, c)

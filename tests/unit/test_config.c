@@ -17,6 +17,7 @@ static char *s_host;
 static long long i_port;
 static long long i_batch;
 static bool b_flag;
+static char *s_token;
 
 static struct cf_key keys[] = {
 	{ "app.name", CF_STR, &s_name, "default-name", 0, 0, "A name" },
@@ -24,6 +25,7 @@ static struct cf_key keys[] = {
 	{ "http.port", CF_INT, &i_port, "8080", 0, 65535, "Port" },
 	{ "my-daemon.batch_size", CF_INT, &i_batch, "100", 1, 10000, "Batch" },
 	{ "app.flag", CF_BOOL, &b_flag, "false", 0, 0, "A switch" },
+	{ "app.token", CF_STR, &s_token, "", 0, 0, "A secret", false, true },
 	{ NULL, 0, NULL, NULL, 0, 0, NULL },
 };
 
@@ -205,6 +207,73 @@ static void test_unknown_key(void **state)
 
 	assert_int_equal(cf_load_env(&table, envp, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, "FLASHSALE_HTTP_PORT"));
+}
+
+/*
+ * Found by fuzzing (tests/fuzz/crashes/config/): a later bad key's reason
+ * replaced the first's; a syntax error was reported with a later key's
+ * reason; inih r55 parsed the tail of a line over 198 bytes as a line, so a
+ * long comment could set a key; a two-line secret file was taken whole.
+ */
+static void test_file_errors_found_by_fuzzing(void **state)
+{
+	char long_comment[300], text[400], err[512];
+	char *envp[] = { NULL, NULL };
+	char env[300];
+	const char *path;
+	(void)state;
+
+	path = write_file("two.ini", "[http]\nport = 70000\nbogus = 1\n");
+	assert_int_equal(cf_load_file(&table, path, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "two.ini:2:"));
+	assert_non_null(strstr(err, "http.port"));
+	assert_null(strstr(err, "bogus"));
+
+	path = write_file("syn.ini", "[app\nname = x\n");
+	assert_int_equal(cf_load_file(&table, path, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "syn.ini:1: syntax error"));
+
+	/* inih reads "[ ;app]" as "[" and an inline comment: line 1 is the
+	 * syntax error, not line 2's unknown key. */
+	path = write_file("inline.ini", "[ ;app]\ntempy = B\n");
+	assert_int_equal(cf_load_file(&table, path, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "inline.ini:1: syntax error"));
+
+	memset(long_comment, ' ', sizeof(long_comment));
+	long_comment[0] = '#';
+	snprintf(text, sizeof(text), "%.*shttp.port = 1\n", 197, long_comment);
+	path = write_file("long.ini", text);
+	assert_int_equal(cf_load_file(&table, path, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "long.ini:1: line longer than 198 bytes"));
+	assert_int_equal(i_port, 8080);
+	/* Carriage returns count: inih reads them into its 200 bytes too. */
+	snprintf(text, sizeof(text), "%.*s%s\n", 150, long_comment,
+		 "\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r"
+		 "\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r\r");
+	path = write_file("cr.ini", text);
+	assert_int_equal(cf_load_file(&table, path, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "cr.ini:1: line longer"));
+
+	/* A NUL inside a line (inih would read the line up to it). */
+	path = write_file("nul.ini", "[http]\nport = 1\n");
+	{
+		FILE *f = fopen(path, "w");
+
+		assert_non_null(f);
+		assert_int_equal(fwrite("[http]\nport\0x = 1\n", 1, 19, f), 19);
+		assert_int_equal(fclose(f), 0);
+	}
+	assert_int_equal(cf_load_file(&table, path, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "nul.ini:2: NUL byte"));
+
+	path = write_file("secret", "first-line\nsecond-line\n");
+	snprintf(env, sizeof(env), "FLASHSALE_APP_TOKEN_FILE=%s", path);
+	envp[0] = env;
+	assert_int_equal(cf_load_env(&table, envp, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "one line"));
+	path = write_file("secret", "the-only-line\n");
+	assert_int_equal(cf_load_env(&table, envp, err, sizeof(err)), 0);
+	assert_string_equal(s_token, "the-only-line");
 }
 
 static void test_bool(void **state)
@@ -399,6 +468,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_parse_args_order, test_setup, test_teardown),
 		cmocka_unit_test_setup_teardown(test_bounds, test_setup, test_teardown),
 		cmocka_unit_test_setup_teardown(test_unknown_key, test_setup, test_teardown),
+		cmocka_unit_test_setup_teardown(test_file_errors_found_by_fuzzing, test_setup,
+						test_teardown),
 		cmocka_unit_test_setup_teardown(test_bool, test_setup, test_teardown),
 		cmocka_unit_test_setup_teardown(test_print, test_setup, test_teardown),
 		cmocka_unit_test_setup_teardown(test_cli_exits, test_setup, test_teardown),

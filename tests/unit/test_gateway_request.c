@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -37,6 +38,10 @@ static void test_good_body(void **state)
 	assert_int_equal(parse("  {\"sku\":\"a.b:c\",\"user_id\":\"u\",\"qty\":1.0}\n",
 			       &pr, &code, err, sizeof(err)), 0);
 	assert_int_equal(pr.qty, 1);
+	/* The buyer is the token's: user_id may be left out. */
+	assert_int_equal(parse("{\"sku\":\"S\",\"qty\":3}", &pr, &code, err, sizeof(err)), 0);
+	assert_string_equal(pr.user_id, "");
+	assert_int_equal(pr.qty, 3);
 }
 
 static void test_generated_id(void **state)
@@ -78,7 +83,9 @@ static void test_malformed(void **state)
 		{ "{\"sku\":\"a b\",\"user_id\":\"u\",\"qty\":1}", "invalid_field", "sku" },
 		{ "{\"sku\":\"a/b\",\"user_id\":\"u\",\"qty\":1}", "invalid_field", "sku" },
 		{ "{\"sku\":\"\",\"user_id\":\"u\",\"qty\":1}", "invalid_field", "sku" },
-		{ "{\"sku\":\"S\",\"qty\":1}", "invalid_field", "user_id" },
+		/* Duplicate keys: a proxy that takes the last one would read another body. */
+		{ "{\"sku\":\"S\",\"user_id\":\"u\",\"qty\":1,\"qty\":9}", "invalid_json", "qty" },
+		{ "{\"sku\":\"S\",\"sku\":\"S\",\"qty\":1}", "invalid_json", "sku" },
 		{ "{\"sku\":\"S\",\"user_id\":\"u!\",\"qty\":1}", "invalid_field", "user_id" },
 		{ "{\"sku\":\"S\",\"user_id\":\"u\"}", "invalid_field", "qty" },
 		{ "{\"sku\":\"S\",\"user_id\":\"u\",\"qty\":0}", "invalid_field", "qty" },
@@ -194,7 +201,49 @@ static void test_nul_then_junk(void **state)
 	assert_string_equal(code, "invalid_json");
 }
 
-/* pay/cancel bodies: the owner's user_id, required and validated. */
+/*
+ * Found by fuzzing (tests/fuzz/crashes/http_body/): cJSON takes a raw NUL
+ * inside a string, and the C string ends there, so "sku-1<NUL>x" bought
+ * sku-1; and the duplicate-key check was quadratic in the member count.
+ */
+static void test_nul_in_string_and_many_members(void **state)
+{
+	static const char nul[] = "{\"sku\":\"sku-1\0x\",\"qty\":1}";
+	struct purchase_req pr;
+	const char *code = NULL;
+	char err[256], *big;
+	size_t n = 0;
+	(void)state;
+
+	assert_int_equal(request_parse_purchase(nul, sizeof(nul) - 1, MAX_BODY, &pr, &code,
+						err, sizeof(err)), -1);
+	assert_string_equal(code, "invalid_json");
+
+	big = malloc(1 << 20);
+	assert_non_null(big);
+	n += (size_t)sprintf(big, "{\"sku\":\"S\",\"qty\":1");
+	for (int i = 0; i < 30; i++)
+		n += (size_t)sprintf(big + n, ",\"k%d\":%d", i, i);
+	strcpy(big + n, "}");
+	/* 32 members pass, 33 do not, 50,000 are refused without a pairwise scan. */
+	assert_int_equal(request_parse_purchase(big, strlen(big), 1 << 20, &pr, &code, err,
+						sizeof(err)), 0);
+	sprintf(big + n, ",\"k30\":0}");
+	assert_int_equal(request_parse_purchase(big, strlen(big), 1 << 20, &pr, &code, err,
+						sizeof(err)), -1);
+	assert_non_null(strstr(err, "members"));
+	for (int i = 31; i < 50000; i++)
+		n += (size_t)sprintf(big + n, ",\"k%d\":0", i);
+	strcpy(big + n, "}");
+	assert_int_equal(request_parse_purchase(big, strlen(big), 1 << 20, &pr, &code, err,
+						sizeof(err)), -1);
+	free(big);
+}
+
+/*
+ * pay/cancel bodies: empty, {} or the owner's user_id (checked against the
+ * token's sub by the route); a user_id given must be valid.
+ */
 static void test_owner_body(void **state)
 {
 	char user[FS_ID_MAX + 1];
@@ -202,13 +251,18 @@ static void test_owner_body(void **state)
 	char err[256];
 	const char *good = "{\"user_id\":\"alice\"}";
 	const char *bad[] = {
-		"", "{}", "[]", "{\"user_id\":7}", "{\"user_id\":\"bad user\"}", "not json",
+		"[]", "{\"user_id\":7}", "{\"user_id\":\"bad user\"}", "not json",
+		"{\"user_id\":\"a\",\"user_id\":\"b\"}",
 	};
 	(void)state;
 
 	assert_int_equal(request_parse_owner(good, strlen(good), MAX_BODY, user, &code,
 					     err, sizeof(err)), 0);
 	assert_string_equal(user, "alice");
+	assert_int_equal(request_parse_owner("", 0, MAX_BODY, user, &code, err, sizeof(err)), 0);
+	assert_string_equal(user, "");
+	assert_int_equal(request_parse_owner("{}", 2, MAX_BODY, user, &code, err, sizeof(err)), 0);
+	assert_string_equal(user, "");
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		code = NULL;
 		if (request_parse_owner(bad[i], strlen(bad[i]), MAX_BODY, user, &code,
@@ -273,6 +327,7 @@ int main(void)
 		cmocka_unit_test(test_promo_body),
 		cmocka_unit_test(test_owner_body),
 		cmocka_unit_test(test_nul_then_junk),
+		cmocka_unit_test(test_nul_in_string_and_many_members),
 		cmocka_unit_test(test_ratelimit),
 		cmocka_unit_test(test_ratelimit_many_users),
 	};

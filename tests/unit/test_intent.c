@@ -178,9 +178,8 @@ static void test_validate_accepts(void **state)
 	(void)state;
 
 	assert_int_equal(validate(&in, "sku-1"), 0);
-	assert_int_equal(validate(&in, NULL), 0);
 	in.qty = 1000000;
-	assert_int_equal(validate(&in, NULL), 0);
+	assert_int_equal(validate(&in, in.sku), 0);
 
 	for (int k = FLASHSALE__INTENT__KIND__PAY; k <= FLASHSALE__INTENT__KIND__RELEASE; k++) {
 		fs_intent t = good_purchase();
@@ -188,7 +187,10 @@ static void test_validate_accepts(void **state)
 		t.kind = k;
 		t.qty = 0;	/* ignored outside PURCHASE */
 		t.user_id = "";
-		assert_int_equal(validate(&t, "sku-1"), 0);
+		if (k == FLASHSALE__INTENT__KIND__RELEASE)
+			t.source = "reconciler";
+		/* A release has no user; a pay or cancel names the owner. */
+		assert_int_equal(validate(&t, "sku-1"), k == FLASHSALE__INTENT__KIND__RELEASE ? 0 : -1);
 		t.user_id = "u1";
 		assert_int_equal(validate(&t, "sku-1"), 0);
 		t.user_id = "bad user";
@@ -204,23 +206,23 @@ static void test_validate_rejects(void **state)
 
 	in = good_purchase();
 	in.kind = FLASHSALE__INTENT__KIND__KIND_UNSPECIFIED;
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 	in.kind = 5;
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 
 	in = good_purchase();
 	in.request_id = "";
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 	memset(long_id, 'a', 65);
 	long_id[65] = '\0';
 	in.request_id = long_id;
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 	long_id[64] = '\0';
-	assert_int_equal(validate(&in, NULL), 0);
+	assert_int_equal(validate(&in, in.sku), 0);
 	in.request_id = "abc.def";
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 	in.request_id = "abc def";
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 
 	in = good_purchase();
 	assert_int_equal(validate(&in, "sku-2"), -1);
@@ -228,21 +230,108 @@ static void test_validate_rejects(void **state)
 	assert_int_equal(validate(&in, "sku-"), -1);
 	assert_int_equal(validate(&in, ""), -1);
 	in.sku = "";
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 	in.sku = "sku/1";
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 
 	in = good_purchase();
 	in.qty = 0;
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 	in.qty = 1000001;
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 
 	in = good_purchase();
 	in.user_id = "";
-	assert_int_equal(validate(&in, NULL), -1);
+	assert_int_equal(validate(&in, in.sku), -1);
 	in.user_id = "no spaces";
+	assert_int_equal(validate(&in, in.sku), -1);
+}
+
+/* The door of the deductor: a key, short fields, a bounded size (issue 9). */
+static void test_validate_limits(void **state)
+{
+	fs_intent in = good_purchase(), *out;
+	char ip[64], err[256];
+	uint8_t buf[2048];
+	size_t len;
+	(void)state;
+
+	/* No key: one SKU's intents could land on two partitions. */
 	assert_int_equal(validate(&in, NULL), -1);
+	in.client_ip = "2001:0db8:85a3:0000:0000:8a2e:0370:7334";
+	assert_int_equal(validate(&in, "sku-1"), 0);
+	memset(ip, '1', 46);
+	ip[46] = '\0';
+	in.client_ip = ip;
+	assert_int_equal(validate(&in, "sku-1"), -1);
+	in.client_ip = "10.0.0.1; DROP";
+	assert_int_equal(validate(&in, "sku-1"), -1);
+	in = good_purchase();
+	in.source = "Gateway!";
+	assert_int_equal(validate(&in, "sku-1"), -1);
+	in.source = "reconciler";
+	assert_int_equal(validate(&in, "sku-1"), 0);
+	in.sent_at_ms = -1;
+	assert_int_equal(validate(&in, "sku-1"), -1);
+
+	/* A message over FS_INTENT_MAX_BYTES is refused before it is decoded. */
+	in = good_purchase();
+	len = intent_pack(&in, buf);
+	memset(buf + len, 0, sizeof(buf) - len);
+	out = intent_decode(buf, len, "sku-1", 5, err, sizeof(err));
+	assert_non_null(out);
+	intent_free(out);
+	assert_null(intent_decode(buf, FS_INTENT_MAX_BYTES + 1, "sku-1", 5, err, sizeof(err)));
+	assert_non_null(strstr(err, "limit"));
+
+	/* Only the reconciler releases (issue 9): a forged RELEASE is refused. */
+	in = good_purchase();
+	in.kind = FLASHSALE__INTENT__KIND__RELEASE;
+	in.user_id = "";
+	assert_int_equal(validate(&in, "sku-1"), -1);
+	in.source = "reconciler";
+	assert_int_equal(validate(&in, "sku-1"), 0);
+}
+
+/*
+ * Found by fuzzing (tests/fuzz/crashes/intent/): protobuf-c ends a C string
+ * at a NUL, so "req-1\0other" acted as request "req-1"; and field 0 written
+ * as a two-byte tag passed as an unknown field. Both are dead-lettered.
+ */
+static void test_decode_refuses_what_c_strings_hide(void **state)
+{
+	fs_intent in = good_purchase(), *out;
+	uint8_t buf[512], *p;
+	char err[256];
+	size_t len;
+	(void)state;
+
+	in.request_id = "req-1Xother";
+	len = intent_pack(&in, buf);
+	p = memmem(buf, len, "req-1Xother", 11);
+	assert_non_null(p);
+	out = intent_decode(buf, len, "sku-1", 5, err, sizeof(err));
+	assert_non_null(out);
+	intent_free(out);
+	p[5] = '\0';
+	assert_null(intent_decode(buf, len, "sku-1", 5, err, sizeof(err)));
+	assert_non_null(strstr(err, "NUL byte in field 2"));
+
+	/* The sku matching the key up to a NUL. */
+	in = good_purchase();
+	in.sku = "sku-1Xx";
+	len = intent_pack(&in, buf);
+	p = memmem(buf, len, "sku-1Xx", 7);
+	assert_non_null(p);
+	p[5] = '\0';
+	assert_null(intent_decode(buf, len, "sku-1", 5, err, sizeof(err)));
+
+	/* Field 0 as the overlong tag 0x85 0x00 (fixed32), then 4 bytes. */
+	in = good_purchase();
+	len = intent_pack(&in, buf);
+	memcpy(buf + len, "\x85\x00\x01\x02\x03\x04", 6);
+	assert_null(intent_decode(buf, len + 6, "sku-1", 5, err, sizeof(err)));
+	assert_non_null(strstr(err, "field number 0"));
 }
 
 static void test_kind_names(void **state)
@@ -299,6 +388,8 @@ int main(void)
 		cmocka_unit_test(test_deadletter_round_trip),
 		cmocka_unit_test(test_validate_accepts),
 		cmocka_unit_test(test_validate_rejects),
+		cmocka_unit_test(test_validate_limits),
+		cmocka_unit_test(test_decode_refuses_what_c_strings_hide),
 		cmocka_unit_test(test_kind_names),
 	};
 
