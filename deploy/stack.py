@@ -7,7 +7,8 @@ tests start one per test). Python 3, standard library only.
   deploy/stack.py start [--state DIR] [--infra-only]
   deploy/stack.py stop [--state DIR]
   deploy/stack.py daemon start|stop|kill|restart NAME [--state DIR]
-                  NAME: gateway deductor order-writer reconciler redis postgres kafka
+                  NAME: gateway deductor order-writer reconciler redis postgres kafka,
+                  and kafka-1..kafka-N: one node of a real Kafka (kinds kraft, kraft3)
   deploy/stack.py status [--state DIR]      one line per component; exit 3 if one is stopped
   deploy/stack.py env [--state DIR]         path of the sourceable env file
   deploy/stack.py demo [--state DIR]        fresh stack, a demo sale, its summary
@@ -21,17 +22,35 @@ tests start one per test). Python 3, standard library only.
   s = Stack(env={"FLASHSALE_GATEWAY_MAX_BODY": "4096"})   # temp state dir
   s.start(); s.http("GET", "/v1/time"); s.daemon("kill", "deductor"); s.stop()
 
+Kafka kinds (KAFKA_KINDS; FLASHSALE_STACK_KAFKA or Stack(kafka=...) picks one,
+start and demo say which on one line):
+  kraft   Apache Kafka (KAFKA_VERSION, 4.1.1 unless FLASHSALE_KAFKA_VERSION),
+          one broker+controller node in KRaft mode, run from the official jars
+          that Maven fetches once (deploy/kafka/pom.xml) into
+          $FLASHSALE_KAFKA_CACHE or ~/.cache/flashsale/kafka-VERSION. The
+          default where Java >= 17 and Maven (or a complete cache) exist.
+  kraft3  the same with three nodes: topics replicated 3 times,
+          min.insync.replicas=2; kill one node and the leaders move, kill two
+          and the controller quorum is lost until one is back.
+  mock    librdkafka's mock cluster (deploy/kafka_mock.c), 3 brokers in one
+          process, no JVM; the default without Java or Maven. It keeps its data
+          in memory: restarting it ("daemon restart kafka") starts an empty
+          cluster on new ports; restart the daemons after it.
+A real broker keeps its ports and data across "daemon kill|start kafka" (or
+kafka-N); the stack creates flashsale.intents and flashsale.ledger (12
+partitions) and flashsale.deadletter (1).
+
 Environment: FLASHSALE_BUILD_DIR (default <repo>/build), FLASHSALE_STACK_KAFKA
-(the Kafka kind, default and only one so far: mock), and any FLASHSALE_*
-daemon setting: the env file never overrides a variable the caller set.
-DIR defaults to <repo>/state.
+(mock, kraft or kraft3; a state dir whose broker runs keeps its kind),
+FLASHSALE_KAFKA_VERSION, FLASHSALE_KAFKA_CACHE, JAVA_HOME, and any
+FLASHSALE_* daemon setting: the env file never overrides a variable the
+caller set. DIR defaults to <repo>/state.
 
 Layout of DIR: logs/<name>.log, run/<name>.pid, redis/ (AOF), redis.sock,
-pg/ (socket directory) and pg/data/, kafka.bootstrap, ports, admin.token,
-jwt.secret (the demo key buyer tokens are signed with), stack.env.
-
-The Kafka mock keeps its data in memory: restarting it ("daemon restart
-kafka") starts an empty cluster on new ports; restart the daemons after it.
+pg/ (socket directory) and pg/data/, kafka.bootstrap, kafka.kind, ports,
+admin.token, jwt.secret (the demo key buyer tokens are signed with),
+stack.env; for a real Kafka kafka/ports, kafka/cluster.id and
+kafka/node-N/ (server.properties, data/), logs/kafka-N.log, run/kafka-N.pid.
 """
 
 import base64
@@ -286,9 +305,9 @@ class Component:
         os.replace(self.pidfile + ".tmp", self.pidfile)
         return proc.pid
 
-    def wait_ready(self, pid, ready, what, interval=0.1):
-        """Poll ready() until true; fail if pid exits or after READY_TIMEOUT."""
-        deadline = time.monotonic() + READY_TIMEOUT
+    def wait_ready(self, pid, ready, what, interval=0.1, timeout=READY_TIMEOUT):
+        """Poll ready() until true; fail if pid exits or after timeout seconds."""
+        deadline = time.monotonic() + timeout
         while True:
             value = ready()
             if value:
@@ -296,7 +315,7 @@ class Component:
             if not pid_alive(pid):
                 self.stack.fail(self.name, "exited during start-up")
             if time.monotonic() >= deadline:
-                self.stack.fail(self.name, "%s after %ds" % (what, READY_TIMEOUT))
+                self.stack.fail(self.name, "%s after %ds" % (what, timeout))
             time.sleep(interval)
 
     def need_binary(self, path):
@@ -453,8 +472,12 @@ class Kafka(Component):
 
     name = "kafka"
     kind = None
+    description = ""
     client_settings = ""
     restart_note = None  # said after "daemon start|restart kafka"
+
+    def any_running(self):
+        return self.running()
 
     @property
     def bootstrap_file(self):
@@ -474,6 +497,7 @@ class KafkaMock(Kafka):
 
     kind = "mock"
     comm = "flashsale-kafka-mock"
+    description = "librdkafka's mock cluster, 3 brokers in one process, data in memory"
     # The mock broker rebalances a group only after session.timeout.ms: keep
     # it short so that a restarted consumer gets its partitions fast.
     client_settings = "session.timeout.ms=6000"
@@ -495,8 +519,702 @@ class KafkaMock(Kafka):
         self.stack.say("kafka mock ready (pid %d, %s)" % (pid, self.bootstrap()))
 
 
-# A real broker (Apache Kafka in KRaft mode) goes here as one more kind.
-KAFKA_KINDS = {"mock": KafkaMock}
+# ---------------------------------------------------------------- Apache Kafka
+
+KAFKA_VERSION = os.environ.get("FLASHSALE_KAFKA_VERSION") or "4.1.1"
+KAFKA_POM = os.path.join(REPO, "deploy", "kafka", "pom.xml")
+KAFKA_LOG4J = os.path.join(REPO, "deploy", "kafka", "log4j2.properties")
+# A JVM on a shared 2-core machine: start-up, log recovery after a kill and
+# the first elections take seconds, not the fraction of one the mock needs.
+KAFKA_READY_TIMEOUT = 60
+KAFKA_JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                  "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
+                  "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"]
+# The flashsale topics (common/intent.h, proto/README.md): partition counts
+# are part of the wire contract.
+KAFKA_TOPICS = (("flashsale.intents", 12), ("flashsale.ledger", 12), ("flashsale.deadletter", 1))
+
+
+def _kstr(s):
+    if s is None:
+        return b"\xff\xff"
+    b = s.encode()
+    return len(b).to_bytes(2, "big") + b
+
+
+def _karray(items):
+    return len(items).to_bytes(4, "big") + b"".join(items)
+
+
+class _KReader:
+    def __init__(self, data):
+        self.d, self.i = data, 0
+
+    def int(self, n):
+        v = int.from_bytes(self.d[self.i:self.i + n], "big", signed=True)
+        if self.i + n > len(self.d):
+            raise OSError("short Kafka response")
+        self.i += n
+        return v
+
+    def str(self):
+        n = self.int(2)
+        if n < 0:
+            return None
+        s = self.d[self.i:self.i + n].decode("utf-8", "replace")
+        self.i += n
+        return s
+
+    def array(self, item):
+        return [item() for _ in range(max(self.int(4), 0))]
+
+
+def kafka_request(addr, api_key, version, body, timeout=5.0):
+    """One request of the Kafka protocol (request header v1, non-flexible
+    versions only) to addr=(host, port); the response body as a reader.
+    Enough for the stack's probes: no client library in the standard one."""
+    corr = int.from_bytes(os.urandom(4), "big") & 0x7fffffff
+    msg = (api_key.to_bytes(2, "big") + version.to_bytes(2, "big") + corr.to_bytes(4, "big")
+           + _kstr("flashsale-stack") + body)
+    with socket.create_connection(addr, timeout=timeout) as s:
+        s.sendall(len(msg).to_bytes(4, "big") + msg)
+        f = s.makefile("rb")
+        head = f.read(4)
+        if len(head) < 4:
+            raise OSError("Kafka closed the connection")
+        data = f.read(int.from_bytes(head, "big"))
+    r = _KReader(data)
+    if r.int(4) != corr:
+        raise OSError("Kafka answered another request")
+    return r
+
+
+def kafka_metadata(addr, topics, timeout=5.0):
+    """Metadata v4: {"brokers": [node ids], "topics": {name: (error, [(partition,
+    error, leader, [isr])])}}. Brokers are the registered, unfenced ones."""
+    r = kafka_request(addr, 3, 4, _karray([_kstr(t) for t in topics]) + b"\x00", timeout)
+    r.int(4)  # throttle
+    brokers = r.array(lambda: (r.int(4), r.str(), r.int(4), r.str()))
+    r.str()   # cluster id
+    r.int(4)  # controller id
+
+    def partition():
+        err, index, leader = r.int(2), r.int(4), r.int(4)
+        r.array(lambda: r.int(4))  # replicas
+        return index, err, leader, r.array(lambda: r.int(4))
+
+    def topic():
+        err, name = r.int(2), r.str()
+        r.int(1)  # internal
+        return name, (err, r.array(partition))
+    return {"brokers": sorted(b[0] for b in brokers), "topics": dict(r.array(topic))}
+
+
+def kafka_create_topics(addr, topics, timeout_ms=15000):
+    """CreateTopics v2 for [(name, partitions, replication, {config: value})];
+    returns {name: (error code, message)} (36: it exists already)."""
+    items = [_kstr(name) + parts.to_bytes(4, "big") + rf.to_bytes(2, "big") + _karray([])
+             + _karray([_kstr(k) + _kstr(v) for k, v in configs.items()])
+             for name, parts, rf, configs in topics]
+    r = kafka_request(addr, 19, 2, _karray(items) + timeout_ms.to_bytes(4, "big") + b"\x00",
+                      timeout=timeout_ms / 1000.0 + 5)
+    r.int(4)  # throttle
+    return dict((name, (err, msg)) for name, err, msg in r.array(lambda: (r.str(), r.int(2),
+                                                                           r.str())))
+
+
+def kafka_list_offsets(addr, partitions, timeout=5.0):
+    """ListOffsets v1 (latest) for {topic: [partition]} on the broker at
+    addr: {(topic, partition): error code}. A leader answers 0 only once it
+    serves the partition, which its metadata announces a little earlier."""
+    body = (-1).to_bytes(4, "big", signed=True) + _karray([
+        _kstr(t) + _karray([p.to_bytes(4, "big") + (-1).to_bytes(8, "big", signed=True)
+                            for p in ps]) for t, ps in partitions.items()])
+    r = kafka_request(addr, 2, 1, body, timeout)
+    out = {}
+    for _ in range(max(r.int(4), 0)):
+        t = r.str()
+        for _ in range(max(r.int(4), 0)):
+            p, err = r.int(4), r.int(2)
+            r.int(8)  # timestamp
+            r.int(8)  # offset
+            out[(t, p)] = err
+    return out
+
+
+def kafka_uuid():
+    """A Kafka Uuid as its tools print it (base64url, no padding), for the
+    cluster id and the log directories' ids; never one starting with '-'."""
+    while True:
+        s = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        if not s.startswith("-"):
+            return s
+
+
+_java_versions = {}
+
+
+def java_binary():
+    home = os.environ.get("JAVA_HOME")
+    if home and os.access(os.path.join(home, "bin", "java"), os.X_OK):
+        return os.path.join(home, "bin", "java")
+    return shutil.which("java")
+
+
+def java_major(java):
+    """The Java feature release of `java -version` (8 for 1.8), 0 if unknown."""
+    if java not in _java_versions:
+        try:
+            out = subprocess.run([java, "-version"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+        major = int(m.group(1)) if m else 0
+        _java_versions[java] = int(m.group(2) or 0) if major == 1 else major
+    return _java_versions[java]
+
+
+class KafkaDist:
+    """Apache Kafka's jars and their runtime dependencies, fetched once with
+    Maven (deploy/kafka/pom.xml) into a cache directory: CACHE/libs/*.jar,
+    CACHE/format/bootstrap.checkpoint (what kafka.tools.StorageTool writes
+    for a new KRaft node, independent of cluster and node) and the marker
+    CACHE/complete, written last. CACHE is $FLASHSALE_KAFKA_CACHE or
+    ~/.cache/flashsale/kafka-VERSION."""
+
+    def __init__(self, version=KAFKA_VERSION):
+        self.version = version
+        self.dir = os.path.abspath(os.environ.get("FLASHSALE_KAFKA_CACHE") or os.path.join(
+            os.path.expanduser("~"), ".cache", "flashsale", "kafka-" + version))
+        self.libs = os.path.join(self.dir, "libs")
+        self.marker = os.path.join(self.dir, "complete")
+        self.checkpoint = os.path.join(self.dir, "format", "bootstrap.checkpoint")
+
+    @property
+    def coordinates(self):
+        return "org.apache.kafka:kafka_2.13:" + self.version
+
+    def complete(self):
+        try:
+            with open(self.marker) as f:
+                jars = f.read().split()
+        except OSError:
+            return False
+        return (bool(jars) and os.path.isfile(self.checkpoint)
+                and all(os.path.isfile(os.path.join(self.libs, j)) for j in jars))
+
+    def java(self):
+        """The java binary, or StackError in one line if there is none >= 17."""
+        java = java_binary()
+        if not java:
+            raise StackError("kafka: Apache Kafka %s needs Java 17 or newer and there is no "
+                             "java (install default-jre-headless, or FLASHSALE_STACK_KAFKA=mock)"
+                             % self.version)
+        major = java_major(java)
+        if major < 17:
+            raise StackError("kafka: Apache Kafka %s needs Java 17 or newer; %s is Java %s "
+                             "(set JAVA_HOME, or FLASHSALE_STACK_KAFKA=mock)"
+                             % (self.version, java, major or "of an unknown version"))
+        return java
+
+    def classpath(self):
+        return os.path.join(self.libs, "*")
+
+    def ensure(self, say):
+        """Fetch and prepare the cache unless complete; one fetch at a time
+        per cache (several stacks may start at once). StackError in one line."""
+        if self.complete():
+            return
+        java = self.java()
+        mvn = shutil.which("mvn")
+        if not mvn:
+            raise StackError("kafka: fetching Apache Kafka %s needs Maven and there is no mvn "
+                             "(install maven, or FLASHSALE_STACK_KAFKA=mock)" % self.version)
+        import fcntl
+        os.makedirs(os.path.dirname(self.dir), exist_ok=True)
+        with open(self.dir + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.complete():
+                return
+            os.makedirs(self.dir, exist_ok=True)
+            say("kafka: fetching %s and its dependencies with Maven into %s (once)"
+                % (self.coordinates, self.dir))
+            t0 = time.monotonic()
+            self._fetch(mvn)
+            self._format_template(java)
+            jars = sorted(j for j in os.listdir(self.libs) if j.endswith(".jar"))
+            with open(self.marker + ".tmp", "w") as f:
+                f.write("\n".join(jars) + "\n")
+            os.replace(self.marker + ".tmp", self.marker)
+            say("kafka: %d jars ready in %.1f s" % (len(jars), time.monotonic() - t0))
+
+    def _fetch(self, mvn):
+        log = os.path.join(self.dir, "fetch.log")
+        tmp = self.libs + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with open(log, "w") as out:
+            try:
+                rc = subprocess.run([mvn, "-B", "-q", "-f", KAFKA_POM,
+                                     "-Dkafka.version=" + self.version,
+                                     "dependency:copy-dependencies", "-DoutputDirectory=" + tmp],
+                                    stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, timeout=1800).returncode
+            except subprocess.TimeoutExpired:
+                rc = "a timeout"
+        jars = os.listdir(tmp) if os.path.isdir(tmp) else []
+        if rc != 0 or not any(j.startswith("kafka_2.13-") for j in jars):
+            with open(log, errors="replace") as f:
+                # Maven 3.8 colours its output even with -B.
+                errors = [re.sub(r"\x1b\[[0-9;]*m", "", line).replace("[ERROR]", "").strip()
+                          for line in f if "ERROR" in line] or ["no error line"]
+            raise StackError("kafka: Maven could not fetch %s (exit %s; see %s): %s"
+                             % (self.coordinates, rc, log, errors[0][:300]))
+        shutil.rmtree(self.libs, ignore_errors=True)
+        os.replace(tmp, self.libs)
+
+    def _format_template(self, java):
+        """kafka.tools.StorageTool format of a throwaway node: its
+        bootstrap.checkpoint (the metadata.version and feature levels of this
+        release) is what every new node of every stack starts from."""
+        work = os.path.join(self.dir, "format.tmp")
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        props = os.path.join(work, "server.properties")
+        with open(props, "w") as f:
+            f.write("process.roles=broker,controller\nnode.id=1\n"
+                    "controller.quorum.voters=1@127.0.0.1:9093\n"
+                    "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093\n"
+                    "controller.listener.names=CONTROLLER\nlog.dirs=%s\n"
+                    % os.path.join(work, "data"))
+        p = subprocess.run([java, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",
+                            "-Dlog4j2.configurationFile=" + KAFKA_LOG4J, "-cp", self.classpath(),
+                            "kafka.tools.StorageTool", "format", "-t", kafka_uuid(),
+                            "-c", props], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=300)
+        made = os.path.join(work, "data", "bootstrap.checkpoint")
+        if p.returncode != 0 or not os.path.isfile(made):
+            lines = [x for x in p.stdout.splitlines() if x.strip()] or ["no output"]
+            raise StackError("kafka: kafka.tools.StorageTool format failed (exit %d): %s"
+                             % (p.returncode, lines[-1][:300]))
+        os.makedirs(os.path.dirname(self.checkpoint), exist_ok=True)
+        shutil.copy(made, self.checkpoint + ".tmp")
+        os.replace(self.checkpoint + ".tmp", self.checkpoint)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def default_kafka_kind():
+    """"kraft" where Apache Kafka can run (Java >= 17, and Maven or a complete
+    cache), else "mock"."""
+    java = java_binary()
+    if java and java_major(java) >= 17 and (shutil.which("mvn") or KafkaDist().complete()):
+        return "kraft"
+    return "mock"
+
+
+class KafkaNode(Component):
+    """One Apache Kafka node of a KRaft cluster, broker and controller in one
+    JVM: DIR/kafka/node-N/server.properties, its data in DIR/kafka/node-N/data,
+    run/kafka-N.pid, logs/kafka-N.log. Its ports are the cluster's, kept for
+    the state dir, so the data and the clients' bootstrap list survive a
+    restart."""
+
+    comm = "java"
+
+    def __init__(self, cluster, index):
+        super().__init__(cluster.stack)
+        self.cluster = cluster
+        self.index = index
+        self.name = "kafka-%d" % index
+
+    @property
+    def dir(self):
+        return self.stack.path("kafka", "node-%d" % self.index)
+
+    @property
+    def props(self):
+        return os.path.join(self.dir, "server.properties")
+
+    @property
+    def data(self):
+        return os.path.join(self.dir, "data")
+
+    def alive(self, pid):
+        """pid is this node's JVM (java, with this node's server.properties)."""
+        if not pid_alive(pid, self.comm):
+            return False
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                return self.props.encode() in f.read().split(b"\0")
+        except OSError:
+            return False
+
+    def running(self):
+        return self.alive(self.pid())
+
+    def status(self):
+        pid = self.pid()
+        ok = self.alive(pid)
+        return ok, (pid if ok else None)
+
+    @property
+    def addr(self):
+        return ("127.0.0.1", self.cluster.ports()[self.index][0])
+
+    def registered(self):
+        """This node's broker answers and the controller counts it among the
+        live (registered, unfenced) brokers."""
+        try:
+            return self.index in kafka_metadata(self.addr, [], timeout=2.0)["brokers"]
+        except OSError:
+            return False
+
+    def configure(self):
+        c = self.cluster
+        ports = c.ports()
+        n = c.node_count
+        rf = c.replication
+        isr = c.min_isr
+        voters = ",".join("%d@127.0.0.1:%d" % (i, ports[i][1]) for i in sorted(ports))
+        broker, controller = ports[self.index]
+        settings = [
+            ("process.roles", "broker,controller"),
+            ("node.id", self.index),
+            ("controller.quorum.voters", voters),
+            ("listeners", "PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d"
+             % (broker, controller)),
+            ("advertised.listeners", "PLAINTEXT://127.0.0.1:%d" % broker),
+            ("listener.security.protocol.map", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"),
+            ("controller.listener.names", "CONTROLLER"),
+            ("inter.broker.listener.name", "PLAINTEXT"),
+            ("log.dirs", self.data),
+            # Topics are created by the stack with the contract's partition
+            # counts, as in production (deploy/docker-compose.yml).
+            ("auto.create.topics.enable", "false"),
+            ("num.partitions", 12),
+            ("default.replication.factor", rf),
+            ("min.insync.replicas", isr),
+            ("offsets.topic.replication.factor", rf),
+            ("offsets.topic.num.partitions", 12),
+            ("transaction.state.log.replication.factor", rf),
+            ("transaction.state.log.min.isr", isr),
+            ("transaction.state.log.num.partitions", 4),
+            ("share.coordinator.state.topic.replication.factor", rf),
+            ("share.coordinator.state.topic.min.isr", isr),
+            # A group forms as soon as its first member joins.
+            ("group.initial.rebalance.delay.ms", 0),
+            ("group.min.session.timeout.ms", 1000),
+            # A killed node is fenced (its partitions led elsewhere, its
+            # replicas out of the ISR) within seconds, not the default 9 s.
+            ("broker.heartbeat.interval.ms", 500),
+            ("broker.session.timeout.ms", 4000),
+            ("replica.lag.time.max.ms", 10000),
+            ("unclean.leader.election.enable", "false"),
+            # Small files and few threads: a test stack on a 2-core machine.
+            ("log.segment.bytes", 16 * 1024 * 1024),
+            ("log.index.size.max.bytes", 1024 * 1024),
+            ("num.network.threads", 2),
+            ("num.io.threads", 4),
+            ("num.recovery.threads.per.data.dir", 2),
+            ("background.threads", 4),
+            ("log.cleaner.threads", 1),
+            ("log.cleaner.dedupe.buffer.size", 8 * 1024 * 1024),
+        ]
+        text = ("# written by deploy/stack.py (Kafka kind %s); rewritten at every start\n"
+                % c.kind + "".join("%s=%s\n" % kv for kv in settings))
+        os.makedirs(self.dir, exist_ok=True)
+        with open(self.props + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(self.props + ".tmp", self.props)
+
+    def format(self):
+        """What `kafka-storage.sh format -t CLUSTER -c server.properties`
+        writes for a node of a static quorum: the release's
+        bootstrap.checkpoint (made once per cache by StorageTool) and
+        meta.properties with the cluster's and the node's ids."""
+        if os.path.isfile(os.path.join(self.data, "meta.properties")):
+            return
+        os.makedirs(self.data, exist_ok=True)
+        shutil.copy(self.cluster.dist.checkpoint, os.path.join(self.data, "bootstrap.checkpoint"))
+        meta = os.path.join(self.data, "meta.properties")
+        with open(meta + ".tmp", "w") as f:
+            f.write("#\n#written by deploy/stack.py\nnode.id=%d\ndirectory.id=%s\nversion=1\n"
+                    "cluster.id=%s\n" % (self.index, kafka_uuid(), self.cluster.cluster_id()))
+        os.replace(meta + ".tmp", meta)
+
+    def launch(self, java):
+        env = self.stack.base_env()
+        for k in ("LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_RESET"):
+            env.pop(k, None)
+        with open(self.stack.path("logs", self.name + ".log"), "ab") as out:
+            out.write(b"# %s start\n" % time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                       time.gmtime()).encode())
+        return self.spawn([java] + KAFKA_JVM_OPTS + ["-Dlog4j2.configurationFile=" + KAFKA_LOG4J,
+                                                     "-cp", self.cluster.dist.classpath(),
+                                                     "kafka.Kafka", self.props],
+                          env)
+
+    def start(self):
+        """Start this node; once the whole cluster runs again, wait for the
+        topics to be served as after a cluster start."""
+        if self.cluster.start_nodes([self]) and self.cluster.running():
+            self.cluster.ensure_topics()
+
+    def stop(self):
+        self.cluster.stop_nodes([self], signal.SIGTERM)
+
+    def kill(self):
+        self.cluster.stop_nodes([self], signal.SIGKILL)
+
+
+class KafkaKRaft(Kafka):
+    """Apache Kafka in KRaft mode from the official jars (KafkaDist): node_count
+    nodes, each broker and controller, on free ports of 127.0.0.1 chosen once
+    per state dir (DIR/kafka/ports), cluster id in DIR/kafka/cluster.id. Its
+    data survives a restart. The stack creates the flashsale topics
+    (KAFKA_TOPICS) with the cluster's replication and min.insync.replicas.
+    "daemon kill|start kafka-N" acts on one node; "kafka" on all of them."""
+
+    kind = "kraft"
+    comm = "java"
+    node_count = 1
+    client_settings = ""  # a real broker needs nothing beyond the daemons' defaults
+
+    def __init__(self, stack):
+        super().__init__(stack)
+        self.dist = KafkaDist()
+        self.nodes = [KafkaNode(self, i) for i in range(1, self.node_count + 1)]
+
+    @property
+    def replication(self):
+        return min(3, self.node_count)
+
+    @property
+    def min_isr(self):
+        return 2 if self.node_count >= 3 else 1
+
+    description = "Apache Kafka %s, KRaft, 1 broker+controller node" % KAFKA_VERSION
+
+    def node(self, name):
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        return None
+
+    # The cluster's pid is its first node's; it runs when every node runs.
+    @property
+    def pidfile(self):
+        return self.nodes[0].pidfile
+
+    def running(self):
+        return all(n.running() for n in self.nodes)
+
+    def any_running(self):
+        return any(n.running() for n in self.nodes)
+
+    def status(self):
+        ok = self.running()
+        return ok, (self.nodes[0].pid() if ok else None)
+
+    def ports(self):
+        """{node index: (broker port, controller port)}, chosen once."""
+        f = self.stack.path("kafka", "ports")
+        ports = {}
+        try:
+            with open(f) as fh:
+                for line in fh:
+                    parts = line.split()
+                    if len(parts) == 3 and all(p.isdigit() for p in parts):
+                        ports[int(parts[0])] = (int(parts[1]), int(parts[2]))
+        except FileNotFoundError:
+            pass
+        missing = [n.index for n in self.nodes if n.index not in ports]
+        if missing:
+            socks = []
+            try:
+                for _ in range(2 * len(missing)):
+                    s = socket.socket()
+                    s.bind(("127.0.0.1", 0))
+                    socks.append(s)
+                got = [s.getsockname()[1] for s in socks]
+            finally:
+                for s in socks:
+                    s.close()
+            for k, i in enumerate(missing):
+                ports[i] = (got[2 * k], got[2 * k + 1])
+            os.makedirs(os.path.dirname(f), exist_ok=True)
+            with open(f + ".tmp", "w") as out:
+                out.write("# node broker-port controller-port\n")
+                out.write("".join("%d %d %d\n" % (i, b, c) for i, (b, c) in sorted(ports.items())))
+            os.replace(f + ".tmp", f)
+        return ports
+
+    def cluster_id(self):
+        f = self.stack.path("kafka", "cluster.id")
+        try:
+            with open(f) as fh:
+                cid = fh.read().strip()
+            if cid:
+                return cid
+        except FileNotFoundError:
+            pass
+        cid = kafka_uuid()
+        os.makedirs(os.path.dirname(f), exist_ok=True)
+        with open(f + ".tmp", "w") as out:
+            out.write(cid + "\n")
+        os.replace(f + ".tmp", f)
+        return cid
+
+    def bootstrap_list(self):
+        ports = self.ports()
+        return ",".join("127.0.0.1:%d" % ports[n.index][0] for n in self.nodes)
+
+    def start(self):
+        """Start every node that is not running, wait until all are
+        registered, create the topics if missing and wait until every
+        partition has a leader and enough in-sync replicas."""
+        t0 = time.monotonic()
+        started = self.start_nodes(self.nodes)
+        self.ensure_topics()
+        with open(self.bootstrap_file + ".tmp", "w") as f:
+            f.write(self.bootstrap_list() + "\n")
+        os.replace(self.bootstrap_file + ".tmp", self.bootstrap_file)
+        if started:
+            self.stack.say("kafka %s ready in %.1f s (%s; pid %s; %s)"
+                           % (self.kind, time.monotonic() - t0, self.description,
+                              ",".join(str(n.pid()) for n in self.nodes), self.bootstrap()))
+
+    def start_nodes(self, nodes):
+        """Start those of nodes not running; wait for each to register if a
+        controller quorum can form (a majority of the nodes running), else
+        leave it waiting for one. Returns the nodes started."""
+        java = self.dist.java()
+        self.dist.ensure(self.stack.say)
+        self.ports()
+        self.cluster_id()
+        todo = [n for n in nodes if not n.running()]
+        for n in todo:
+            n.configure()
+            n.format()
+        t0 = time.monotonic()
+        pids = {n: n.launch(java) for n in todo}
+        live = sum(1 for n in self.nodes if n.running())
+        if live < self.node_count // 2 + 1:
+            for n in todo:
+                self.stack.say("%s started (pid %d); no controller quorum yet: %d of %d nodes "
+                               "running" % (n.name, pids[n], live, self.node_count))
+            return todo
+        for n in todo:
+            n.wait_ready(pids[n], n.registered, "not registered with the controller",
+                         interval=0.2, timeout=KAFKA_READY_TIMEOUT)
+            if self.node_count > 1 or len(nodes) == 1:
+                self.stack.say("%s ready in %.1f s (pid %d, 127.0.0.1:%d)"
+                               % (n.name, time.monotonic() - t0, pids[n], n.addr[1]))
+        return todo
+
+    def stop_nodes(self, nodes, sig):
+        """Signal every running one of nodes at once (a node of three shuts
+        down faster while the others' controllers still run), wait up to
+        STOP_TIMEOUT, then SIGKILL."""
+        pids = {}
+        for n in nodes:
+            pid = n.pid()
+            if n.alive(pid):
+                pids[n] = pid
+                signal_pid(pid, sig)
+            else:
+                n._unlink_pidfile()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for n, pid in pids.items():
+            while n.alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if n.alive(pid):
+                self.stack.say("%s (pid %d) still running after %ds: SIGKILL"
+                               % (n.name, pid, STOP_TIMEOUT))
+                signal_pid(pid, signal.SIGKILL)
+                end = time.monotonic() + 5
+                while n.alive(pid) and time.monotonic() < end:
+                    time.sleep(0.1)
+            n._unlink_pidfile()
+            self.stack.say("%s %s" % (n.name, "killed" if sig == signal.SIGKILL else "stopped"))
+
+    def stop(self):
+        self.stop_nodes(self.nodes, signal.SIGTERM)
+
+    def kill(self):
+        self.stop_nodes(self.nodes, signal.SIGKILL)
+
+    def ensure_topics(self):
+        """Create the flashsale topics where missing; wait until each of their
+        partitions has a leader and min.insync.replicas in sync (so that an
+        acks=all produce succeeds at once)."""
+        want = dict(KAFKA_TOPICS)
+        configs = {"min.insync.replicas": str(self.min_isr)}
+        deadline = time.monotonic() + KAFKA_READY_TIMEOUT
+        last = "no answer"
+        created = False
+        while True:
+            for n in self.nodes:
+                if not n.running():
+                    continue
+                try:
+                    if not created:
+                        res = kafka_create_topics(n.addr, [(t, p, self.replication, configs)
+                                                          for t, p in KAFKA_TOPICS])
+                        bad = {t: e for t, e in res.items() if e[0] not in (0, 36)}
+                        if bad:
+                            raise OSError("create topics: %s" % bad)
+                        created = True
+                    md = kafka_metadata(n.addr, list(want))
+                except OSError as e:
+                    last = str(e)
+                    continue
+                problems = []
+                led = {}  # leader -> {topic: [partition]}
+                for t, parts in want.items():
+                    err, plist = md["topics"].get(t, (-1, []))
+                    if err == 0 and len(plist) != parts:
+                        raise StackError("kafka: topic %s has %d partitions, not %d (a state "
+                                         "dir from another layout? remove %s)"
+                                         % (t, len(plist), parts, self.stack.dir))
+                    if err != 0:
+                        problems.append("%s: error %d" % (t, err))
+                        continue
+                    for p, perr, leader, isr in plist:
+                        if perr != 0 or leader < 0 or len(isr) < self.min_isr:
+                            problems.append("%s[%d]: leader %d, isr %s" % (t, p, leader, isr))
+                        else:
+                            led.setdefault(leader, {}).setdefault(t, []).append(p)
+                for leader, parts in led.items() if not problems else ():
+                    node = self.nodes[leader - 1]
+                    try:
+                        errs = kafka_list_offsets(node.addr, parts)
+                    except OSError as e:
+                        errs = {("node %d" % leader, -1): str(e)}
+                    problems += ["%s[%s] on node %d: error %s" % (t, p, leader, e)
+                                 for (t, p), e in errs.items() if e != 0]
+                if not problems:
+                    return
+                last = "; ".join(problems[:3])
+                break
+            if time.monotonic() >= deadline:
+                self.stack.fail(self.nodes[0].name, "topics not ready after %ds: %s"
+                                % (KAFKA_READY_TIMEOUT, last))
+            time.sleep(0.2)
+
+
+class KafkaKRaft3(KafkaKRaft):
+    """Three nodes, each broker and controller: topics replicated 3 times
+    with min.insync.replicas=2. One node down: leaders move, writes go on;
+    two down: no controller quorum and no acks=all write until one is back."""
+
+    kind = "kraft3"
+    node_count = 3
+    description = "Apache Kafka %s, KRaft, 3 broker+controller nodes" % KAFKA_VERSION
+
+
+KAFKA_KINDS = {"mock": KafkaMock, "kraft": KafkaKRaft, "kraft3": KafkaKRaft3}
 
 
 class Daemon(Component):
@@ -541,8 +1259,10 @@ class Stack:
 
     state_dir: default a fresh /tmp/flashsale-* dir. env: extra variables
     (FLASHSALE_* settings) for every process of the stack. kafka: the Kafka
-    kind (KAFKA_KINDS; default $FLASHSALE_STACK_KAFKA or "mock"). echo:
-    print progress ("stack: redis ready ...") on stderr."""
+    kind (KAFKA_KINDS): default $FLASHSALE_STACK_KAFKA, else the kind
+    recorded in the state dir (DIR/kafka.kind), else default_kafka_kind();
+    a state dir whose broker runs keeps its kind. echo: print progress
+    ("stack: redis ready ...") on stderr."""
 
     def __init__(self, state_dir=None, env=None, kafka=None, echo=False):
         if state_dir is None:
@@ -556,17 +1276,51 @@ class Stack:
         self.ports = {}  # daemon name -> its /healthz and /metrics port
         self.started = False
         self.echo = echo
-        kind = kafka or os.environ.get("FLASHSALE_STACK_KAFKA") or "mock"
-        if kind not in KAFKA_KINDS:
-            raise StackError("unknown Kafka kind %r (known: %s)"
-                             % (kind, ", ".join(sorted(KAFKA_KINDS))))
-        self.components = {"redis": Redis(self), "postgres": Postgres(self),
-                           "kafka": KAFKA_KINDS[kind](self)}
+        self.kafka_kind, self.kafka_why = self.choose_kafka_kind(kafka)
+        kafka = KAFKA_KINDS[self.kafka_kind](self)
+        self.components = {"redis": Redis(self), "postgres": Postgres(self), "kafka": kafka}
+        # The nodes of a cluster of several are components of their own
+        # (daemon kill kafka-2); a one-node cluster is just "kafka".
+        nodes = getattr(kafka, "nodes", [])
+        if len(nodes) > 1:
+            for node in nodes:
+                self.components[node.name] = node
         for name in DAEMONS:
             self.components[name] = (Deductor if name == "deductor" else Daemon)(self, name)
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
+
+    def choose_kafka_kind(self, explicit):
+        """(kind, why): the kind of broker this stack runs and why that one."""
+        for kind, why in ((explicit, "asked for"),
+                          (os.environ.get("FLASHSALE_STACK_KAFKA"), "FLASHSALE_STACK_KAFKA")):
+            if kind and kind not in KAFKA_KINDS:
+                raise StackError("unknown Kafka kind %r (%s; known: %s)"
+                                 % (kind, why, ", ".join(sorted(KAFKA_KINDS))))
+        requested = explicit or os.environ.get("FLASHSALE_STACK_KAFKA")
+        recorded = None
+        try:
+            with open(self.path("kafka.kind")) as f:
+                recorded = f.read().strip() or None
+        except OSError:
+            if KafkaMock(self).running():  # a state dir from before kafka.kind
+                recorded = "mock"
+        if recorded in KAFKA_KINDS and recorded != requested and requested:
+            if KAFKA_KINDS[recorded](self).any_running():
+                if explicit:
+                    raise StackError("%s runs a Kafka of kind %s, not %s: stop it first"
+                                     % (self.dir, recorded, explicit))
+                self.say("FLASHSALE_STACK_KAFKA=%s ignored: this state dir runs a Kafka of "
+                         "kind %s" % (requested, recorded))
+                return recorded, "running in the state dir"
+        if requested:
+            return requested, "asked for" if explicit else "FLASHSALE_STACK_KAFKA"
+        if recorded in KAFKA_KINDS:
+            return recorded, "the state dir's"
+        kind = default_kafka_kind()
+        return kind, ("default: Java >= 17 and Maven found" if kind == "kraft" else
+                      "default: no Java >= 17 with Maven for a real broker")
 
     def say(self, msg):
         if self.echo:
@@ -765,6 +1519,9 @@ class Stack:
         until each is ready. Raises StackError with the failing log's tail."""
         self.started = True  # a failed start must still be stopped
         self.prepare_state()
+        self.say("kafka: %s (%s; %s)" % (self.kafka_kind, self.components["kafka"].description,
+                                         self.kafka_why))
+        self.record_kafka_kind()
         for name in INFRA:
             self.components[name].start()
         self.write_env()
@@ -775,8 +1532,13 @@ class Stack:
         self.reconciler_rebuild()
         for name in DAEMONS:
             self.components[name].start()
-        self.say("stack up: %s (env: %s)" % (self.url, self.env_file))
+        self.say("stack up: %s (kafka %s; env: %s)" % (self.url, self.kafka_kind, self.env_file))
         return self
+
+    def record_kafka_kind(self):
+        with open(self.path("kafka.kind.tmp"), "w") as f:
+            f.write(self.kafka_kind + "\n")
+        os.replace(self.path("kafka.kind.tmp"), self.path("kafka.kind"))
 
     def reconciler_rebuild(self):
         binary = self.components["reconciler"].need_binary(
@@ -822,24 +1584,29 @@ class Stack:
 
     def daemon(self, action, name):
         """start|stop|kill|restart one component (gateway deductor
-        order-writer reconciler redis postgres kafka); reloads the env
-        (a restarted Kafka mock has a new bootstrap list)."""
+        order-writer reconciler redis postgres kafka, and kafka-N: one node
+        of a real Kafka); reloads the env (a restarted Kafka mock has a new
+        bootstrap list)."""
         self.need_state()
-        if name not in COMPONENTS:
-            raise StackError("unknown component %s" % name)
+        comp = self.components.get(name)
+        if comp is None and name.startswith("kafka-"):
+            node = getattr(self.components["kafka"], "node", None)
+            comp = node(name) if node else None
+        if comp is None:
+            raise StackError("unknown component %s (Kafka kind %s)" % (name, self.kafka_kind))
         if action not in ACTIONS:
             raise StackError("unknown action %s" % action)
-        comp = self.components[name]
         if action == "kill":
             comp.kill()
         elif action in ("stop", "restart"):
             comp.stop()
         if action in ("start", "restart"):
             self.prepare_state()
-            if name == "kafka":
+            if name.startswith("kafka"):
+                self.record_kafka_kind()
                 comp.start()
                 self.write_env()
-                if comp.restart_note:
+                if getattr(comp, "restart_note", None):
                     self.say(comp.restart_note)
             elif name in DAEMONS:
                 self.load_env()
@@ -855,7 +1622,7 @@ class Stack:
 
     def status_rows(self):
         rows = []
-        for name in COMPONENTS:
+        for name in self.components:
             ok, pid = self.components[name].status() if os.path.isdir(self.dir) else (False, None)
             rows.append((name, ok, pid))
         return rows
@@ -1098,6 +1865,8 @@ def cmd_demo(st):
         except StackError:
             pass
         shutil.rmtree(st.dir)
+        # A fresh stack: its Kafka kind is chosen anew, not the old one's.
+        st = Stack(st.dir, env=st.extra_env, echo=st.echo)
     # One load generator stands for thousands of buyers, all on 127.0.0.1.
     st.extra_env.setdefault("FLASHSALE_GATEWAY_MAX_CONNECTIONS_PER_IP", "100000")
     st.start()
