@@ -82,6 +82,7 @@ struct lg_buyer {
 	bool first_answered;
 	bool action_done;		/* pay/cancel settled (202 or given up) */
 	bool action_refused;		/* ... and it was refused: stop waiting */
+	bool seen_reserved;		/* a poll said reserved: long polls wait from there */
 	uint8_t tries;			/* retries of the current call */
 	uint8_t first_reason;		/* index into lg_run.reasons */
 	int64_t sched_us;		/* scheduled arrival */
@@ -388,8 +389,15 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 		break;
 	case JOB_POLL:
 		cmd = EVHTTP_REQ_GET;
-		snprintf(path, sizeof(path), "%s/v1/purchases/%s-%u",
-			r->prefix, cf->run_id, bi);
+		if (cf->wait_ms > 0)
+			/* The gateway holds it until the state moves on. */
+			snprintf(path, sizeof(path),
+				"%s/v1/purchases/%s-%u?wait_ms=%u&from=%s",
+				r->prefix, cf->run_id, bi, (unsigned)cf->wait_ms,
+				b->seen_reserved ? "reserved" : "queued");
+		else
+			snprintf(path, sizeof(path), "%s/v1/purchases/%s-%u",
+				r->prefix, cf->run_id, bi);
 		break;
 	case JOB_PAY:
 	case JOB_CANCEL:
@@ -702,6 +710,8 @@ on_poll_answer(struct lg_run *r, struct lg_buyer *b, int code,
 	int64_t poll_us = (int64_t)r->cf->poll_ms * 1000;
 	char st[LG_NAME_MAX];
 
+	if (code == 200 && r->cf->wait_ms > 0)
+		poll_us = 0;	/* a long poll waited already: ask again at once */
 	if (code == 404) {
 		/* the result may not be visible yet right after the 202 */
 		res->poll_unknown++;
@@ -731,6 +741,8 @@ on_poll_answer(struct lg_run *r, struct lg_buyer *b, int code,
 		buyer_done(r, b);
 		return;
 	}
+	if (strcmp(st, "reserved") == 0)
+		b->seen_reserved = true;
 	if (strcmp(st, "reserved") == 0 && !r->cf->wait_final &&
 	    (b->plan == PLAN_EXPIRE || (b->action_done && b->action_refused))) {
 		/* --no-wait-final: a hold left to expire is not waited for */

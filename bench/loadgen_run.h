@@ -29,6 +29,7 @@ struct lg_config {
 	double dup_ratio;
 	uint32_t retries;		/* per call, on 503 or transport error */
 	uint32_t poll_ms;
+	uint32_t wait_ms;		/* > 0: long polls (GET ?wait_ms=&from=) instead */
 	bool wait_final;
 	uint32_t final_timeout_s;	/* per buyer, from its 202 */
 	double pay_ratio;

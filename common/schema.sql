@@ -13,6 +13,18 @@ CREATE TABLE IF NOT EXISTS promotions (
     CHECK (ends_at > starts_at)
 );
 
+-- A promotion's funnel limits (POST /admin/promotions/{sku}/limits; 0 = the
+-- gateway's default): admission k in percent, and rates per client
+-- address, per user, and per SKU across every gateway.
+ALTER TABLE promotions ADD COLUMN IF NOT EXISTS k_pct integer NOT NULL DEFAULT 0
+    CHECK (k_pct = 0 OR k_pct BETWEEN 100 AND 100000);
+ALTER TABLE promotions ADD COLUMN IF NOT EXISTS ip_rate_per_s integer NOT NULL DEFAULT 0
+    CHECK (ip_rate_per_s BETWEEN 0 AND 1000000);
+ALTER TABLE promotions ADD COLUMN IF NOT EXISTS user_rate_per_s integer NOT NULL DEFAULT 0
+    CHECK (user_rate_per_s BETWEEN 0 AND 1000000);
+ALTER TABLE promotions ADD COLUMN IF NOT EXISTS sku_rate_per_s integer NOT NULL DEFAULT 0
+    CHECK (sku_rate_per_s BETWEEN 0 AND 1000000);
+
 -- One row per accepted purchase (a purchase that got units). State moves
 -- only forward: held -> paid | cancelled | expired.
 CREATE TABLE IF NOT EXISTS orders (

@@ -86,9 +86,10 @@ if behind then
     return {'fenced', behind}
 end
 
-local r = redis.call('HMGET', KEYS[5], 'o', 'st', 'user', 'qty', 'dl', 'sku', 'q0', 'q')
+local r = redis.call('HMGET', KEYS[5], 'o', 'st', 'user', 'qty', 'dl', 'sku', 'q0', 'q', 'adm')
 local o, st, ruser, rqty, dl = r[1], r[2], r[3], tonumber(r[4]), tonumber(r[5])
 local rsku, q0, q = r[6], tonumber(r[7]) or 0, tonumber(r[8]) or 0
+local adm = tonumber(r[9])
 
 local function reply(ev, state, reason, u, n, deadline, changed, s)
     return {'ok', ev, state, reason, u or '', n or 0, deadline or 0, now,
@@ -112,22 +113,48 @@ local function bump()
     return seq
 end
 
--- Record a purchase outcome the first time it is decided.
+-- Tell the gateways (Redis pub/sub, channel fs:chg) when a SKU runs out or
+-- has units again, so that every one of them refuses or reopens within
+-- milliseconds instead of at its next cache refresh: "sku remaining held
+-- earliest_hold_deadline_ms changed_at_ms" (the last, Redis time, lets each
+-- gateway measure how late it learned).
+local function announce(before)
+    if (before > 0) ~= (remaining > 0) then
+        local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+        redis.call('PUBLISH', 'fs:chg', string.format('%s %d %d %s %d', sku, remaining, held,
+                                                      first[2] or '0', now))
+    end
+end
+
+-- Record a purchase outcome the first time it is decided. An admitted
+-- purchase (gateway/admit.lua) gives its place in the admission budget back.
 local function record(outcome, deadline, s)
     redis.call('HSET', KEYS[5], 'o', outcome, 'st', outcome, 'sku', sku,
                'user', user, 'qty', ARGV[5], 'dl', deadline, 'ts', now,
                'q0', s, 'q', s)
     redis.call('EXPIRE', KEYS[5], ttl)
+    if adm then
+        redis.call('HDEL', KEYS[5], 'adm')
+        redis.call('ZREM', 'fs:adm:all', sku .. ' ' .. rid)
+        if initial and redis.call('HINCRBY', KEYS[2], 'adm', -adm) < 0 then
+            redis.call('HSET', KEYS[2], 'adm', 0)
+        end
+        if redis.call('DECRBY', 'fs:adm:total', adm) < 0 then
+            redis.call('SET', 'fs:adm:total', 0)
+        end
+    end
 end
 
 -- Return a live hold's units to the stock and end it in `to`.
 local function give_back(to)
+    local before = remaining
     remaining = redis.call('HINCRBY', KEYS[2], 'remaining', rqty)
     held = redis.call('HINCRBY', KEYS[2], 'held', -rqty)
     if redis.call('HINCRBY', KEYS[3], ruser, -rqty) <= 0 then
         redis.call('HDEL', KEYS[3], ruser)
     end
     redis.call('ZREM', KEYS[4], rid)
+    announce(before)
     redis.call('HSET', KEYS[5], 'st', to, 'ts', now, 'q', bump())
     return seq
 end
@@ -171,11 +198,13 @@ if kind == 'purchase' then
         return reply('refused', refusal, refusal, user, qty, 0, 1, s)
     end
     local deadline = now + tonumber(p[8])
+    local before = remaining
     remaining = redis.call('HINCRBY', KEYS[2], 'remaining', -qty)
     held = redis.call('HINCRBY', KEYS[2], 'held', qty)
     redis.call('HINCRBY', KEYS[3], user, qty)
     redis.call('ZADD', KEYS[4], deadline, rid)
     record('reserved', deadline, bump())
+    announce(before)
     return reply('reserved', 'reserved', '', user, qty, deadline, 1, seq)
 end
 

@@ -199,6 +199,130 @@ static void admin_create(struct gateway *gw, struct evhttp_request *req,
 			   "PostgreSQL is unavailable; retry later");
 }
 
+/* ---- POST /admin/promotions/{sku}/limits ---- */
+
+struct limits_op {
+	struct gw_call call;
+	char sku[FS_ID_MAX + 1];
+	struct limits_req lr;
+	char p[4][24];
+	long long v[4];             /* the limits PostgreSQL now holds */
+};
+
+static const char limits_update_sql[] =
+	"UPDATE promotions SET k_pct = coalesce($2::int, k_pct), "
+	"ip_rate_per_s = coalesce($3::int, ip_rate_per_s), "
+	"user_rate_per_s = coalesce($4::int, user_rate_per_s), "
+	"sku_rate_per_s = coalesce($5::int, sku_rate_per_s) "
+	"WHERE sku = $1 RETURNING k_pct, ip_rate_per_s, user_rate_per_s, sku_rate_per_s";
+
+static void limits_fail(struct limits_op *op, int code, const char *error, const char *reason)
+{
+	call_error(&op->call, code, error, reason);
+	free(op);
+}
+
+static void limits_redis_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	static const char *const names[4] = LIMITS_FIELDS;
+	struct limits_op *op = privdata;
+	struct gateway *gw = op->call.gw;
+	redisReply *rep = reply;
+	struct promo *p;
+	cJSON *o;
+
+	(void)ac;
+	if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+		/* PostgreSQL has them: the next call, or a rebuild, puts them in Redis. */
+		limits_fail(op, 503, "store_unavailable", "Redis is unavailable; retry later");
+		return;
+	}
+	p = (struct promo *)promo_find(&gw->promo, op->sku);
+	if (p != NULL) {
+		p->k_pct = op->v[0];
+		p->ip_rate_per_s = op->v[1];
+		p->user_rate_per_s = op->v[2];
+		p->sku_rate_per_s = op->v[3];
+	}
+	log_info("limits_set", "sku=%s k_pct=%lld ip_rate_per_s=%lld user_rate_per_s=%lld "
+		 "sku_rate_per_s=%lld", op->sku, op->v[0], op->v[1], op->v[2], op->v[3]);
+	o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "sku", op->sku);
+	for (int i = 0; i < 4; i++)
+		cJSON_AddNumberToObject(o, names[i], (double)op->v[i]);
+	call_reply(&op->call, 200, o);
+	free(op);
+}
+
+static void limits_pg_cb(void *arg, const PGresult *res, const char *err)
+{
+	struct limits_op *op = arg;
+	struct gateway *gw = op->call.gw;
+	char key[FS_ID_MAX + 16], vals[4][24];
+	const char *argv[10] = { "HSET", key, "k_pct", vals[0], "ip_rate_per_s", vals[1],
+				 "user_rate_per_s", vals[2], "sku_rate_per_s", vals[3] };
+
+	if (res == NULL) {
+		char q[256];
+
+		log_warn("admin_pg_error", "sku=%s msg=\"%s\"", op->sku, log_quote(q, sizeof(q), err));
+		limits_fail(op, 503, "store_unavailable", "PostgreSQL is unavailable; retry later");
+		return;
+	}
+	if (PQntuples(res) != 1) {
+		limits_fail(op, 404, "unknown_sku", "no promotion for this sku");
+		return;
+	}
+	for (int i = 0; i < 4; i++) {
+		op->v[i] = atoll(PQgetvalue(res, 0, i));
+		snprintf(vals[i], sizeof(vals[i]), "%lld", op->v[i]);
+	}
+	snprintf(key, sizeof(key), "fs:cfg:%s", op->sku);
+	if (gw_store_command_argv(&gw->store, limits_redis_cb, op, 10, argv, NULL) < 0)
+		limits_fail(op, 503, "store_unavailable", "Redis is unavailable; retry later");
+}
+
+static void admin_set_limits(struct gateway *gw, struct evhttp_request *req, const char *sku,
+			     const char *body, size_t len)
+{
+	struct limits_op *op = calloc(1, sizeof(*op));
+	long long *v[4];
+	const char *params[5], *code = NULL;
+	char err[256];
+
+	if (op == NULL) {
+		evhttp_send_error(req, 500, NULL);
+		return;
+	}
+	call_init(&op->call, gw, req, ROUTE_PROMO_ADMIN);
+	if (!valid_sku(sku)) {
+		limits_fail(op, 404, "unknown_sku", "no promotion for this sku");
+		return;
+	}
+	snprintf(op->sku, sizeof(op->sku), "%s", sku);
+	/* A bad value changes nothing: 400 before any store is touched. */
+	if (request_parse_limits(body, len, (size_t)gw->cfg.max_body, &op->lr, &code, err,
+				 sizeof(err)) < 0) {
+		limits_fail(op, 400, code, err);
+		return;
+	}
+	v[0] = &op->lr.k_pct;
+	v[1] = &op->lr.ip_rate_per_s;
+	v[2] = &op->lr.user_rate_per_s;
+	v[3] = &op->lr.sku_rate_per_s;
+	params[0] = op->sku;
+	for (int i = 0; i < 4; i++) {
+		snprintf(op->p[i], sizeof(op->p[i]), "%lld", *v[i]);
+		params[i + 1] = op->lr.given[i] ? op->p[i] : NULL;
+	}
+	if (!gw_store_ready(&gw->store)) {
+		limits_fail(op, 503, "store_unavailable", "Redis is unavailable; retry later");
+		return;
+	}
+	if (adminpg_submit(&gw->pg, limits_update_sql, 5, params, limits_pg_cb, op) < 0)
+		limits_fail(op, 503, "store_unavailable", "PostgreSQL is unavailable; retry later");
+}
+
 /*
  * The token must not leak through timing, neither its bytes nor its
  * length: both sides are hashed to 32 bytes and compared in constant time,
@@ -215,7 +339,7 @@ static bool admin_token_equal(const char *given, const char *want)
 	return CRYPTO_memcmp(a, b, sizeof(a)) == 0 && want[0] != '\0';
 }
 
-void admin_create_promo(struct gateway *gw, struct evhttp_request *req)
+void admin_handle(struct gateway *gw, struct evhttp_request *req, const char *sku)
 {
 	const char *auth, *body;
 	size_t len;
@@ -238,5 +362,8 @@ void admin_create_promo(struct gateway *gw, struct evhttp_request *req)
 		return;
 	}
 	body = call_body(gw, req, &len);
-	admin_create(gw, req, body, len);
+	if (sku == NULL)
+		admin_create(gw, req, body, len);
+	else
+		admin_set_limits(gw, req, sku, body, len);
 }

@@ -236,8 +236,9 @@ int adminpg_submit(struct adminpg *pg, const char *sql, int nparams,
 	j->cb = cb;
 	j->arg = arg;
 	for (int i = 0; i < nparams; i++) {
-		j->params[i] = strdup(params[i]);
-		if (j->params[i] == NULL) {
+		/* NULL is SQL NULL (libpq takes it as such). */
+		j->params[i] = params[i] != NULL ? strdup(params[i]) : NULL;
+		if (params[i] != NULL && j->params[i] == NULL) {
 			adminpg_job_free(j);
 			return -1;
 		}

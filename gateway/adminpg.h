@@ -61,7 +61,10 @@ static inline bool adminpg_ready(const struct adminpg *pg)
 	return pg->state == ADMINPG_READY;
 }
 
-/* Queue a query; -1 (cb never runs) when not connected or the queue is full. */
+/*
+ * Queue a query (a NULL param is SQL NULL); -1 (cb never runs) when not
+ * connected or the queue is full.
+ */
 int adminpg_submit(struct adminpg *pg, const char *sql, int nparams,
 		   const char *const *params, adminpg_cb cb, void *arg)
 	FS_MUSTCHECK;

@@ -98,15 +98,28 @@ bool gw_conns_trusted(const struct gw_conns *cs, const char *addr)
 	return false;
 }
 
+int gw_conn_counts_init(struct gw_conn_counts *cc)
+{
+	memset(cc, 0, sizeof(*cc));
+	strmap_init(&cc->per_ip);
+	return pthread_mutex_init(&cc->mu, NULL) == 0 ? 0 : -1;
+}
+
+void gw_conn_counts_free(struct gw_conn_counts *cc)
+{
+	strmap_free(&cc->per_ip);
+	pthread_mutex_destroy(&cc->mu);
+}
+
 int gw_conns_init(struct gw_conns *cs, struct event_base *base, const struct gw_conn_limits *lim,
-		  char *err, size_t errlen)
+		  struct gw_conn_counts *counts, char *err, size_t errlen)
 {
 	const char *p = lim->trusted_proxies != NULL ? lim->trusted_proxies : "";
 
 	memset(cs, 0, sizeof(*cs));
 	cs->base = base;
 	cs->lim = *lim;
-	strmap_init(&cs->per_ip);
+	cs->counts = counts;
 	strmap_init(&cs->by_bev);
 	while (*p != '\0') {
 		size_t n = strcspn(p, ", ");
@@ -146,20 +159,26 @@ int gw_conns_init(struct gw_conns *cs, struct event_base *base, const struct gw_
 
 void gw_conns_free(struct gw_conns *cs)
 {
-	strmap_free(&cs->per_ip);
 	strmap_free(&cs->by_bev);
 	free(cs->trusted);
 }
 
 /* ---- one connection ---- */
 
-static void conn_count_ip(struct gw_conn *c, int64_t delta)
+/* Count c's client address in or out; the count after, -1 out of memory. */
+static int64_t conn_count_ip(struct gw_conn *c, int64_t delta)
 {
+	struct gw_conn_counts *cc = c->cs->counts;
 	int64_t n;
 
-	if (strmap_add(&c->cs->per_ip, c->ip, delta, &n) < 0)
+	pthread_mutex_lock(&cc->mu);
+	if (strmap_add(&cc->per_ip, c->ip, delta, &n) < 0) {
 		log_error("out_of_memory", "what=per_ip");
+		n = -1;
+	}
+	pthread_mutex_unlock(&cc->mu);
 	c->counted_ip = delta > 0;
+	return n;
 }
 
 /*
@@ -238,7 +257,7 @@ static void conn_start(struct gw_conn *c)
 	}
 	c->peer_trusted = gw_conns_trusted(cs, c->ip);
 	conn_head_begins(c);
-	if (cs->open > cs->lim.max_connections) {
+	if (__atomic_load_n(&cs->counts->open, __ATOMIC_RELAXED) > cs->lim.max_connections) {
 		conn_refuse(c, GW_CONN_TOO_MANY);
 		return;
 	}
@@ -246,8 +265,7 @@ static void conn_start(struct gw_conn *c)
 	 * client's comes with the PROXY line, or per request. */
 	if (c->peer_trusted)
 		return;
-	conn_count_ip(c, 1);
-	n = strmap_get(&cs->per_ip, c->ip, 0);
+	n = conn_count_ip(c, 1);
 	if (n > cs->lim.max_per_ip)
 		conn_refuse(c, GW_CONN_TOO_MANY);
 }
@@ -282,8 +300,7 @@ static int conn_proxy_line(struct gw_conn *c, struct evbuffer *src)
 	    inet_pton(proto[3] == '4' ? AF_INET : AF_INET6, from, bin) == 1) {
 		snprintf(c->ip, sizeof(c->ip), "%s", from);
 		c->via_proxy = true;
-		conn_count_ip(c, 1);
-		if (strmap_get(&c->cs->per_ip, c->ip, 0) > c->cs->lim.max_per_ip)
+		if (conn_count_ip(c, 1) > c->cs->lim.max_per_ip)
 			return -1;
 		return 1;
 	}
@@ -449,11 +466,10 @@ static void conn_free(void *ctx)
 	int64_t gone;
 
 	if (c->counted_ip)
-		conn_count_ip(c, -1);
+		(void)conn_count_ip(c, -1);
 	if (strmap_add(&c->cs->by_bev, c->key, -strmap_get(&c->cs->by_bev, c->key, 0), &gone) < 0)
 		log_error("out_of_memory", "what=by_bev");
-	c->cs->open--;
-	metric_set(&m_open, c->cs->open);
+	metric_set(&m_open, __atomic_sub_fetch(&c->cs->counts->open, 1, __ATOMIC_RELAXED));
 	if (c->deadline != NULL)
 		event_free(c->deadline);
 	if (c->kick != NULL)
@@ -483,8 +499,7 @@ struct bufferevent *gw_conns_bevcb(struct event_base *base, void *arg)
 	snprintf(c->key, sizeof(c->key), "%p", (void *)c->bev);
 	if (strmap_add(&cs->by_bev, c->key, (int64_t)(intptr_t)c, &one) < 0)
 		log_error("out_of_memory", "what=by_bev");
-	cs->open++;
-	metric_set(&m_open, cs->open);
+	metric_set(&m_open, __atomic_add_fetch(&cs->counts->open, 1, __ATOMIC_RELAXED));
 	if (evbuffer_add_cb(bufferevent_get_output(c->bev), conn_out_added, c) == NULL) {
 		bufferevent_free(c->bev);
 		log_error("out_of_memory", "what=connection_guard");

@@ -20,6 +20,7 @@
 #ifndef FLASHSALE_GATEWAY_CONN_H
 #define FLASHSALE_GATEWAY_CONN_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -44,14 +45,23 @@ struct gw_conn_limits {
 
 struct gw_cidr;
 
+/* What the caps count, shared by every event loop of the gateway. */
+struct gw_conn_counts {
+	pthread_mutex_t mu;
+	struct strmap per_ip;     /* client address -> open connections */
+	long long open;           /* connections open, all loops */
+};
+
+int gw_conn_counts_init(struct gw_conn_counts *cc) FS_MUSTCHECK;
+void gw_conn_counts_free(struct gw_conn_counts *cc);
+
 struct gw_conns {
 	struct event_base *base;
 	struct gw_conn_limits lim;
 	struct gw_cidr *trusted;
 	size_t ntrusted;
-	struct strmap per_ip;     /* client address -> open connections */
+	struct gw_conn_counts *counts; /* shared with the other loops */
 	struct strmap by_bev;     /* "%p" of a filter bufferevent -> its struct gw_conn */
-	long long open;
 	uint64_t refused[4];      /* by enum gw_conn_refusal, for /metrics */
 };
 
@@ -62,9 +72,9 @@ enum gw_conn_refusal {
 	GW_CONN_AMBIGUOUS,        /* duplicate Content-Length, Transfer-Encoding: 400 */
 };
 
-/* Start-up: -1 with err when trusted_proxies does not parse. */
+/* Start-up: -1 with err when trusted_proxies does not parse. counts: shared. */
 int gw_conns_init(struct gw_conns *cs, struct event_base *base, const struct gw_conn_limits *lim,
-		  char *err, size_t errlen) FS_MUSTCHECK;
+		  struct gw_conn_counts *counts, char *err, size_t errlen) FS_MUSTCHECK;
 void gw_conns_free(struct gw_conns *cs);
 
 /* For evhttp_set_bevcb: the guarded bufferevent of a new connection (arg: the set). */

@@ -10,6 +10,9 @@
  *   store      the Redis connection (struct gw_store)
  *   promo      the promotion cache and its refresh, the Redis clock
  *   producer   the Kafka producer; delivery reports go to a callback
+ *   admit      the shared admission budget per SKU, one Redis call per loop turn
+ *   push       the deductor's counter pushes (Redis pub/sub) into the cache
+ *   hotkey     purchase attempts per SKU per second: the hottest in /metrics
  *   adminpg    the PostgreSQL connection of the admin API
  *   call       answering requests: replies, deferred answers, their counts
  *   admin      POST /admin/promotions
@@ -30,6 +33,9 @@
 #include "store.h"
 #include "promo.h"
 #include "producer.h"
+#include "admit.h"
+#include "push.h"
+#include "hotkey.h"
 #include "adminpg.h"
 #include "call.h"
 #include "admin.h"
@@ -54,6 +60,11 @@ struct gw_config {
 	struct gw_conn_limits conn; /* gateway.max_connections ... trusted_proxies */
 	char *trusted_proxies;
 	long long max_inflight;
+	long long admission_k_pct;
+	long long global_inflight;
+	long long ip_rate_per_s;
+	long long max_wait_ms;
+	long long hot_sku_threshold;
 	long long user_rate_per_s;
 	long long user_burst;
 	long long refresh_ms;
@@ -69,11 +80,17 @@ struct gateway {
 	struct evhttp *admin_http;  /* /admin, /metrics: 127.0.0.1 by default */
 	struct auth auth;
 	struct gw_conns conns;
+	struct gw_conn_counts conn_counts; /* open connections, all loops */
 	struct gw_config cfg;
 	struct gw_store store;
 	struct promo_cache promo;
 	struct producer prod;
-	struct ratelimit rl;
+	struct admission adm;
+	struct gw_push push;
+	struct hotkeys hot;
+	struct strmap degraded;     /* sku -> units admitted here while Redis' state is lost */
+	struct ratelimit rl;        /* per user */
+	struct ratelimit ip_rl;     /* per client address */
 	struct adminpg pg;
 	bool draining;
 	long long redis_pending;    /* GET/pay/cancel reads awaiting Redis */

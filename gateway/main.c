@@ -64,6 +64,22 @@ static struct cf_key keys[] = {
 	{ "gateway.max_inflight", CF_INT, &gw.cfg.max_inflight, "20000", 1, 10000000,
 	  "Intents awaiting Kafka acknowledgement (and, counted apart, reads awaiting Redis) "
 	  "before requests get 503 busy", true },
+	{ "gateway.admission_k_pct", CF_INT, &gw.cfg.admission_k_pct, "200", 100, 100000,
+	  "Purchases admitted to Kafka per SKU, in percent of its remaining units: admitted but "
+	  "undecided units stay below k x remaining (a promotion's own k wins)", true },
+	{ "gateway.global_inflight", CF_INT, &gw.cfg.global_inflight, "0", 0, 100000000,
+	  "Admitted but undecided units over every SKU and gateway before purchases get 503 "
+	  "busy (0: no cap)", true },
+	{ "gateway.ip_rate_per_s", CF_INT, &gw.cfg.ip_rate_per_s, "0", 0, 1000000,
+	  "Purchase attempts per second per client address, burst twice that (0: off, the "
+	  "default: many buyers may share one address behind a carrier's NAT; a "
+	  "promotion's own rate wins)", true },
+	{ "gateway.max_wait_ms", CF_INT, &gw.cfg.max_wait_ms, "10000", 0, 60000,
+	  "Longest long poll: GET /v1/purchases/{id}?wait_ms=N answers once the state changes "
+	  "or after N ms, N at most this (0: no long polls)", true },
+	{ "gateway.hot_sku_threshold", CF_INT, &gw.cfg.hot_sku_threshold, "5000", 0, 100000000,
+	  "Purchase attempts per second at which a SKU is logged as hot (hot_sku; 0: never); "
+	  "the busiest SKUs are in /metrics whatever this is", true },
 	{ "gateway.user_rate_per_s", CF_INT, &gw.cfg.user_rate_per_s, "5", 1, 1000000,
 	  "Purchase attempts per second per user (token bucket refill)", true },
 	{ "gateway.user_burst", CF_INT, &gw.cfg.user_burst, "10", 1, 1000000,
@@ -168,6 +184,7 @@ static void gw_drain_finish(struct gateway *g)
 	g->drain_ev = NULL;
 	producer_close(&g->prod, 1000);
 	gw_store_close(&g->store);
+	push_close(&g->push);
 	adminpg_free(&g->pg);
 	if (event_base_once(g->base, -1, EV_TIMEOUT, gw_linger_cb, g, &tv) < 0)
 		event_base_loopbreak(g->base);
@@ -178,7 +195,9 @@ static void gw_drain_tick(evutil_socket_t fd, short what, void *arg)
 	struct gateway *g = arg;
 	int64_t waited = (mono_us() - g->drain_start_us) / 1000;
 
-	if (g->prod.inflight > 0 && waited < g->cfg.drain_timeout_ms)
+	/* Purchases still in admission become produces or answers first. */
+	if ((g->prod.inflight > 0 || g->adm.n > 0 || g->adm.batches_in_flight > 0) &&
+	    waited < g->cfg.drain_timeout_ms)
 		return;
 	if (g->prod.inflight > 0) {
 		log_warn("drain_timeout", "inflight=%lld waited_ms=%" PRId64, g->prod.inflight, waited);
@@ -211,6 +230,9 @@ static void gw_config_changed(const char *key, void *arg)
 
 	if (strcmp(key, "gateway.user_rate_per_s") == 0 || strcmp(key, "gateway.user_burst") == 0)
 		ratelimit_set(&g->rl, (double)g->cfg.user_rate_per_s, (double)g->cfg.user_burst);
+	g->adm.default_k_pct = g->cfg.admission_k_pct;
+	g->adm.global_cap = g->cfg.global_inflight;
+	g->hot.threshold = g->cfg.hot_sku_threshold;
 }
 
 /*
@@ -263,9 +285,13 @@ int main(int argc, char **argv)
 		die("bad_config", "key=http.port value=0 msg=\"it serves the API\"");
 
 	gw.base = event_base_new();
-	if (gw.base == NULL)
+	/* Three priorities, 1 the default: admission runs last in a turn (admit.h). */
+	if (gw.base == NULL || event_base_priority_init(gw.base, 3) < 0)
 		die("startup_failed", "what=event_loop msg=\"event_base_new\"");
 	routes_metrics_register();
+	admit_metrics_register();
+	strmap_init(&gw.degraded);
+	push_metrics_register();
 	if (ratelimit_init(&gw.rl, RL_SLOTS, (double)gw.cfg.user_rate_per_s,
 			   (double)gw.cfg.user_burst) < 0)
 		die("startup_failed", "what=ratelimit msg=\"out of memory\"");
@@ -276,6 +302,12 @@ int main(int argc, char **argv)
 		die("startup_failed", "what=kafka msg=\"%s\"", err);
 	if (promo_init(&gw) < 0)
 		die("startup_failed", "what=promo_cache msg=\"out of memory\"");
+	if (admit_init(&gw.adm, gw.base, &gw.store, gw.cfg.record_ttl_s, gw.cfg.admission_k_pct,
+		       gw.cfg.global_inflight, routes_on_admitted, &gw) < 0 ||
+	    ratelimit_init(&gw.ip_rl, RL_SLOTS, 1, 1) < 0 ||
+	    push_init(&gw.push, &gw, gw.cfg.redis_address) < 0 ||
+	    hotkeys_init(&gw.hot, gw.base, gw.cfg.hot_sku_threshold) < 0)
+		die("startup_failed", "what=admission msg=\"out of memory\"");
 	/* Admin disabled: no PostgreSQL connection at all. */
 	if (gw.cfg.admin_token[0] != '\0' &&
 	    adminpg_init(&gw.pg, gw.base, gw.cfg.pg_conninfo) < 0)
@@ -285,7 +317,9 @@ int main(int argc, char **argv)
 	if (gw.http == NULL)
 		die("startup_failed", "what=http msg=\"evhttp_new\"");
 	gw.cfg.conn.trusted_proxies = gw.cfg.trusted_proxies;
-	if (gw_conns_init(&gw.conns, gw.base, &gw.cfg.conn, err, sizeof(err)) < 0)
+	if (gw_conn_counts_init(&gw.conn_counts) < 0)
+		die("startup_failed", "what=conn_counts msg=\"out of memory\"");
+	if (gw_conns_init(&gw.conns, gw.base, &gw.cfg.conn, &gw.conn_counts, err, sizeof(err)) < 0)
 		die("bad_config", "key=gateway.trusted_proxies msg=\"%s\"", err);
 	/* Every connection goes through the guard before evhttp parses it. */
 	evhttp_set_bevcb(gw.http, gw_conns_bevcb, &gw.conns);
@@ -317,16 +351,22 @@ int main(int argc, char **argv)
 		gw.drain_ev = NULL;
 	}
 	/* Late Redis/PostgreSQL callbacks answer while the requests still exist. */
+	admit_free(&gw.adm);
+	hotkeys_free(&gw.hot);
+	strmap_free(&gw.degraded);
 	producer_close(&gw.prod, 0);
 	gw_store_free(&gw.store);
+	push_free(&gw.push);
 	adminpg_free(&gw.pg);
 	evhttp_free(gw.http);
 	if (gw.admin_http != NULL)
 		evhttp_free(gw.admin_http);
 	gw_conns_free(&gw.conns);
+	gw_conn_counts_free(&gw.conn_counts);
 	auth_free(&gw.auth);
 	promo_free(&gw);
 	ratelimit_free(&gw.rl);
+	ratelimit_free(&gw.ip_rl);
 	event_base_free(gw.base);
 	log_info("stopped", "msg=\"bye\"");
 	cf_free(&table);

@@ -22,7 +22,7 @@ static void producer_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *op
 	struct producer *p = opaque;
 
 	p->inflight--;
-	metric_set(&gw_m_inflight, p->inflight);
+	metric_add(&gw_m_inflight, -1);     /* every loop's producer adds to it */
 	if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		p->all_brokers_down = false;
 	if (m->_private != NULL)
@@ -129,7 +129,7 @@ int producer_send(struct producer *p, const fs_intent *in, void *msg_opaque,
 		return -1;
 	}
 	p->inflight++;
-	metric_set(&gw_m_inflight, p->inflight);
+	metric_add(&gw_m_inflight, 1);
 	return 0;
 }
 

@@ -22,6 +22,7 @@ struct promo_refresh {
 	int64_t offset_ms;
 	struct promo *items;
 	size_t n, next;             /* next: which item the next HMGET reply fills */
+	size_t next_cfg, next_holds; /* the same for the fs:cfg and fs:holds replies */
 	size_t cap;
 };
 
@@ -107,6 +108,35 @@ void promo_note_sold_out(struct promo_cache *c, const char *sku, int64_t at_ms)
 		p->remaining = 0;
 }
 
+/*
+ * The moment this gateway learns a SKU ran out (or has units again), on the
+ * Redis clock: bench/run measures the funnel's reaction from it (the last
+ * unit's deduction, in the ledger, to this line).
+ */
+static void promo_learned(const struct promo_cache *c, const char *sku, int64_t before,
+			  int64_t after, const char *via)
+{
+	if ((before > 0) == (after > 0))
+		return;
+	log_info(after > 0 ? "units_back_seen" : "sold_out_seen",
+		 "sku=%s at_ms=%" PRId64 " via=%s remaining=%" PRId64, sku,
+		 now_ms() + c->clock_offset_ms, via, after);
+}
+
+void promo_note_counts(struct promo_cache *c, const char *sku, int64_t remaining, int64_t held,
+		       int64_t earliest_ms, const char *via)
+{
+	struct promo *p = (struct promo *)promo_find(c, sku);
+
+	if (p == NULL)
+		return;
+	promo_learned(c, sku, p->remaining, remaining, via);
+	p->remaining = remaining;
+	p->held = held;
+	p->earliest_ms = earliest_ms;
+	p->noted_ms = now_ms() + c->clock_offset_ms;
+}
+
 bool promo_from_replies(struct promo *p, redisReply **e)
 {
 	bool ok = true;
@@ -164,6 +194,21 @@ static void promo_refresh_done(struct promo_refresh *r)
 	qsort(r->items, n, sizeof(*r->items), promo_cmp);
 	c->items = r->items;
 	c->n = n;
+	/* A push that came after this refresh read Redis knows better. */
+	for (size_t i = 0; i < oldn; i++) {
+		struct promo *p = (struct promo *)promo_find(c, old[i].sku);
+
+		if (p == NULL)
+			continue;
+		if (old[i].noted_ms <= r->redis_ms) {
+			promo_learned(c, p->sku, old[i].remaining, p->remaining, "refresh");
+			continue;
+		}
+		p->remaining = old[i].remaining;
+		p->held = old[i].held;
+		p->earliest_ms = old[i].earliest_ms;
+		p->noted_ms = old[i].noted_ms;
+	}
 	/* An admin call may have added a SKU after this refresh read the set. */
 	for (size_t i = 0; i < oldn; i++)
 		if (old[i].added_us > r->start_us && promo_find(c, old[i].sku) == NULL &&
@@ -207,6 +252,46 @@ static void promo_time_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	promo_reply_done(r);
 }
 
+/* HMGET fs:cfg:<sku> k_pct ip_rate_per_s user_rate_per_s sku_rate_per_s */
+static void promo_cfg_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	struct promo_refresh *r = privdata;
+	redisReply *rep = reply;
+	struct promo *p = &r->items[r->next_cfg++];
+	bool ok = true;
+
+	if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 4) {
+		r->failed = true;
+	} else {
+		int64_t *f[4] = { &p->k_pct, &p->ip_rate_per_s, &p->user_rate_per_s,
+				  &p->sku_rate_per_s };
+
+		for (int i = 0; i < 4; i++) {
+			ok = true;
+			*f[i] = rep->element[i]->type == REDIS_REPLY_NIL ? 0 :
+				gw_store_reply_int(rep->element[i], &ok);
+			if (!ok || *f[i] < 0)
+				*f[i] = 0;
+		}
+	}
+	promo_reply_done(r);
+}
+
+/* ZRANGE fs:holds:<sku> 0 0 WITHSCORES: the earliest hold's deadline. */
+static void promo_holds_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	struct promo_refresh *r = privdata;
+	redisReply *rep = reply;
+	struct promo *p = &r->items[r->next_holds++];
+	bool ok = true;
+
+	if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
+		r->failed = true;
+	else if (rep->elements == 2)
+		p->earliest_ms = gw_store_reply_int(rep->element[1], &ok);
+	promo_reply_done(r);
+}
+
 static void promo_hmget_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
 	struct promo_refresh *r = privdata;
@@ -242,9 +327,12 @@ static void promo_members_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	struct promo_refresh *r = privdata;
 	struct gateway *gw = r->gw;
 	redisReply *rep = reply;
-	char key[FS_ID_MAX + 16];
+	char key[FS_ID_MAX + 16], cfg[FS_ID_MAX + 16], holds[FS_ID_MAX + 16];
 	const char *argv[10] = { "HMGET", key, "initial", "remaining", "held", "sold",
 				 "limit", "start_ms", "end_ms", "hold_ms" };
+	const char *cfg_argv[6] = { "HMGET", cfg, "k_pct", "ip_rate_per_s", "user_rate_per_s",
+				    "sku_rate_per_s" };
+	const char *holds_argv[5] = { "ZRANGE", holds, "0", "0", "WITHSCORES" };
 
 	if (rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
 		r->failed = true;
@@ -263,15 +351,35 @@ static void promo_members_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		if (e->type != REDIS_REPLY_STRING || !valid_sku(e->str))
 			continue;
 		snprintf(key, sizeof(key), "fs:promo:%s", e->str);
+		snprintf(cfg, sizeof(cfg), "fs:cfg:%s", e->str);
+		snprintf(holds, sizeof(holds), "fs:holds:%s", e->str);
+		strcpy(r->items[r->n].sku, e->str);
+		r->n++;
+		/* Each command sent replies, to items[n - 1]: count what was sent. */
 		if (gw_store_command_argv(&gw->store, promo_hmget_cb, r, 10, argv, NULL) < 0) {
 			r->failed = true;
 			break;
 		}
-		strcpy(r->items[r->n].sku, e->str);
-		r->n++;
+		r->pending++;
+		if (gw_store_command_argv(&gw->store, promo_cfg_cb, r, 6, cfg_argv, NULL) < 0) {
+			r->failed = true;
+			break;
+		}
+		r->pending++;
+		if (gw_store_command_argv(&gw->store, promo_holds_cb, r, 5, holds_argv, NULL) < 0) {
+			r->failed = true;
+			break;
+		}
 		r->pending++;
 	}
 	promo_reply_done(r);
+}
+
+static void promo_tick(evutil_socket_t fd, short what, void *arg);
+
+void promo_refresh_now(struct gateway *gw)
+{
+	promo_tick(-1, 0, gw);
 }
 
 static void promo_tick(evutil_socket_t fd, short what, void *arg)

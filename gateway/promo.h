@@ -25,6 +25,10 @@ struct redisReply;
 struct promo {
 	char sku[FS_ID_MAX + 1];
 	int64_t initial, remaining, held, sold, limit, start_ms, end_ms, hold_ms;
+	int64_t earliest_ms;        /* the earliest hold's deadline (Redis clock), 0: none */
+	int64_t noted_ms;           /* Redis time counters were pushed (promo_note_counts) */
+	/* Its limits (fs:cfg:<sku>, the admin API); 0: the gateway's defaults. */
+	int64_t k_pct, ip_rate_per_s, user_rate_per_s, sku_rate_per_s;
 	int64_t added_us;           /* mono time an admin call added it locally, else 0 */
 };
 
@@ -79,5 +83,16 @@ bool promo_from_replies(struct promo *p, struct redisReply **e) FS_MUSTCHECK;
  * result must not hide units that came back.
  */
 void promo_note_sold_out(struct promo_cache *c, const char *sku, int64_t at_ms);
+
+/*
+ * Fresh counters of sku, pushed by the deductor (fs:chg) or learnt from an
+ * admission: they win over any refresh that began before now, so a push is
+ * never undone by an older read. Unknown SKUs are ignored.
+ */
+void promo_note_counts(struct promo_cache *c, const char *sku, int64_t remaining, int64_t held,
+		       int64_t earliest_ms, const char *via);
+
+/* Refresh now (a reconnect may have missed pushes); no-op if one runs. */
+void promo_refresh_now(struct gateway *gw);
 
 #endif

@@ -4,10 +4,12 @@
  * users whose ids land in one slot do not share tokens: the slot keeps a
  * fingerprint and a newcomer starts with a full bucket (a fairer mistake
  * than refusing an innocent user; an abuser can invent ids anyway).
+ * Thread-safe: every event loop of the gateway takes from the same table.
  */
 #ifndef FLASHSALE_GATEWAY_RATELIMIT_H
 #define FLASHSALE_GATEWAY_RATELIMIT_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -20,6 +22,7 @@ struct rl_bucket {
 };
 
 struct ratelimit {
+	pthread_mutex_t mu;       /* the gateway's event loops share one table */
 	struct rl_bucket *slots;
 	size_t nslots;            /* power of two */
 	double rate_per_us;
@@ -35,6 +38,10 @@ void ratelimit_set(struct ratelimit *rl, double rate_per_s, double burst);
 
 /* Take one token for user at now_us (monotonic); false when the bucket is empty. */
 bool ratelimit_take(struct ratelimit *rl, const char *user, int64_t now_us);
+
+/* The same with this key's own rate and burst (a promotion's limits). */
+bool ratelimit_take_rate(struct ratelimit *rl, const char *key, int64_t now_us,
+			 double rate_per_s, double burst);
 
 void ratelimit_free(struct ratelimit *rl);
 

@@ -247,3 +247,54 @@ out:
 	cJSON_Delete(root);
 	return rc;
 }
+
+int request_parse_limits(const char *body, size_t len, size_t max_body, struct limits_req *out,
+			 const char **code, char *err, size_t errlen)
+{
+	static const char *const names[4] = LIMITS_FIELDS;
+	long long *fields[4] = { &out->k_pct, &out->ip_rate_per_s, &out->user_rate_per_s,
+				 &out->sku_rate_per_s };
+	cJSON *root;
+	int rc = -1, any = 0;
+
+	memset(out, 0, sizeof(*out));
+	root = req_object(body, len, max_body, code, err, errlen);
+	if (root == NULL)
+		return -1;
+	for (const cJSON *m = root->child; m != NULL; m = m->next) {
+		bool known = false;
+
+		for (int i = 0; i < 4; i++)
+			known |= strcmp(m->string, names[i]) == 0;
+		if (!known) {
+			*code = "invalid_field";
+			snprintf(err, errlen, "unknown field %.64s (known: k_pct, ip_rate_per_s, "
+				 "user_rate_per_s, sku_rate_per_s)", m->string);
+			goto out;
+		}
+	}
+	for (int i = 0; i < 4; i++) {
+		int r = req_int_field(root, names[i], 0, i == 0 ? 100000 : 1000000, true, fields[i],
+				      code, err, errlen);
+
+		if (r < 0)
+			goto out;
+		out->given[i] = r == 1;
+		any += r;
+	}
+	if (out->given[0] && out->k_pct != 0 && out->k_pct < 100) {
+		*code = "invalid_field";
+		snprintf(err, errlen, "k_pct must be 0 (the default) or 100..100000: below 100 "
+			 "the funnel could refuse buyers while units are unclaimed");
+		goto out;
+	}
+	if (any == 0) {
+		*code = "invalid_field";
+		snprintf(err, errlen, "no limit given");
+		goto out;
+	}
+	rc = 0;
+out:
+	cJSON_Delete(root);
+	return rc;
+}

@@ -35,6 +35,17 @@ struct promo_req {
 	bool start_given;        /* start_ms was in the body (else now_ms) */
 };
 
+/* A promotion's funnel limits (POST /admin/promotions/{sku}/limits); 0 = the default. */
+struct limits_req {
+	long long k_pct;            /* admission: undecided units <= k_pct% x remaining */
+	long long ip_rate_per_s;
+	long long user_rate_per_s;
+	long long sku_rate_per_s;   /* across every gateway */
+	bool given[4];              /* in the order above: present in the body */
+};
+
+#define LIMITS_FIELDS { "k_pct", "ip_rate_per_s", "user_rate_per_s", "sku_rate_per_s" }
+
 /*
  * Parse POST /v1/purchases: {"sku", "qty", "user_id"?, "request_id"?}.
  * body need not be NUL-terminated. user_id is "" when absent (the buyer is
@@ -61,5 +72,14 @@ int request_parse_owner(const char *body, size_t len, size_t max_body,
 int request_parse_promo(const char *body, size_t len, size_t max_body, int64_t now,
 			struct promo_req *out, const char **code,
 			char *err, size_t errlen) FS_MUSTCHECK;
+
+/*
+ * Parse POST /admin/promotions/{sku}/limits: any of k_pct (0, or 100..100000),
+ * ip_rate_per_s, user_rate_per_s, sku_rate_per_s (0..1000000), at least one;
+ * 0 means the gateway's default. Unknown members are refused (a typo must
+ * not be a silent no-op).
+ */
+int request_parse_limits(const char *body, size_t len, size_t max_body, struct limits_req *out,
+			 const char **code, char *err, size_t errlen) FS_MUSTCHECK;
 
 #endif

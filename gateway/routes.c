@@ -5,9 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 
 #include <cjson/cJSON.h>
+#include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 
 #include "log.h"
 
@@ -21,11 +24,12 @@
 enum refusal {
 	REF_INVALID, REF_UNKNOWN_SKU, REF_NOT_STARTED, REF_ENDED, REF_SOLD_OUT,
 	REF_LIMIT, REF_RATE_LIMITED, REF_BUSY, REF_STALE_CACHE, REF_DRAINING,
-	REF_QUEUE_UNAVAILABLE, REF_UNAUTHORIZED, REF_N
+	REF_QUEUE_UNAVAILABLE, REF_UNAUTHORIZED, REF_CLAIMED, REF_SKU_RATE, REF_IP_RATE, REF_INFLIGHT, REF_N
 };
 static const char *const refusal_names[REF_N] = {
 	"invalid", "unknown_sku", "not_started", "ended", "sold_out", "limit_reached",
 	"rate_limited", "busy", "stale_cache", "draining", "queue_unavailable", "unauthorized",
+	"claimed", "sku_rate", "ip_rate", "inflight_cap",
 };
 static struct metric m_refusals[REF_N];
 static char m_refusal_labels[REF_N][48];
@@ -82,12 +86,22 @@ struct pending {
 	char user_id[FS_ID_MAX + 1];
 	char state[32];                    /* pay/cancel: st when asked */
 	char owner[FS_ID_MAX + 1];         /* the buyer, from the token */
+	char ip[GW_IP_MAX];                /* purchase: the client's address */
+	int64_t qty;                       /* purchase */
 	int64_t produced_us;               /* mono time of the produce call */
+	bool resend;                       /* a retry of a purchase still undecided */
 	/* purchase refused by a filter, pending the request id's look-up */
 	enum refusal refusal;
 	int refusal_code;
 	const char *refusal_error;         /* static strings */
 	const char *refusal_reason;
+	int64_t retry_ms;                  /* >= 0: retry_after_ms and Retry-After */
+	int may_return;                    /* >= 0: may_return */
+	/* GET ?wait_ms=N&from=S: answer once the state is not S, or at wait_until_us */
+	int64_t wait_until_us;
+	char from_state[24];
+	struct event *wait_ev;
+	int wait_step_ms;
 };
 
 /* ---- the buyer ---- */
@@ -151,6 +165,30 @@ static void refuse(struct evhttp_request *req, enum refusal why, int code,
 	call_error_now(req, ROUTE_PURCHASE, code, error, reason, close);
 }
 
+/*
+ * The body of a refusal that may lift: retry_after_ms (>= 0: and a
+ * Retry-After header, in whole seconds) and may_return (>= 0).
+ */
+static cJSON *refusal_body(struct evhttp_request *req, const char *error, const char *reason,
+			   int64_t retry_ms, int may_return)
+{
+	cJSON *o = call_error_body(error, reason);
+	char secs[24];
+
+	if (retry_ms >= 0) {
+		cJSON_AddNumberToObject(o, "retry_after_ms", (double)retry_ms);
+		if (req != NULL) {
+			snprintf(secs, sizeof(secs), "%lld", (long long)((retry_ms + 999) / 1000));
+			evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", secs);
+		}
+	}
+	if (may_return >= 0)
+		cJSON_AddBoolToObject(o, "may_return", may_return != 0);
+	return o;
+}
+
+static void purchase_produce(struct gateway *gw, struct pending *pd);
+
 static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
 	struct pending *pd = privdata;
@@ -158,6 +196,13 @@ static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	cJSON *o;
 
 	pd->call.gw->redis_pending--;
+	if (r != NULL && r->type == REDIS_REPLY_STRING && strcmp(r->str, "queued") == 0) {
+		/* Undecided: the first send may have failed; send it again (see resend). */
+		metric_add(&m_replays, 1);
+		pd->resend = true;
+		purchase_produce(pd->call.gw, pd);
+		return;
+	}
 	if (r != NULL && r->type == REDIS_REPLY_STRING) {
 		o = cJSON_CreateObject();
 		cJSON_AddStringToObject(o, "request_id", pd->client_id);
@@ -166,7 +211,9 @@ static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		call_reply(&pd->call, 202, o);
 	} else {
 		metric_add(&m_refusals[pd->refusal], 1);
-		call_error(&pd->call, pd->refusal_code, pd->refusal_error, pd->refusal_reason);
+		call_reply(&pd->call, pd->refusal_code,
+			   refusal_body(pd->call.req, pd->refusal_error, pd->refusal_reason,
+					pd->retry_ms, pd->may_return));
 	}
 	free(pd);
 }
@@ -181,9 +228,10 @@ static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
  * or with the look-ups saturated, the plain refusal goes out, as before.
  * error and reason must be static strings.
  */
-static void refuse_unless_known(struct gateway *gw, struct evhttp_request *req,
-				const struct purchase_req *pr, const char *rid, enum refusal why,
-				int code, const char *error, const char *reason)
+static void refuse_unless_known_later(struct gateway *gw, struct evhttp_request *req,
+				      const struct purchase_req *pr, const char *rid,
+				      enum refusal why, int code, const char *error,
+				      const char *reason, int64_t retry_ms, int may_return)
 {
 	char key[FS_ID_MAX + 16];
 	const char *hget[] = { "HGET", key, "st" };
@@ -192,15 +240,25 @@ static void refuse_unless_known(struct gateway *gw, struct evhttp_request *req,
 	if (pr->generated_id || !gw_store_ready(&gw->store) ||
 	    gw->redis_pending >= gw->cfg.max_inflight ||
 	    (pd = calloc(1, sizeof(*pd))) == NULL) {
-		refuse(req, why, code, error, reason, false);
+		metric_add(&m_refusals[why], 1);
+		call_reply_now(req, ROUTE_PURCHASE, code,
+			       refusal_body(req, error, reason, retry_ms, may_return), false);
 		return;
 	}
 	strcpy(pd->request_id, rid);
 	strcpy(pd->client_id, pr->request_id);
+	/* What a resend needs (replay_cb): the purchase itself. */
+	pd->kind = FLASHSALE__INTENT__KIND__PURCHASE;
+	strcpy(pd->sku, pr->sku);
+	strcpy(pd->user_id, pr->user_id);
+	pd->qty = pr->qty;
+	(void)gw_conns_client_ip(&gw->conns, req, pd->ip);
 	pd->refusal = why;
 	pd->refusal_code = code;
 	pd->refusal_error = error;
 	pd->refusal_reason = reason;
+	pd->retry_ms = retry_ms;
+	pd->may_return = may_return;
 	snprintf(key, sizeof(key), "fs:req:%s", rid);
 	if (gw_store_command_argv(&gw->store, replay_cb, pd, 3, hget, NULL) < 0) {
 		free(pd);
@@ -221,8 +279,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	const char *body, *code = NULL;
 	char err[256], user[FS_ID_MAX + 1], rid[27], ip[GW_IP_MAX] = "";
 	size_t len;
-	int64_t now;
-	fs_intent in = FLASHSALE__INTENT__INIT;
+	int64_t now, rate, mono = mono_us();
 
 	if (gw->draining) {
 		refuse(req, REF_DRAINING, 503, "busy", FRIENDLY, true);
@@ -255,26 +312,53 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 		refuse(req, REF_UNKNOWN_SKU, 404, "unknown_sku", "no promotion for this sku", false);
 		return;
 	}
+	hotkeys_note(&gw->hot, p->sku);
 	now = gateway_now_ms(gw);
 	if (now < p->start_ms - WINDOW_SLACK_MS) {
 		refuse(req, REF_NOT_STARTED, 409, "not_started", "the sale has not started yet", false);
 		return;
 	}
 	if (now >= p->end_ms + WINDOW_SLACK_MS) {
-		refuse_unless_known(gw, req, &pr, rid, REF_ENDED, 409, "ended", "the sale has ended");
+		refuse_unless_known_later(gw, req, &pr, rid, REF_ENDED, 409, "ended",
+					  "the sale has ended", -1, -1);
 		return;
 	}
-	if (p->remaining <= 0) {
-		refuse_unless_known(gw, req, &pr, rid, REF_SOLD_OUT, 409, "sold_out", "sold out");
+	if (p->remaining <= 0 && pr.generated_id) {
+		/* Held units may come back when their holds end: say when. */
+		bool back = p->held > 0;
+		int64_t retry = back && p->earliest_ms > now ? p->earliest_ms - now : 0;
+
+		metric_add(&m_refusals[REF_SOLD_OUT], 1);
+		call_reply_now(req, ROUTE_PURCHASE, 409,
+			       refusal_body(req, "sold_out", back ?
+					    "sold out for now: held units may come back" : "sold out",
+					    retry, back), false);
 		return;
 	}
+	/*
+	 * Sold out, but the buyer chose the id: it may be a retry of a purchase
+	 * that got in, which must get its first answer. The admission call
+	 * (one per loop turn, below) looks the id up and answers sold_out
+	 * otherwise: no Redis round trip of its own per refusal.
+	 */
 	if (pr.qty > p->limit) {
 		snprintf(err, sizeof(err), "qty is above the per-user limit of %" PRId64, p->limit);
 		refuse(req, REF_LIMIT, 409, "limit_reached", err, false);
 		return;
 	}
-	if (!ratelimit_take(&gw->rl, pr.user_id, mono_us())) {
-		refuse_unless_known(gw, req, &pr, rid, REF_RATE_LIMITED, 429, "rate_limited", FRIENDLY);
+	/* Layered rates, each the promotion's own or the gateway's default. */
+	rate = p->user_rate_per_s > 0 ? p->user_rate_per_s : gw->cfg.user_rate_per_s;
+	if (!ratelimit_take_rate(&gw->rl, pr.user_id, mono, (double)rate,
+				 p->user_rate_per_s > 0 ? (double)(2 * rate) : (double)gw->cfg.user_burst)) {
+		refuse_unless_known_later(gw, req, &pr, rid, REF_RATE_LIMITED, 429, "rate_limited",
+					  FRIENDLY, 1000, -1);
+		return;
+	}
+	rate = p->ip_rate_per_s > 0 ? p->ip_rate_per_s : gw->cfg.ip_rate_per_s;
+	if (rate > 0 && gw_conns_client_ip(&gw->conns, req, ip) &&
+	    !ratelimit_take_rate(&gw->ip_rl, ip, mono, (double)rate, (double)(2 * rate))) {
+		refuse_unless_known_later(gw, req, &pr, rid, REF_IP_RATE, 429, "try_later", FRIENDLY,
+					  1000, -1);
 		return;
 	}
 	if (gw->prod.inflight >= gw->cfg.max_inflight) {
@@ -291,25 +375,140 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	strcpy(pd->client_id, pr.request_id);
 	strcpy(pd->sku, pr.sku);
 	strcpy(pd->user_id, pr.user_id);
-	(void)gw_conns_client_ip(&gw->conns, req, ip);
+	pd->qty = pr.qty;
+	(void)gw_conns_client_ip(&gw->conns, req, pd->ip);
+	call_init(&pd->call, gw, req, ROUTE_PURCHASE);
+	/* The shared budget decides, with this turn's other purchases. */
+	admit_submit(&gw->adm, pd->sku, pd->request_id, pd->qty, pd);
+}
+
+/* Produce an admitted purchase; answered from the delivery report. */
+static void purchase_produce(struct gateway *gw, struct pending *pd)
+{
+	char err[256];
+	fs_intent in = FLASHSALE__INTENT__INIT;
+
 	in.kind = FLASHSALE__INTENT__KIND__PURCHASE;
 	in.request_id = pd->request_id;
 	in.sku = pd->sku;
 	in.user_id = pd->user_id;
-	in.qty = (uint32_t)pr.qty;
-	in.client_ip = ip;
+	in.qty = (uint32_t)pd->qty;
+	in.client_ip = pd->ip;
 	in.sent_at_ms = now_ms();
 	in.source = (char *)"gateway";
 	pd->produced_us = mono_us();
 	if (producer_send(&gw->prod, &in, pd, err, sizeof(err)) < 0) {
 		log_warn("produce_failed", "request_id=%s err=\"%s\"", pd->request_id, err);
-		free(pd);
+		if (!pd->resend)
+			admit_release(&gw->adm, pd->sku, pd->request_id);
 		metric_add(&m_refusals[REF_QUEUE_UNAVAILABLE], 1);
-		call_reply_now(req, ROUTE_PURCHASE, 503, queue_unavailable_body(pd->client_id),
-			       false);
-		return;
+		call_reply(&pd->call, 503, queue_unavailable_body(pd->client_id));
+		free(pd);
 	}
-	call_init(&pd->call, gw, req, ROUTE_PURCHASE);
+}
+
+/* An admission's refusal that may lift. */
+static void refuse_later(struct pending *pd, enum refusal why, int code, const char *error,
+			 const char *reason, int64_t retry_ms, int may_return)
+{
+	metric_add(&m_refusals[why], 1);
+	call_reply(&pd->call, code, refusal_body(pd->call.req, error, reason,
+						 retry_ms < 0 ? 0 : retry_ms, may_return));
+}
+
+/* Degraded admission while the Redis state is rebuilt (see routes_on_admitted). */
+static bool purchase_admit_degraded(struct gateway *gw, struct pending *pd)
+{
+	const struct promo *p = promo_find(&gw->promo, pd->sku);
+	int64_t k = p != NULL && p->k_pct > 0 ? p->k_pct : gw->cfg.admission_k_pct;
+	int64_t used = strmap_get(&gw->degraded, pd->sku, 0), now_used;
+
+	if (p == NULL || p->remaining <= 0 ||
+	    used + pd->qty > (p->remaining * k + 99) / 100 ||
+	    strmap_add(&gw->degraded, pd->sku, pd->qty, &now_used) < 0)
+		return false;
+	return true;
+}
+
+void routes_on_admitted(void *arg, void *opaque, const struct admit_result *r)
+{
+	struct gateway *gw = arg;
+	struct pending *pd = opaque;
+	cJSON *o;
+
+	if (r->verdict != ADMIT_NOT_READY && strmap_count(&gw->degraded) > 0)
+		strmap_clear(&gw->degraded);    /* the state is back */
+	switch (r->verdict) {
+	case ADMIT_OK:
+		purchase_produce(gw, pd);
+		return;       /* pd lives on until the delivery report */
+	case ADMIT_NOT_READY:
+		/*
+		 * Redis lost its state and is being rebuilt: the deductor
+		 * waits, and purchases queue in Kafka meanwhile, as they did
+		 * before the funnel. This gateway admits alone, against the
+		 * remaining units it last saw: k x remaining per SKU in all
+		 * while it lasts. Their budget is not counted in Redis (the
+		 * rebuilt state starts at 0): more buyers, never more sales.
+		 */
+		if (purchase_admit_degraded(gw, pd)) {
+			purchase_produce(gw, pd);
+			return;
+		}
+		refuse_later(pd, REF_CLAIMED, 429, "try_later",
+			     "every unit left is claimed by buyers ahead of you; " FRIENDLY, 1000, 1);
+		break;
+	case ADMIT_KNOWN:
+		if (strcmp(r->state, "queued") == 0) {
+			/*
+			 * Admitted, not yet decided: its first send may still be
+			 * waiting for Kafka, or may have failed. A 202 must mean
+			 * "in Kafka", so the retry is sent again (the deductor
+			 * applies a request id once) and answered from its own
+			 * delivery report.
+			 */
+			metric_add(&m_replays, 1);
+			pd->resend = true;
+			purchase_produce(gw, pd);
+			return;
+		}
+		/* A retry of a decided purchase: 202 with its current state. */
+		o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "request_id", pd->client_id);
+		cJSON_AddStringToObject(o, "state", r->state);
+		metric_add(&m_replays, 1);
+		call_reply(&pd->call, 202, o);
+		break;
+	case ADMIT_SOLD_OUT:
+		promo_note_counts(&gw->promo, pd->sku, 0, r->may_return ? 1 : 0,
+				  r->may_return ? gateway_now_ms(gw) + r->retry_after_ms : 0,
+				  "admission");
+		refuse_later(pd, REF_SOLD_OUT, 409, "sold_out",
+			     r->may_return ? "sold out for now: held units may come back" :
+			     "sold out", r->retry_after_ms, r->may_return);
+		break;
+	case ADMIT_CLAIMED:
+		refuse_later(pd, REF_CLAIMED, 429, "try_later",
+			     "every unit left is claimed by buyers ahead of you; " FRIENDLY,
+			     r->retry_after_ms, 1);
+		break;
+	case ADMIT_SKU_RATE:
+		refuse_later(pd, REF_SKU_RATE, 429, "try_later", FRIENDLY, r->retry_after_ms, -1);
+		break;
+	case ADMIT_INFLIGHT:
+		refuse_later(pd, REF_INFLIGHT, 503, "busy", FRIENDLY, r->retry_after_ms, -1);
+		break;
+	case ADMIT_UNKNOWN_SKU:
+		metric_add(&m_refusals[REF_UNKNOWN_SKU], 1);
+		call_error(&pd->call, 404, "unknown_sku", "no promotion for this sku");
+		break;
+	case ADMIT_UNAVAILABLE:
+	default:
+		/* Fail closed: no budget to check against, no purchase to Kafka. */
+		refuse_later(pd, REF_BUSY, 503, "busy", FRIENDLY, 1000, -1);
+		break;
+	}
+	free(pd);
 }
 
 void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
@@ -325,6 +524,9 @@ void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 			 intent_kind_name(pd->kind), rd_kafka_err2name(err));
 		if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE)
 			metric_add(&m_refusals[REF_QUEUE_UNAVAILABLE], 1);
+		/* A resend's first send may be in Kafka: its budget is the heal's. */
+		if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE && !maybe_stored && !pd->resend)
+			admit_release(&gw->adm, pd->sku, pd->request_id);
 		if (maybe_stored) {
 			/* Retrying with the same id is safe: the deductor applies it once. */
 			cJSON *u = call_error_body("outcome_unknown",
@@ -342,8 +544,8 @@ void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 	o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "request_id", pd->client_id);
 	if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE) {
-		/* The purchase is in Kafka: it will be decided whether or not the client stays. */
-		gw_store_mark_queued(&gw->store, pd->request_id, gw->cfg.record_ttl_s);
+		/* The purchase is in Kafka: it will be decided whether or not the
+		 * client stays. Its "queued" marker came with its admission. */
 		metric_add(&m_accepted, 1);
 		cJSON_AddStringToObject(o, "state", "queued");
 	} else {
@@ -366,6 +568,64 @@ static const char *pair_get(const redisReply *r, const char *name)
 	return NULL;
 }
 
+static void pending_free(struct pending *pd)
+{
+	if (pd->wait_ev != NULL)
+		event_free(pd->wait_ev);
+	free(pd);
+}
+
+static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* A long poll's next look: the same HGETALL, a little later each time. */
+static void purchase_wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pending *pd = arg;
+	struct gateway *gw = pd->call.gw;
+	char key[FS_ID_MAX + 16];
+	const char *getall[] = { "HGETALL", key };
+
+	(void)fd;
+	(void)what;
+	snprintf(key, sizeof(key), "fs:req:%s", pd->request_id);
+	if (pd->call.dead) {
+		pending_free(pd);      /* nobody is waiting any more */
+		return;
+	}
+	if (gw_store_command_argv(&gw->store, purchase_get_cb, pd, 2, getall, NULL) < 0) {
+		call_error(&pd->call, 503, "store_unavailable", "Redis is unavailable; retry later");
+		pending_free(pd);
+		return;
+	}
+	gw->redis_pending++;
+}
+
+/*
+ * Keep a long poll waiting: true when pd was scheduled for another look
+ * (the state is still from_state, time is left, the client is there).
+ * Looks back off from 20 ms to 200 ms: a crowd of waiters costs Redis a
+ * few pipelined reads a second each, not a request per client poll.
+ */
+static bool purchase_keep_waiting(struct pending *pd, const char *state)
+{
+	struct timeval tv;
+	int64_t left = pd->wait_until_us - mono_us();
+
+	if (pd->wait_until_us == 0 || left <= 0 || pd->call.dead || pd->call.gw->draining ||
+	    strcmp(state, pd->from_state) != 0)
+		return false;
+	if (pd->wait_ev == NULL &&
+	    (pd->wait_ev = evtimer_new(pd->call.gw->base, purchase_wait_cb, pd)) == NULL)
+		return false;
+	pd->wait_step_ms = pd->wait_step_ms == 0 ? 20 :
+			   pd->wait_step_ms * 2 > 200 ? 200 : pd->wait_step_ms * 2;
+	if (pd->wait_step_ms * 1000LL > left)
+		pd->wait_step_ms = (int)(left / 1000) + 1;
+	tv.tv_sec = pd->wait_step_ms / 1000;
+	tv.tv_usec = (pd->wait_step_ms % 1000) * 1000;
+	return evtimer_add(pd->wait_ev, &tv) == 0;
+}
+
 static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
 	struct pending *pd = privdata;
@@ -376,9 +636,13 @@ static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	pd->call.gw->redis_pending--;
 	if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
 		call_error(&pd->call, 503, "store_unavailable", "Redis is unavailable; retry later");
-		free(pd);
+		pending_free(pd);
 		return;
 	}
+	if (r->elements > 0 && (v = pair_get(r, "st")) != NULL &&
+	    ((v = pair_get(r, "user")) == NULL || strcmp(v, pd->owner) == 0) &&
+	    purchase_keep_waiting(pd, pair_get(r, "st")))
+		return;
 	/*
 	 * Only the owner sees a purchase; anyone else gets the answer of an
 	 * unknown id, so ids cannot be probed. (A "queued" marker has no user
@@ -387,7 +651,7 @@ static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	if (r->elements == 0 || pair_get(r, "st") == NULL ||
 	    ((v = pair_get(r, "user")) != NULL && strcmp(v, pd->owner) != 0)) {
 		call_error(&pd->call, 404, "unknown_request", "no purchase with this request_id");
-		free(pd);
+		pending_free(pd);
 		return;
 	}
 	o = cJSON_CreateObject();
@@ -406,7 +670,7 @@ static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	if (strcmp(pair_get(r, "st"), "reserved") == 0 && (v = pair_get(r, "dl")) != NULL)
 		cJSON_AddNumberToObject(o, "deadline_ms", (double)atoll(v));
 	call_reply(&pd->call, 200, o);
-	free(pd);
+	pending_free(pd);
 }
 
 /* HMGET fs:req:<rid> sku st user dl, then produce the PAY/CANCEL intent. */
@@ -494,6 +758,46 @@ static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 }
 
 /* GET /v1/purchases/{rid} and POST .../pay, .../cancel: a Redis read first. */
+/*
+ * GET /v1/purchases/{id}?wait_ms=N&from=S: a long poll that answers as soon
+ * as the purchase's state is not S (default "queued"), or after N ms (at
+ * most gateway.max_wait_ms). -1 on a malformed query.
+ */
+static int purchase_wait_args(struct gateway *gw, struct evhttp_request *req,
+			      struct pending *pd)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *q = uri != NULL ? evhttp_uri_get_query(uri) : NULL;
+	struct evkeyvalq args;
+	const char *w, *from;
+	char *end;
+	long long ms;
+	int rc = 0;
+
+	if (q == NULL || q[0] == '\0')
+		return 0;
+	TAILQ_INIT(&args);
+	if (evhttp_parse_query_str(q, &args) < 0)
+		return -1;
+	w = evhttp_find_header(&args, "wait_ms");
+	from = evhttp_find_header(&args, "from");
+	if (from == NULL)
+		from = "queued";
+	if (w != NULL) {
+		ms = strtoll(w, &end, 10);
+		if (*w == '\0' || *end != '\0' || ms < 0 || ms > gw->cfg.max_wait_ms ||
+		    strlen(from) >= sizeof(pd->from_state) ||
+		    strspn(from, "abcdefghijklmnopqrstuvwxyz_") != strlen(from)) {
+			rc = -1;
+		} else if (ms > 0) {
+			pd->wait_until_us = mono_us() + ms * 1000;
+			snprintf(pd->from_state, sizeof(pd->from_state), "%s", from);
+		}
+	}
+	evhttp_clear_headers(&args);
+	return rc;
+}
+
 static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 			     enum gw_route route, const char *rid)
 {
@@ -546,6 +850,13 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 	strcpy(pd->owner, user);
 	snprintf(key, sizeof(key), "fs:req:%s", pd->request_id);
 	if (route == ROUTE_PURCHASE_GET) {
+		if (purchase_wait_args(gw, req, pd) < 0) {
+			free(pd);
+			call_error_now(req, route, 400, "invalid_field",
+				       "wait_ms wants 0.." "gateway.max_wait_ms and from a state name",
+				       false);
+			return;
+		}
 		rc = gw_store_command_argv(&gw->store, purchase_get_cb, pd, 2, getall, NULL);
 	} else {
 		pd->kind = route == ROUTE_PAY ? FLASHSALE__INTENT__KIND__PAY :
@@ -565,6 +876,11 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 static void route_promo_get(struct gateway *gw, struct evhttp_request *req, const char *sku)
 {
 	const struct promo *p = valid_sku(sku) ? promo_find(&gw->promo, sku) : NULL;
+	struct evkeyvalq *h;
+	const char *status, *inm;
+	char etag[160];
+	bool final;
+	int64_t now;
 	cJSON *o;
 
 	if (p == NULL) {
@@ -572,7 +888,25 @@ static void route_promo_get(struct gateway *gw, struct evhttp_request *req, cons
 			       "no promotion for this sku", false);
 		return;
 	}
-	/* Counters are as of the last refresh (at most refresh_ms old while Redis is up). */
+	/*
+	 * Counters are as of the last refresh or push. A CDN may serve this:
+	 * a validator from everything the answer holds, and a short life while
+	 * units can still move (a final state keeps longer).
+	 */
+	now = gateway_now_ms(gw);
+	status = promo_status(p, now);
+	snprintf(etag, sizeof(etag), "\"%" PRId64 "-%" PRId64 "-%" PRId64 "-%" PRId64 "-%" PRId64
+		 "-%s\"", p->initial, p->remaining, p->held, p->sold, p->end_ms, status);
+	final = strcmp(status, "ended") == 0 || (p->remaining <= 0 && p->held <= 0);
+	h = evhttp_request_get_output_headers(req);
+	evhttp_add_header(h, "ETag", etag);
+	evhttp_add_header(h, "Cache-Control", final ? "public, max-age=30" :
+			  "public, max-age=1, stale-while-revalidate=1");
+	inm = evhttp_find_header(evhttp_request_get_input_headers(req), "If-None-Match");
+	if (inm != NULL && strcmp(inm, etag) == 0) {
+		call_reply_now(req, ROUTE_PROMO_GET, 304, NULL, false);
+		return;
+	}
 	o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "sku", p->sku);
 	cJSON_AddNumberToObject(o, "stock", (double)p->initial);
@@ -583,7 +917,13 @@ static void route_promo_get(struct gateway *gw, struct evhttp_request *req, cons
 	cJSON_AddNumberToObject(o, "start_ms", (double)p->start_ms);
 	cJSON_AddNumberToObject(o, "end_ms", (double)p->end_ms);
 	cJSON_AddNumberToObject(o, "hold_seconds", (double)(p->hold_ms / 1000));
-	cJSON_AddStringToObject(o, "status", promo_status(p, gateway_now_ms(gw)));
+	cJSON_AddStringToObject(o, "status", status);
+	if (p->remaining <= 0 && p->held > 0) {
+		/* Sold out for now: held units come back if their buyers do not pay. */
+		cJSON_AddBoolToObject(o, "may_return", true);
+		cJSON_AddNumberToObject(o, "retry_after_ms",
+					(double)(p->earliest_ms > now ? p->earliest_ms - now : 0));
+	}
 	call_reply_now(req, ROUTE_PROMO_GET, 200, o, false);
 }
 
@@ -663,14 +1003,30 @@ void routes_handle_admin(struct evhttp_request *req, void *arg)
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 
-	if (path == NULL || strcmp(path, "/admin/promotions") != 0) {
+	char sku[FS_ID_MAX + 1];
+	const char *rest;
+	size_t n;
+
+	if (path == NULL) {
 		call_error_now(req, ROUTE_OTHER, 404, "not_found", "no such resource", false);
 		return;
+	}
+	sku[0] = '\0';
+	if (strcmp(path, "/admin/promotions") != 0) {
+		/* /admin/promotions/{sku}/limits */
+		if (strncmp(path, "/admin/promotions/", 18) != 0 ||
+		    (rest = strchr(path + 18, '/')) == NULL || strcmp(rest, "/limits") != 0 ||
+		    (n = (size_t)(rest - (path + 18))) == 0 || n > FS_ID_MAX) {
+			call_error_now(req, ROUTE_OTHER, 404, "not_found", "no such resource", false);
+			return;
+		}
+		memcpy(sku, path + 18, n);
+		sku[n] = '\0';
 	}
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
 		call_error_now(req, ROUTE_OTHER, 405, "method_not_allowed",
 			       "method not allowed here", false);
 		return;
 	}
-	admin_create_promo(gw, req);
+	admin_handle(gw, req, sku[0] != '\0' ? sku : NULL);
 }

@@ -29,4 +29,12 @@ void routes_handle_admin(struct evhttp_request *req, void *arg);
 void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 			bool maybe_stored);
 
+struct admit_result;
+
+/*
+ * The admission callback (admit_done_cb): arg is the struct gateway, opaque
+ * the purchase. Admitted: produce; otherwise answer.
+ */
+void routes_on_admitted(void *arg, void *opaque, const struct admit_result *r);
+
 #endif

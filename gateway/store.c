@@ -49,6 +49,8 @@ static void gw_store_on_connect(const redisAsyncContext *ac, int status)
 	s->backoff_ms = GW_STORE_BACKOFF_MIN_MS;
 	s->connects++;
 	log_info("redis_connected", "address=%s connects=%lld", s->address, s->connects);
+	if (s->on_connect != NULL)
+		s->on_connect(s->on_connect_arg);
 }
 
 /* Called only for a context that had connected; hiredis frees it afterwards. */

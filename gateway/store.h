@@ -26,6 +26,8 @@ struct gw_store {
 	struct event *retry_ev;
 	int backoff_ms;
 	long long connects;         /* successful connects, for logs */
+	void (*on_connect)(void *arg); /* after every successful connect, if set */
+	void *on_connect_arg;
 };
 
 /* Start connecting (never blocks). Start-up only: -1 on allocation failure. */

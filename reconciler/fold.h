@@ -86,6 +86,8 @@ struct fold_promo {
 	long long start_ms;
 	long long end_ms;
 	long long hold_ms;
+	/* Funnel limits, restored to fs:cfg:<sku>: k_pct ip_rate_per_s user_rate_per_s sku_rate_per_s. */
+	long long cfg[4];
 };
 
 struct fold_user {

@@ -36,6 +36,10 @@ static struct cf_key keys[] = {
 	{ "reconciler.rebuild_quiesce_ms", CF_INT, &cfg.rebuild_quiesce_ms, "12000", 0, 600000,
 	  "rebuild, repair: wait after the state is fenced for in-flight deductor batches; must "
 	  "exceed twice the deductors' kafka.produce_timeout_ms plus 1 s" },
+	{ "reconciler.admission_heal_ms", CF_INT, &cfg.admission_heal_ms, "30000", 1000, 3600000,
+	  "run: a purchase admitted this long ago (gateway/admit.lua) that no deductor has "
+	  "decided gives its place in the admission budget back (its gateway died before "
+	  "Kafka took it); a later decision does not give it twice" },
 	{ "reconciler.repair", CF_BOOL, &cfg.repair, "true", 0, 0,
 	  "run: repair the partitions the deductor fenced (Redis older than the ledger) "
 	  "from PostgreSQL and the ledger, and lift their fences" },

@@ -342,7 +342,8 @@ static int rebuild_read_pg(struct rebuild *b)
 	}
 	res = pg_rows(b, "SELECT sku, stock, per_user_limit, "
 		      "(extract(epoch FROM starts_at) * 1000)::bigint, "
-		      "(extract(epoch FROM ends_at) * 1000)::bigint, hold_seconds "
+		      "(extract(epoch FROM ends_at) * 1000)::bigint, hold_seconds, "
+		      "k_pct, ip_rate_per_s, user_rate_per_s, sku_rate_per_s "
 		      "FROM promotions ORDER BY sku");
 	if (res == NULL)
 		goto out;
@@ -362,6 +363,8 @@ static int rebuild_read_pg(struct rebuild *b)
 		p->start_ms = field_ll(res, i, 3);
 		p->end_ms = field_ll(res, i, 4);
 		p->hold_ms = field_ll(res, i, 5) * 1000;
+		for (int j = 0; j < 4; j++)
+			p->cfg[j] = field_ll(res, i, 6 + j);
 		b->npromos++;
 	}
 	PQclear(res);
@@ -779,6 +782,9 @@ static int rebuild_write_sku(struct rpipe *p, const struct fold_sku *s)
 			       "sold", v[3], "limit", v[4], "start_ms", v[5], "end_ms", v[6],
 			       "hold_ms", v[7], "seq", v[8] };
 	const char *sadd[] = { "SADD", "fs:promos", s->promo.sku };
+	char k_cfg[96], c[4][VAL_LEN];
+	const char *hset_cfg[] = { "HSET", k_cfg, "k_pct", c[0], "ip_rate_per_s", c[1],
+				   "user_rate_per_s", c[2], "sku_rate_per_s", c[3] };
 	enum { PAIRS = 500 };
 	const char *argv[2 + 2 * PAIRS];
 	char (*nums)[VAL_LEN] = NULL;
@@ -796,7 +802,13 @@ static int rebuild_write_sku(struct rpipe *p, const struct fold_sku *s)
 	snprintf(v[6], VAL_LEN, "%lld", s->promo.end_ms);
 	snprintf(v[7], VAL_LEN, "%lld", s->promo.hold_ms);
 	snprintf(v[8], VAL_LEN, "%lld", s->seq);
-	if (pipe_argv(p, 4, del) < 0 || pipe_argv(p, sizeof(hset) / sizeof(hset[0]), hset) < 0)
+	snprintf(k_cfg, sizeof(k_cfg), "fs:cfg:%s", s->promo.sku);
+	for (int j = 0; j < 4; j++)
+		snprintf(c[j], VAL_LEN, "%lld", s->promo.cfg[j]);
+	/* The limits live in PostgreSQL; the admission count restarts at 0 (adm is
+	 * not in the ledger: a lower count only lets more buyers through). */
+	if (pipe_argv(p, 4, del) < 0 || pipe_argv(p, sizeof(hset) / sizeof(hset[0]), hset) < 0 ||
+	    pipe_argv(p, sizeof(hset_cfg) / sizeof(hset_cfg[0]), hset_cfg) < 0)
 		return -1;
 
 	nums = malloc(PAIRS * sizeof(*nums));

@@ -25,6 +25,7 @@ struct rc_config {
 	long long rebuild_quiesce_ms;
 	long long rebuild_tail_timeout_ms;
 	long long audit_grace_ms;
+	long long admission_heal_ms;
 };
 
 #include "fold.h"

@@ -67,6 +67,9 @@ static struct metric m_round_time = { "reconciler_round_duration_seconds",
 static struct metric m_fenced = { "reconciler_fenced_partitions",
 	"Partitions fenced in fs:fence (Redis older than the ledger, or a rebuild running)",
 	NULL, METRIC_GAUGE };
+static struct metric m_healed = { "reconciler_admissions_healed_total",
+	"Admitted purchases never decided whose admission budget was given back", NULL,
+	METRIC_COUNTER };
 static struct metric m_repairs_ok = { "reconciler_repairs_total",
 	"Automatic repairs of fenced partitions", "result=\"ok\"", METRIC_COUNTER };
 static struct metric m_repairs_failed = { "reconciler_repairs_total",
@@ -89,6 +92,7 @@ void release_metrics_register(void)
 	metrics_register(&m_round_time);
 	metrics_register(&m_fenced);
 	metrics_register(&m_repairs_ok);
+	metrics_register(&m_healed);
 	metrics_register(&m_repairs_failed);
 }
 
@@ -481,6 +485,55 @@ static void release_repair(struct release *r)
 	r->next_repair_us = mono_us() + r->cfg->rebuild_quiesce_ms * 1000;
 }
 
+/*
+ * Give back the admission budget of purchases admitted before cutoff that
+ * no deductor decided (gateway/admit.lua): their gateway died between the
+ * admission and Kafka. A decision that comes later finds no adm on the
+ * marker and gives nothing twice. Only stale entries are looked at.
+ * KEYS: fs:adm:all fs:adm:total   ARGV: cutoff_ms limit
+ * Returns how many were healed.
+ */
+static const char heal_lua[] =
+	"local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])\n"
+	"local healed = 0\n"
+	"for _, m in ipairs(ids) do\n"
+	"  local sku, rid = string.match(m, '^(%S+) (%S+)$')\n"
+	"  if sku then\n"
+	"    local key, promo = 'fs:req:' .. rid, 'fs:promo:' .. sku\n"
+	"    local r = redis.call('HMGET', key, 'o', 'adm')\n"
+	"    local adm = tonumber(r[2])\n"
+	"    if adm and not r[1] then\n"
+	"      redis.call('HDEL', key, 'adm')\n"
+	"      if redis.call('EXISTS', promo) == 1 and\n"
+	"         redis.call('HINCRBY', promo, 'adm', -adm) < 0 then\n"
+	"        redis.call('HSET', promo, 'adm', 0)\n"
+	"      end\n"
+	"      if redis.call('DECRBY', KEYS[2], adm) < 0 then redis.call('SET', KEYS[2], 0) end\n"
+	"      healed = healed + 1\n"
+	"    end\n"
+	"  end\n"
+	"  redis.call('ZREM', KEYS[1], m)\n"
+	"end\n"
+	"return healed\n";
+
+static void release_heal(struct release *r, long long now)
+{
+	char cutoff[24];
+	const char *argv[] = { "EVAL", heal_lua, "2", "fs:adm:all", "fs:adm:total", cutoff, "500" };
+	redisReply *n;
+
+	snprintf(cutoff, sizeof(cutoff), "%lld", now - r->cfg->admission_heal_ms);
+	n = release_cmd(r, 7, argv);
+	if (n == NULL)
+		return;
+	if (n->type == REDIS_REPLY_INTEGER && n->integer > 0) {
+		metric_add(&m_healed, n->integer);
+		log_warn("admission_healed", "purchases=%lld msg=\"admitted, never decided: their "
+			 "gateway died before Kafka took them\"", n->integer);
+	}
+	freeReplyObject(n);
+}
+
 static void release_round(struct release *r)
 {
 	const struct rc_config *cfg = r->cfg;
@@ -534,6 +587,9 @@ static void release_round(struct release *r)
 		release_redis_drop(r, err);
 		return;
 	}
+	release_heal(r, now);
+	if (r->rc == NULL)
+		return;
 	metric_add(&m_rounds, 1);
 	r->round++;
 	r->ndue = 0;

@@ -18,12 +18,14 @@ static void test_trusted_proxies(void **state)
 		.trusted_proxies = "10.0.0.0/8, 192.168.1.7,2001:db8::/32 ,172.16.0.0/12",
 	};
 	struct event_base *base = event_base_new();
+	struct gw_conn_counts counts;
 	struct gw_conns cs;
 	char err[256];
 	(void)state;
 
 	assert_non_null(base);
-	assert_int_equal(gw_conns_init(&cs, base, &lim, err, sizeof(err)), 0);
+	assert_int_equal(gw_conn_counts_init(&counts), 0);
+	assert_int_equal(gw_conns_init(&cs, base, &lim, &counts, err, sizeof(err)), 0);
 	assert_int_equal(cs.ntrusted, 4);
 	assert_true(gw_conns_trusted(&cs, "10.1.2.3"));
 	assert_true(gw_conns_trusted(&cs, "10.255.255.255"));
@@ -43,7 +45,7 @@ static void test_trusted_proxies(void **state)
 	gw_conns_free(&cs);
 
 	lim.trusted_proxies = "";
-	assert_int_equal(gw_conns_init(&cs, base, &lim, err, sizeof(err)), 0);
+	assert_int_equal(gw_conns_init(&cs, base, &lim, &counts, err, sizeof(err)), 0);
 	assert_false(gw_conns_trusted(&cs, "127.0.0.1"));
 	gw_conns_free(&cs);
 
@@ -51,10 +53,11 @@ static void test_trusted_proxies(void **state)
 			       "::1/129\0";
 	     *bad != '\0'; bad += strlen(bad) + 1) {
 		lim.trusted_proxies = bad;
-		assert_int_equal(gw_conns_init(&cs, base, &lim, err, sizeof(err)), -1);
+		assert_int_equal(gw_conns_init(&cs, base, &lim, &counts, err, sizeof(err)), -1);
 		assert_non_null(strstr(err, "trusted proxy"));
 		gw_conns_free(&cs);
 	}
+	gw_conn_counts_free(&counts);
 	event_base_free(base);
 }
 

@@ -85,12 +85,39 @@ static void test_note_sold_out(void **state)
 	free(c.items);
 }
 
+/* The deductor's fs:chg payloads, with and without the change's time. */
+static void test_push_parse(void **state)
+{
+	char sku[FS_ID_MAX + 1];
+	int64_t r = -9, h = -9, e = -9, c = -9;
+	static const char *const bad[] = {
+		"", "sku-1", "sku-1 0 3", "sku-1 0 -1 5", "sku-1 0 3 -5", "sku-1 0 3 5 -7",
+		"sku-1 0 3 5 7 8", "sku-1 0 3 5 ", "sku-1 0 3 5 x", "bad/sku 0 0 0",
+		"sku-1 0 3 5 7x",
+	};
+	size_t i;
+
+	(void)state;
+	assert_true(push_parse("sku-1 0 3 1700000000123", sku, sizeof(sku), &r, &h, &e, &c));
+	assert_string_equal(sku, "sku-1");
+	assert_int_equal(r, 0);
+	assert_int_equal(h, 3);
+	assert_int_equal(e, 1700000000123);
+	assert_int_equal(c, 0);
+	assert_true(push_parse("sku-1 -2 0 0 1700000000456", sku, sizeof(sku), &r, &h, &e, &c));
+	assert_int_equal(r, -2);
+	assert_int_equal(c, 1700000000456);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_false(push_parse(bad[i], sku, sizeof(sku), &r, &h, &e, &c));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_put_find_sorted),
 		cmocka_unit_test(test_status),
 		cmocka_unit_test(test_note_sold_out),
+		cmocka_unit_test(test_push_parse),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,350 @@
+#include "admit.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <openssl/sha.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+
+extern const char gw_admit_lua[];
+extern const char gw_unadmit_lua[];
+
+#define KEYS_PER_ITEM 3
+#define ARGS_PER_ITEM 3
+
+static const char *const verdict_names[] = {
+	[ADMIT_OK] = "admitted", [ADMIT_KNOWN] = "known", [ADMIT_SOLD_OUT] = "sold_out",
+	[ADMIT_CLAIMED] = "claimed", [ADMIT_SKU_RATE] = "sku_rate",
+	[ADMIT_UNKNOWN_SKU] = "unknown_sku", [ADMIT_UNAVAILABLE] = "unavailable",
+	[ADMIT_INFLIGHT] = "inflight", [ADMIT_NOT_READY] = "not_ready",
+};
+#define N_VERDICTS (sizeof(verdict_names) / sizeof(verdict_names[0]))
+
+static struct metric m_verdicts[N_VERDICTS];
+static char m_verdict_labels[N_VERDICTS][40];
+static struct metric m_calls = { "gateway_admission_calls_total",
+	"Admission calls to Redis (one per loop turn with purchases)", NULL, METRIC_COUNTER };
+
+const char *admit_verdict_name(enum admit_verdict v)
+{
+	return (size_t)v < N_VERDICTS ? verdict_names[v] : "unknown";
+}
+
+void admit_metrics_register(void)
+{
+	for (size_t i = 0; i < N_VERDICTS; i++) {
+		snprintf(m_verdict_labels[i], sizeof(m_verdict_labels[i]), "verdict=\"%s\"",
+			 verdict_names[i]);
+		m_verdicts[i].name = "gateway_admissions_total";
+		m_verdicts[i].help = "Purchases through admission, by verdict";
+		m_verdicts[i].labels = m_verdict_labels[i];
+		m_verdicts[i].type = METRIC_COUNTER;
+		metrics_register(&m_verdicts[i]);
+	}
+	metrics_register(&m_calls);
+}
+
+/* One admission call in flight: its purchases, waiting for the reply. */
+struct admit_batch {
+	struct admission *a;
+	struct admit_item *items;
+	size_t n;
+	bool retried;               /* EVAL after EVALSHA's NOSCRIPT */
+};
+
+static void admit_finish(struct admission *a, const struct admit_item *it,
+			 const struct admit_result *r)
+{
+	metric_add(&m_verdicts[r->verdict], 1);
+	a->done(a->arg, it->opaque, r);
+}
+
+static void admit_fail_all(struct admission *a, const struct admit_item *items, size_t n)
+{
+	struct admit_result r = { .verdict = ADMIT_UNAVAILABLE };
+
+	for (size_t i = 0; i < n; i++)
+		admit_finish(a, &items[i], &r);
+}
+
+static int admit_send(struct admit_batch *b, bool eval);
+
+/* A bulk or integer reply element as a number. */
+static int64_t elem_int(const redisReply *e)
+{
+	bool ok = true;
+
+	return gw_store_reply_int(e, &ok);
+}
+
+static void admit_parse(const redisReply *e, struct admit_result *r)
+{
+	const char *v;
+
+	memset(r, 0, sizeof(*r));
+	r->verdict = ADMIT_UNAVAILABLE;
+	if (e == NULL || e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+	    e->element[0]->type != REDIS_REPLY_STRING)
+		return;
+	v = e->element[0]->str;
+	if (strcmp(v, "admitted") == 0) {
+		r->verdict = ADMIT_OK;
+	} else if (strcmp(v, "known") == 0 && e->element[1]->type == REDIS_REPLY_STRING) {
+		r->verdict = ADMIT_KNOWN;
+		snprintf(r->state, sizeof(r->state), "%s", e->element[1]->str);
+	} else if (strcmp(v, "sold_out") == 0) {
+		r->verdict = ADMIT_SOLD_OUT;
+		r->retry_after_ms = elem_int(e->element[1]);
+		r->may_return = elem_int(e->element[2]) != 0;
+	} else if (strcmp(v, "claimed") == 0) {
+		r->verdict = ADMIT_CLAIMED;
+		r->retry_after_ms = elem_int(e->element[1]);
+		r->may_return = true;
+	} else if (strcmp(v, "sku_rate") == 0) {
+		r->verdict = ADMIT_SKU_RATE;
+		r->retry_after_ms = elem_int(e->element[1]);
+	} else if (strcmp(v, "inflight") == 0) {
+		r->verdict = ADMIT_INFLIGHT;
+		r->retry_after_ms = elem_int(e->element[1]);
+	} else if (strcmp(v, "unknown_sku") == 0) {
+		r->verdict = ADMIT_UNKNOWN_SKU;
+	}
+}
+
+static void admit_reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	struct admit_batch *b = privdata;
+	struct admission *a = b->a;
+	redisReply *r = reply;
+
+	(void)ac;
+	a->batches_in_flight--;
+	if (r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 &&
+	    !b->retried) {
+		/* Redis restarted or flushed its scripts: send the text once. */
+		b->retried = true;
+		if (admit_send(b, true) == 0)
+			return;
+	}
+	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+	    r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "not_ready") == 0) {
+		struct admit_result res = { .verdict = ADMIT_NOT_READY };
+
+		for (size_t i = 0; i < b->n; i++)
+			admit_finish(a, &b->items[i], &res);
+	} else if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != b->n) {
+		if (r != NULL && r->type == REDIS_REPLY_ERROR)
+			log_warn("admission_failed", "err=\"%s\"", r->str);
+		admit_fail_all(a, b->items, b->n);
+	} else {
+		for (size_t i = 0; i < b->n; i++) {
+			struct admit_result res;
+
+			admit_parse(r->element[i], &res);
+			admit_finish(a, &b->items[i], &res);
+		}
+	}
+	free(b->items);
+	free(b);
+}
+
+/*
+ * EVALSHA (or EVAL) admit.lua over the batch. -1 when it could not be sent:
+ * the caller answers every purchase of the batch.
+ */
+static int admit_send(struct admit_batch *b, bool eval)
+{
+	struct admission *a = b->a;
+	size_t nkeys = 3 + KEYS_PER_ITEM * b->n;
+	size_t argc = 3 + nkeys + 4 + ARGS_PER_ITEM * b->n;
+	const char **argv = calloc(argc, sizeof(*argv));
+	char *keys = malloc(b->n * KEYS_PER_ITEM * (FS_ID_MAX + 16));
+	char *nums = malloc((b->n + 5) * 24);   /* numkeys, ttl, k, count, cap, qtys */
+	char *kp, *np;
+	size_t k = 0;
+	int rc = -1;
+
+	if (argv == NULL || keys == NULL || nums == NULL)
+		goto out;
+	kp = keys;
+	np = nums;
+	argv[k++] = eval ? "EVAL" : "EVALSHA";
+	argv[k++] = eval ? gw_admit_lua : a->sha;
+	snprintf(np, 24, "%zu", nkeys);
+	argv[k++] = np;
+	np += 24;
+	argv[k++] = "fs:ready";
+	argv[k++] = "fs:adm:all";
+	argv[k++] = "fs:adm:total";
+	for (size_t i = 0; i < b->n; i++) {
+		static const char *const prefix[KEYS_PER_ITEM] = {
+			"fs:promo:", "fs:cfg:", "fs:req:",
+		};
+
+		for (int j = 0; j < KEYS_PER_ITEM; j++) {
+			snprintf(kp, FS_ID_MAX + 16, "%s%s", prefix[j],
+				 j == 2 ? b->items[i].rid : b->items[i].sku);
+			argv[k++] = kp;
+			kp += FS_ID_MAX + 16;
+		}
+	}
+	snprintf(np, 24, "%lld", a->record_ttl_s);
+	argv[k++] = np;
+	np += 24;
+	snprintf(np, 24, "%lld", a->default_k_pct);
+	argv[k++] = np;
+	np += 24;
+	snprintf(np, 24, "%zu", b->n);
+	argv[k++] = np;
+	np += 24;
+	snprintf(np, 24, "%lld", a->global_cap);
+	argv[k++] = np;
+	np += 24;
+	for (size_t i = 0; i < b->n; i++) {
+		argv[k++] = b->items[i].sku;
+		argv[k++] = b->items[i].rid;
+		snprintf(np, 24, "%lld", (long long)b->items[i].qty);
+		argv[k++] = np;
+		np += 24;
+	}
+	if (gw_store_command_argv(a->store, admit_reply_cb, b, (int)k, argv, NULL) == 0) {
+		a->batches_in_flight++;
+		rc = 0;
+	}
+out:
+	free(argv);
+	free(keys);
+	free(nums);
+	return rc;
+}
+
+static void admit_flush(struct admission *a)
+{
+	struct admit_batch *b;
+
+	if (a->n == 0)
+		return;
+	metric_add(&m_calls, 1);
+	b = calloc(1, sizeof(*b));
+	if (b == NULL) {
+		admit_fail_all(a, a->items, a->n);
+		a->n = 0;
+		return;
+	}
+	b->a = a;
+	b->items = a->items;
+	b->n = a->n;
+	a->items = NULL;
+	a->n = 0;
+	a->cap = 0;
+	if (admit_send(b, false) < 0) {
+		admit_fail_all(a, b->items, b->n);
+		free(b->items);
+		free(b);
+	}
+}
+
+static void admit_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	admit_flush(arg);
+}
+
+int admit_init(struct admission *a, struct event_base *base, struct gw_store *store,
+	       long long record_ttl_s, long long default_k_pct, long long global_cap,
+	       admit_done_cb done, void *arg)
+{
+	unsigned char md[SHA_DIGEST_LENGTH];
+
+	memset(a, 0, sizeof(*a));
+	a->store = store;
+	a->record_ttl_s = record_ttl_s;
+	a->default_k_pct = default_k_pct;
+	a->global_cap = global_cap;
+	a->done = done;
+	a->arg = arg;
+	a->max_batch = 512;
+	SHA1((const unsigned char *)gw_admit_lua, strlen(gw_admit_lua), md);
+	for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
+		snprintf(a->sha + 2 * i, 3, "%02x", md[i]);
+	/* Lowest priority: it runs after every request this turn has read. */
+	a->flush_ev = event_new(base, -1, 0, admit_flush_cb, a);
+	if (a->flush_ev == NULL || event_priority_set(a->flush_ev, 2) < 0)
+		return -1;
+	return 0;
+}
+
+void admit_free(struct admission *a)
+{
+	if (a->flush_ev != NULL)
+		event_free(a->flush_ev);
+	admit_fail_all(a, a->items, a->n);
+	free(a->items);
+	memset(a, 0, sizeof(*a));
+}
+
+void admit_submit(struct admission *a, const char *sku, const char *rid, int64_t qty,
+		  void *opaque)
+{
+	struct admit_item *it;
+
+	if (!gw_store_ready(a->store)) {
+		struct admit_item tmp = { .qty = qty, .opaque = opaque };
+		struct admit_result r = { .verdict = ADMIT_UNAVAILABLE };
+
+		admit_finish(a, &tmp, &r);
+		return;
+	}
+	if (a->n == a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 64;
+		struct admit_item *ni = realloc(a->items, cap * sizeof(*ni));
+
+		if (ni == NULL) {
+			struct admit_item tmp = { .qty = qty, .opaque = opaque };
+			struct admit_result r = { .verdict = ADMIT_UNAVAILABLE };
+
+			admit_finish(a, &tmp, &r);
+			return;
+		}
+		a->items = ni;
+		a->cap = cap;
+	}
+	it = &a->items[a->n++];
+	snprintf(it->sku, sizeof(it->sku), "%s", sku);
+	snprintf(it->rid, sizeof(it->rid), "%s", rid);
+	it->qty = qty;
+	it->opaque = opaque;
+	if (a->n >= a->max_batch)
+		admit_flush(a);
+	else if (a->n == 1)
+		event_active(a->flush_ev, EV_TIMEOUT, 1);
+}
+
+static void unadmit_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	redisReply *r = reply;
+
+	(void)ac;
+	(void)privdata;
+	if (r != NULL && r->type == REDIS_REPLY_ERROR)
+		log_warn("unadmit_failed", "err=\"%s\"", r->str);
+}
+
+void admit_release(struct admission *a, const char *sku, const char *rid)
+{
+	char kp[FS_ID_MAX + 16], kr[FS_ID_MAX + 16], member[2 * FS_ID_MAX + 2];
+	const char *argv[] = { "EVAL", gw_unadmit_lua, "4", kp, kr, "fs:adm:all", "fs:adm:total",
+			       member };
+
+	snprintf(kp, sizeof(kp), "fs:promo:%s", sku);
+	snprintf(kr, sizeof(kr), "fs:req:%s", rid);
+	snprintf(member, sizeof(member), "%s %s", sku, rid);
+	if (gw_store_command_argv(a->store, unadmit_cb, NULL, 8, argv, NULL) < 0)
+		log_warn("unadmit_failed", "request_id=%s err=\"Redis unavailable\"", rid);
+}

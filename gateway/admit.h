@@ -1,0 +1,97 @@
+/*
+ * Admission: the funnel's gate in front of Kafka. A purchase that passed the
+ * gateway's local filters waits here for the rest of the loop turn; then
+ * the whole turn's purchases go to Redis in one script call (admit.lua),
+ * which admits each one while the SKU's admitted-but-undecided units stay
+ * within k x its remaining units, shared by every gateway. One round trip
+ * per loop turn, not per purchase: under a spike a turn holds hundreds.
+ *
+ * The same call writes each admitted purchase's "queued" marker and answers
+ * a request id seen before with its state, so a retry is never admitted
+ * twice and never contradicted. admit.lua says how the budget heals.
+ * Event loop thread only.
+ */
+#ifndef FLASHSALE_GATEWAY_ADMIT_H
+#define FLASHSALE_GATEWAY_ADMIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+struct event_base;
+struct event;
+struct gw_store;
+
+enum admit_verdict {
+	ADMIT_OK,           /* admitted: produce it */
+	ADMIT_KNOWN,        /* seen before: state says what it is */
+	ADMIT_SOLD_OUT,     /* nothing left; may_return while units are held */
+	ADMIT_CLAIMED,      /* units left, all claimed by purchases on their way */
+	ADMIT_SKU_RATE,     /* the SKU's rate across all gateways is used up */
+	ADMIT_UNKNOWN_SKU,
+	ADMIT_UNAVAILABLE,  /* Redis unreachable or not ready: fail closed */
+	ADMIT_INFLIGHT,     /* the global cap of purchases on their way is reached */
+	ADMIT_NOT_READY,    /* Redis is there, its state lost (fs:ready absent): rebuild first */
+};
+
+struct admit_result {
+	enum admit_verdict verdict;
+	char state[24];             /* ADMIT_KNOWN: the purchase's state */
+	int64_t retry_after_ms;     /* SOLD_OUT, CLAIMED, SKU_RATE: when to try again */
+	bool may_return;            /* SOLD_OUT: held units may come back */
+};
+
+/* Called once per submitted purchase, on the loop, with what Redis said. */
+typedef void (*admit_done_cb)(void *arg, void *opaque, const struct admit_result *r);
+
+struct admit_item {
+	char sku[FS_ID_MAX + 1];
+	char rid[FS_ID_MAX + 1];
+	int64_t qty;
+	void *opaque;
+};
+
+struct admission {
+	struct gw_store *store;
+	struct event *flush_ev;
+	struct admit_item *items;   /* this turn's purchases */
+	size_t n, cap;
+	size_t max_batch;
+	long long record_ttl_s;
+	long long default_k_pct;
+	long long global_cap;       /* admitted-but-undecided units over all SKUs, 0: none */
+	admit_done_cb done;
+	void *arg;
+	char sha[41];               /* of admit.lua: EVALSHA, EVAL after NOSCRIPT */
+	long long batches_in_flight;
+};
+
+/* Start-up: -1 on allocation failure. */
+int admit_init(struct admission *a, struct event_base *base, struct gw_store *store,
+	       long long record_ttl_s, long long default_k_pct, long long global_cap,
+	       admit_done_cb done, void *arg) FS_MUSTCHECK;
+void admit_free(struct admission *a);
+
+/*
+ * Queue one purchase for this loop turn's admission call. done runs later,
+ * exactly once (ADMIT_UNAVAILABLE at once if it cannot even be queued).
+ */
+void admit_submit(struct admission *a, const char *sku, const char *rid, int64_t qty,
+		  void *opaque);
+
+/*
+ * Kafka definitely refused an admitted purchase: give its place back and
+ * drop its marker (unadmit.lua), fire and forget; the reconciler's heal
+ * catches what this misses.
+ */
+void admit_release(struct admission *a, const char *sku, const char *rid);
+
+/* The verdicts' names, for logs and answers. */
+const char *admit_verdict_name(enum admit_verdict v);
+
+/* Admission metrics (admitted, refused by verdict, batch sizes); start-up. */
+void admit_metrics_register(void);
+
+#endif

@@ -1,0 +1,114 @@
+#include "gateway.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+
+static struct metric m_pushes = { "gateway_pushes_total",
+	"Counter changes pushed by the deductor (fs:chg) and applied to the cache", NULL,
+	METRIC_COUNTER };
+static struct metric m_bad = { "gateway_pushes_malformed_total",
+	"fs:chg messages that did not parse (ignored)", NULL, METRIC_COUNTER };
+static struct metric m_delay = { "gateway_push_delay_seconds",
+	"From a SKU running out (or getting units back) in Redis to this gateway knowing it",
+	NULL, METRIC_HISTOGRAM };
+
+void push_metrics_register(void)
+{
+	metrics_register(&m_pushes);
+	metrics_register(&m_bad);
+	metrics_register(&m_delay);
+}
+
+bool push_parse(const char *msg, char *sku, size_t skulen, int64_t *remaining, int64_t *held,
+		int64_t *earliest_ms, int64_t *changed_ms)
+{
+	char s[FS_ID_MAX + 2];
+	long long r, h, e, c = 0;
+	int used = 0, more = 0;
+
+	if (sscanf(msg, "%65s %lld %lld %lld%n", s, &r, &h, &e, &used) != 4)
+		return false;
+	if (msg[used] == ' ' && (sscanf(msg + used, " %lld%n", &c, &more) != 1 || c < 0))
+		return false;
+	if (msg[used + more] != '\0' || !valid_sku(s) || strlen(s) >= skulen || h < 0 || e < 0)
+		return false;
+	snprintf(sku, skulen, "%s", s);
+	*remaining = r;
+	*held = h;
+	*earliest_ms = e;
+	*changed_ms = c;
+	return true;
+}
+
+/* Every message of the subscription, and its confirmation; NULL on a loss. */
+static void push_message_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	struct gw_push *p = privdata;
+	redisReply *r = reply;
+	char sku[FS_ID_MAX + 1];
+	int64_t remaining, held, earliest, changed, delay = -1;
+
+	(void)ac;
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	    r->element[0]->type != REDIS_REPLY_STRING)
+		return;
+	if (strcmp(r->element[0]->str, "subscribe") == 0) {
+		log_info("push_subscribed", "channel=fs:chg");
+		promo_refresh_now(p->gw);
+		return;
+	}
+	if (strcmp(r->element[0]->str, "message") != 0 ||
+	    r->element[2]->type != REDIS_REPLY_STRING)
+		return;
+	if (!push_parse(r->element[2]->str, sku, sizeof(sku), &remaining, &held, &earliest,
+			&changed)) {
+		metric_add(&m_bad, 1);
+		return;
+	}
+	metric_add(&m_pushes, 1);
+	if (changed > 0) {
+		/* Both ends on the Redis clock; a skewed host shows as 0, not as a negative. */
+		delay = gateway_now_ms(p->gw) - changed;
+		if (delay < 0)
+			delay = 0;
+		metric_observe_us(&m_delay, (uint64_t)delay * 1000);
+	}
+	promo_note_counts(&p->gw->promo, sku, remaining, held, earliest, "push");
+	/* One line per crossing of zero (the deductor pushes nothing else). */
+	log_info("pushed", "sku=%s remaining=%" PRId64 " held=%" PRId64 " delay_ms=%" PRId64, sku,
+		 remaining, held, delay);
+}
+
+static void push_on_connect(void *arg)
+{
+	struct gw_push *p = arg;
+	const char *argv[] = { "SUBSCRIBE", "fs:chg" };
+
+	if (gw_store_command_argv(&p->sub, push_message_cb, p, 2, argv, NULL) < 0)
+		log_warn("push_subscribe_failed", "msg=\"will retry at the next connect\"");
+}
+
+int push_init(struct gw_push *p, struct gateway *gw, const char *address)
+{
+	p->gw = gw;
+	if (gw_store_init(&p->sub, gw->base, address) < 0)
+		return -1;
+	/* The connect completes on the loop, after this. */
+	p->sub.on_connect = push_on_connect;
+	p->sub.on_connect_arg = p;
+	return 0;
+}
+
+void push_close(struct gw_push *p)
+{
+	gw_store_close(&p->sub);
+}
+
+void push_free(struct gw_push *p)
+{
+	gw_store_free(&p->sub);
+}

@@ -1,0 +1,39 @@
+/*
+ * The deductor's pushes: a second Redis connection subscribed to fs:chg,
+ * where deduct.lua announces a SKU that runs out or has units again
+ * ("sku remaining held earliest_deadline_ms"). Each one updates the
+ * promotion cache at once, so every gateway refuses a sold-out SKU, or
+ * reopens it, within milliseconds instead of at its next refresh. After a
+ * (re)connect the cache is refreshed: pushes sent meanwhile are lost.
+ * Event loop thread only.
+ */
+#ifndef FLASHSALE_GATEWAY_PUSH_H
+#define FLASHSALE_GATEWAY_PUSH_H
+
+#include "store.h"
+#include "util.h"
+
+struct gateway;
+
+struct gw_push {
+	struct gateway *gw;
+	struct gw_store sub;
+};
+
+/* Start-up: connect and subscribe (never blocks). -1 on allocation failure. */
+int push_init(struct gw_push *p, struct gateway *gw, const char *address) FS_MUSTCHECK;
+void push_close(struct gw_push *p);
+void push_free(struct gw_push *p);
+
+/*
+ * Parse one fs:chg payload, "sku remaining held earliest_ms [changed_ms]"
+ * (changed_ms, the Redis time of the change, is 0 when absent: a deductor
+ * of the previous version). false when malformed. Exposed for the unit test.
+ */
+bool push_parse(const char *msg, char *sku, size_t skulen, int64_t *remaining, int64_t *held,
+		int64_t *earliest_ms, int64_t *changed_ms) FS_MUSTCHECK;
+
+/* Pushes received, by outcome (start-up). */
+void push_metrics_register(void);
+
+#endif
