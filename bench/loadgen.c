@@ -56,6 +56,8 @@ usage(FILE *out)
 "                           moves on, or after MS (default 0: plain polls)\n"
 "      --wait-final         poll until every accepted buyer is final (default)\n"
 "      --no-wait-final      do not wait for holds left to expire (payers still pay)\n"
+"      --no-follow          a buyer ends with its purchase's answer: no polls,\n"
+"                           pays or cancels (measures the accept path alone)\n"
 "      --final-timeout-s S  give up on a buyer S after its 202 (default 120)\n"
 "      --pay-ratio P        share of buyers that pay when reserved (0.5)\n"
 "      --cancel-ratio P     share of buyers that cancel when reserved (0);\n"
@@ -83,7 +85,7 @@ usage(FILE *out)
 enum {
 	OPT_HOST_HEADER = 256, OPT_USERS, OPT_USER_PREFIX, OPT_QTY_MAX,
 	OPT_RAMP_MS, OPT_DUP_RATIO, OPT_RETRIES, OPT_POLL_MS, OPT_WAIT_MS, OPT_WAIT_FINAL,
-	OPT_NO_WAIT_FINAL, OPT_FINAL_TIMEOUT, OPT_PAY_RATIO, OPT_CANCEL_RATIO,
+	OPT_NO_WAIT_FINAL, OPT_NO_FOLLOW, OPT_FINAL_TIMEOUT, OPT_PAY_RATIO, OPT_CANCEL_RATIO,
 	OPT_SEED, OPT_RUN_ID, OPT_TIMEOUT_MS, OPT_PROGRESS, OPT_JSON,
 	OPT_SKUS, OPT_SKU_PREFIX, OPT_PER_SKU, OPT_TIMESERIES, OPT_INTERVAL_MS, OPT_JWT_SECRET,
 };
@@ -104,6 +106,7 @@ static const struct option long_opts[] = {
 	{ "wait-ms", required_argument, NULL, OPT_WAIT_MS },
 	{ "wait-final", no_argument, NULL, OPT_WAIT_FINAL },
 	{ "no-wait-final", no_argument, NULL, OPT_NO_WAIT_FINAL },
+	{ "no-follow", no_argument, NULL, OPT_NO_FOLLOW },
 	{ "final-timeout-s", required_argument, NULL, OPT_FINAL_TIMEOUT },
 	{ "pay-ratio", required_argument, NULL, OPT_PAY_RATIO },
 	{ "cancel-ratio", required_argument, NULL, OPT_CANCEL_RATIO },
@@ -349,6 +352,10 @@ main(int argc, char **argv)
 			cf.wait_final = true;
 			break;
 		case OPT_NO_WAIT_FINAL:
+			cf.wait_final = false;
+			break;
+		case OPT_NO_FOLLOW:
+			cf.no_follow = true;
 			cf.wait_final = false;
 			break;
 		case OPT_FINAL_TIMEOUT:

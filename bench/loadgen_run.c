@@ -632,6 +632,12 @@ purchase_settled(struct lg_run *r, struct lg_buyer *b)
 		buyer_done(r, b);
 		return;
 	}
+	if (r->cf->no_follow) {
+		/* The accept path alone (bench/run): no polls compete with it. */
+		res->not_waited++;
+		buyer_done(r, b);
+		return;
+	}
 	b->phase = PH_FOLLOW;
 	schedule_poll(r, b, (int64_t)r->cf->poll_ms * 1000);
 }

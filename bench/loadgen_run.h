@@ -31,6 +31,7 @@ struct lg_config {
 	uint32_t poll_ms;
 	uint32_t wait_ms;		/* > 0: long polls (GET ?wait_ms=&from=) instead */
 	bool wait_final;
+	bool no_follow;          /* --no-follow: a buyer ends with the purchase's answer */
 	uint32_t final_timeout_s;	/* per buyer, from its 202 */
 	double pay_ratio;
 	double cancel_ratio;

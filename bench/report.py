@@ -242,6 +242,17 @@ def markdown(res, made):
               "Answers by status: accept %s, sold out %s." % (
                   acc.get("wrk", {}).get("status"),
                   (s.get("soldout") or {}).get("wrk", {}).get("status"))]
+        op = s.get("accept_open")
+        if op:
+            L += ["", "Open loop (flashsale-loadgen, buyers arriving at %s/s = %sx the "
+                  "ceiling whatever the answers, %s connections): %s of %s accepted, "
+                  "%s/s; purchase from scheduled arrival p50 %s, p99 %s, p99.9 %s; "
+                  "send to answer p99 %s." % (
+                      fmt(op.get("offered_rps")), op.get("offered_vs_ceiling"),
+                      op.get("connections"), fmt(op.get("accepted")), fmt(op.get("buyers")),
+                      fmt(op.get("achieved_rps")), pct(op.get("purchase_ms"), "p50"),
+                      pct(op.get("purchase_ms"), "p99"), pct(op.get("purchase_ms"), "p999"),
+                      pct(op.get("request_ms"), "p99"))]
     d = s.get("deduct")
     if d:
         L += ["", "### 3. Deductor", "",
@@ -292,6 +303,7 @@ def markdown(res, made):
               "- Every request, send to answer: p50 %s, p99 %s, p99.9 %s" % (
                   pct(sale.get("request_ms"), "p50"), pct(sale.get("request_ms"), "p99"),
                   pct(sale.get("request_ms"), "p999")),
+              "- Funnel: %s" % json.dumps(sale.get("funnel")),
               "- Accepted %s, refused at the gateway %s; final states %s" % (
                   fmt(sale.get("accepted")), fmt(sale.get("refused")),
                   sale.get("final_states")),

@@ -82,6 +82,7 @@ static void admin_lua_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		p.added_us = mono_us();
 		if (promo_put(&gw->promo, &p) < 0)
 			log_warn("promo_cache_oom", "sku=%s", p.sku);
+		promo_refresh_others(gw);
 	}
 	log_info("promotion_loaded", "sku=%s created=%d", op->pr.sku, op->created);
 	o = cJSON_CreateObject();
@@ -237,6 +238,7 @@ static void limits_redis_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		limits_fail(op, 503, "store_unavailable", "Redis is unavailable; retry later");
 		return;
 	}
+	promo_refresh_others(gw);
 	p = (struct promo *)promo_find(&gw->promo, op->sku);
 	if (p != NULL) {
 		p->k_pct = op->v[0];

@@ -1,7 +1,15 @@
 /*
- * flashsale-gateway: the asynchronous HTTP front door. One libevent loop
- * runs everything; every module below keeps its state in struct gateway and
- * nothing blocks the loop after start-up.
+ * flashsale-gateway: the asynchronous HTTP front door. gateway.loops event
+ * loops (default: one per core), each a thread with its own listening
+ * socket on the same port (SO_REUSEPORT: the kernel spreads connections),
+ * its own Redis and Kafka connections and its own struct gateway, as if
+ * several gateways ran behind a load balancer: the admission budget is in
+ * Redis and shared anyway. What must be one per process is shared and
+ * locks itself: the per-user and per-address rate limits, the connection
+ * counts and the hot-SKU table (struct gw_shared). Loop 0 is the main
+ * thread; it alone has the signals, the private listener (/admin,
+ * /metrics) and the PostgreSQL connection, and fans SIGTERM and SIGHUP
+ * out to the others. Nothing blocks a loop after start-up.
  *
  *   auth       buyer identity: JWT verification, request ids scoped to the buyer
  *   conn       the guard below evhttp: connection caps, head deadline and limits
@@ -23,6 +31,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <pthread.h>
 
 #include "daemon.h"
 #include "kafka.h"
@@ -59,6 +68,7 @@ struct gw_config {
 	long long jwt_leeway_s;
 	struct gw_conn_limits conn; /* gateway.max_connections ... trusted_proxies */
 	char *trusted_proxies;
+	long long loops;            /* event loops; 0 = one per core */
 	long long max_inflight;
 	long long admission_k_pct;
 	long long global_inflight;
@@ -74,29 +84,43 @@ struct gw_config {
 	long long max_body;
 };
 
+/* Shared by every loop of the process; each member guards itself. */
+struct gw_shared {
+	struct ratelimit rl;        /* per user */
+	struct ratelimit ip_rl;     /* per client address */
+	struct gw_conn_counts counts;
+	struct hotkeys hot;         /* ticked by loop 0 */
+};
+
 struct gateway {
+	int loop;                   /* 0: the main thread's */
+	int nloops;
+	struct gateway *loop0;      /* its cfg is the configuration table's */
+	struct gateway *next;       /* the next loop, NULL after the last */
 	struct event_base *base;
 	struct evhttp *http;        /* the public API */
 	struct evhttp *admin_http;  /* /admin, /metrics: 127.0.0.1 by default */
 	struct auth auth;
 	struct gw_conns conns;
-	struct gw_conn_counts conn_counts; /* open connections, all loops */
 	struct gw_config cfg;
 	struct gw_store store;
 	struct promo_cache promo;
 	struct producer prod;
 	struct admission adm;
 	struct gw_push push;
-	struct hotkeys hot;
+	struct hotkeys *hot;        /* shared */
 	struct strmap degraded;     /* sku -> units admitted here while Redis' state is lost */
-	struct ratelimit rl;        /* per user */
-	struct ratelimit ip_rl;     /* per client address */
-	struct adminpg pg;
+	struct ratelimit *rl;       /* shared: per user */
+	struct ratelimit *ip_rl;    /* shared: per client address */
+	struct adminpg pg;          /* loop 0 only */
 	bool draining;
 	long long redis_pending;    /* GET/pay/cancel reads awaiting Redis */
 	int64_t drain_start_us;
 	struct event *drain_ev;     /* drain progress timer */
-	struct event *tick_ev;      /* 100 ms: gauges */
+	struct event *wake_drain;   /* loops 1..: SIGTERM, from loop 0 */
+	struct event *wake_reload;  /* loops 1..: SIGHUP, from loop 0 */
+	struct event *wake_refresh; /* an admin change on loop 0: refresh the cache now */
+	pthread_t thread;           /* loops 1.. */
 };
 
 /* The gateway clock corrected to the Redis clock (ms): the one clock of deadlines. */

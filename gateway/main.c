@@ -5,13 +5,19 @@
  */
 #include "gateway.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/thread.h>
+#include <event2/util.h>
 
 #include "config.h"
 #include "daemon.h"
@@ -25,7 +31,11 @@
 /* Rate-limit table: 64 Ki slots of 24 bytes. */
 #define RL_SLOTS 65536
 
-static struct gateway gw;
+static struct gateway gw;        /* loop 0: the configuration table writes its cfg */
+static struct gw_shared shared;
+static struct gateway *others;   /* loops 1 .. gw.nloops - 1 */
+/* gw.cfg while SIGHUP rewrites it and the other loops copy it. */
+static pthread_mutex_t cfg_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static struct cf_key keys[] = {
 	DAEMON_CF_KEYS(gw.cfg.base, "8080"),
@@ -61,9 +71,12 @@ static struct cf_key keys[] = {
 	{ "gateway.trusted_proxies", CF_STR, &gw.cfg.trusted_proxies, "", 0, 0,
 	  "Addresses or CIDRs of proxies whose PROXY line or X-Forwarded-For names the client "
 	  "(comma separated; empty: none)" },
+	{ "gateway.loops", CF_INT, &gw.cfg.loops, "0", 0, 256,
+	  "Event loops (threads) serving the public port, each with its own Redis and Kafka "
+	  "connections (0: one per core)" },
 	{ "gateway.max_inflight", CF_INT, &gw.cfg.max_inflight, "20000", 1, 10000000,
 	  "Intents awaiting Kafka acknowledgement (and, counted apart, reads awaiting Redis) "
-	  "before requests get 503 busy", true },
+	  "per event loop before requests get 503 busy", true },
 	{ "gateway.admission_k_pct", CF_INT, &gw.cfg.admission_k_pct, "200", 100, 100000,
 	  "Purchases admitted to Kafka per SKU, in percent of its remaining units: admitted but "
 	  "undecided units stay below k x remaining (a promotion's own k wins)", true },
@@ -158,12 +171,12 @@ static enum daemon_health gw_health(void *arg, char *detail, size_t n)
 	snprintf(detail, n,
 		 "{\"redis\":%s,\"cache_fresh\":%s,\"cache_age_ms\":%" PRId64 ",\"kafka\":%s,"
 		 "\"kafka_brokers_down\":%s,"
-		 "\"postgres\":%s,\"inflight\":%lld,\"draining\":%s}",
+		 "\"postgres\":%s,\"inflight\":%lld,\"draining\":%s,\"loops\":%d}",
 		 redis ? "true" : "false", cache ? "true" : "false",
 		 age == INT64_MAX ? -1 : age, kafka ? "true" : "false",
 		 g->prod.all_brokers_down ? "true" : "false",
 		 adminpg_ready(&g->pg) ? "true" : "false", g->prod.inflight,
-		 g->draining ? "true" : "false");
+		 g->draining ? "true" : "false", g->nloops);
 	return redis && cache && kafka && !g->draining ? HEALTH_OK : HEALTH_FAILED;
 }
 
@@ -206,21 +219,43 @@ static void gw_drain_tick(evutil_socket_t fd, short what, void *arg)
 	gw_drain_finish(g);
 }
 
-static void gw_drain(void *arg)
+/* One loop stops taking purchases, finishes its produces and stops. */
+static void gw_drain_loop(struct gateway *g)
 {
-	struct gateway *g = arg;
 	struct timeval tv = { 0, 20 * 1000 };
 
 	if (g->draining)
 		return;
 	g->draining = true;
 	g->drain_start_us = mono_us();
-	daemon_notify_stopping();
-	log_info("draining", "inflight=%lld timeout_ms=%lld", g->prod.inflight,
+	log_info("draining", "loop=%d inflight=%lld timeout_ms=%lld", g->loop, g->prod.inflight,
 		 g->cfg.drain_timeout_ms);
 	g->drain_ev = event_new(g->base, -1, EV_PERSIST, gw_drain_tick, g);
 	if (g->drain_ev == NULL || event_add(g->drain_ev, &tv) < 0)
 		event_base_loopbreak(g->base);
+}
+
+static void gw_wake_drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+	gw_drain_loop(arg);
+}
+
+static void gw_wake_refresh_cb(evutil_socket_t fd, short what, void *arg)
+{
+	promo_refresh_now(arg);
+}
+
+/* SIGTERM, on loop 0: every loop drains; main() joins them. */
+static void gw_drain(void *arg)
+{
+	struct gateway *g = arg;
+
+	if (g->draining)
+		return;
+	daemon_notify_stopping();
+	for (int i = 1; i < g->nloops; i++)
+		event_active(others[i - 1].wake_drain, EV_TIMEOUT, 0);
+	gw_drain_loop(g);
 }
 
 /* A reloaded limit takes effect for the next request (see cf_key.reload). */
@@ -229,10 +264,46 @@ static void gw_config_changed(const char *key, void *arg)
 	struct gateway *g = arg;
 
 	if (strcmp(key, "gateway.user_rate_per_s") == 0 || strcmp(key, "gateway.user_burst") == 0)
-		ratelimit_set(&g->rl, (double)g->cfg.user_rate_per_s, (double)g->cfg.user_burst);
+		ratelimit_set(g->rl, (double)g->cfg.user_rate_per_s, (double)g->cfg.user_burst);
+	g->hot->threshold = g->cfg.hot_sku_threshold;  /* read by loop 0 only */
+}
+
+/* What one loop keeps of its cfg in its modules. */
+static void gw_loop_apply(struct gateway *g)
+{
 	g->adm.default_k_pct = g->cfg.admission_k_pct;
 	g->adm.global_cap = g->cfg.global_inflight;
-	g->hot.threshold = g->cfg.hot_sku_threshold;
+}
+
+/* The keys again; false (and the old ones kept) when they do not load. */
+static bool gw_keys_reload(struct gateway *g)
+{
+	struct auth fresh;
+	char err[512];
+
+	if (auth_init(&fresh, g->cfg.jwt_secret, g->cfg.jwt_jwks_file, g->cfg.jwt_issuer,
+		      g->cfg.jwt_audience, g->cfg.jwt_leeway_s, err, sizeof(err)) < 0) {
+		if (g->loop == 0)
+			log_error("keys_reload_failed", "msg=\"%s\" keys=%zu kept=true", err,
+				  g->auth.nkeys);
+		return false;
+	}
+	auth_free(&g->auth);
+	g->auth = fresh;
+	return true;
+}
+
+/* SIGHUP on loop 0 reached loop g: take loop 0's cfg and reload the keys. */
+static void gw_wake_reload_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct gateway *g = arg;
+
+	pthread_mutex_lock(&cfg_mu);
+	g->cfg = g->loop0->cfg;
+	pthread_mutex_unlock(&cfg_mu);
+	gw_loop_apply(g);
+	if (gw_keys_reload(g))
+		log_info("keys_reloaded", "loop=%d keys=%zu", g->loop, g->auth.nkeys);
 }
 
 /*
@@ -243,18 +314,153 @@ static void gw_config_changed(const char *key, void *arg)
 static void gw_reload(void *arg)
 {
 	struct gateway *g = arg;
-	struct auth fresh;
-	char err[512];
 
+	pthread_mutex_lock(&cfg_mu);
 	daemon_reload_config(&table, gw_config_changed, arg);
-	if (auth_init(&fresh, g->cfg.jwt_secret, g->cfg.jwt_jwks_file, g->cfg.jwt_issuer,
-		      g->cfg.jwt_audience, g->cfg.jwt_leeway_s, err, sizeof(err)) < 0) {
-		log_error("keys_reload_failed", "msg=\"%s\" keys=%zu kept=true", err, g->auth.nkeys);
-		return;
+	pthread_mutex_unlock(&cfg_mu);
+	gw_loop_apply(g);
+	for (int i = 1; i < g->nloops; i++)
+		event_active(others[i - 1].wake_reload, EV_TIMEOUT, 0);
+	if (gw_keys_reload(g))
+		log_info("keys_reloaded", "loop=0 keys=%zu", g->auth.nkeys);
+}
+
+/*
+ * The public listening socket of one loop. With several loops each has its
+ * own, all bound to the same port with SO_REUSEPORT, so that the kernel
+ * spreads new connections over the loops by their addresses (one shared
+ * socket would let whichever loop wakes first take a whole burst). A port
+ * another program holds without SO_REUSEPORT still fails the bind.
+ */
+static evutil_socket_t gw_listen(const char *host, long long port, bool reuseport,
+				 char *err, size_t errlen)
+{
+	struct evutil_addrinfo hints, *ai = NULL;
+	char service[16];
+	evutil_socket_t fd = -1;
+	int rc;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_NUMERICSERV;
+	snprintf(service, sizeof(service), "%lld", port);
+	rc = evutil_getaddrinfo(host, service, &hints, &ai);
+	if (rc != 0) {
+		snprintf(err, errlen, "%s", evutil_gai_strerror(rc));
+		return -1;
 	}
+	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+	if (fd < 0 || evutil_make_listen_socket_reuseable(fd) < 0 ||
+	    (reuseport && evutil_make_listen_socket_reuseable_port(fd) < 0) ||
+	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
+		snprintf(err, errlen, "%s", strerror(errno));
+		if (fd >= 0)
+			evutil_closesocket(fd);
+		fd = -1;
+	}
+	evutil_freeaddrinfo(ai);
+	return fd;
+}
+
+/*
+ * One event loop's gateway: its base, Redis and Kafka connections,
+ * caches and public listener. die() on failure: this is start-up.
+ */
+static void gw_loop_init(struct gateway *g)
+{
+	char err[512];
+	size_t max_req;
+	evutil_socket_t fd;
+
+	g->base = event_base_new();
+	/* Three priorities, 1 the default: admission runs last in a turn (admit.h). */
+	if (g->base == NULL || event_base_priority_init(g->base, 3) < 0)
+		die("startup_failed", "what=event_loop msg=\"event_base_new\"");
+	strmap_init(&g->degraded);
+	g->rl = &shared.rl;
+	g->ip_rl = &shared.ip_rl;
+	g->hot = &shared.hot;
+	if (g->loop > 0 &&
+	    auth_init(&g->auth, g->cfg.jwt_secret, g->cfg.jwt_jwks_file, g->cfg.jwt_issuer,
+		      g->cfg.jwt_audience, g->cfg.jwt_leeway_s, err, sizeof(err)) < 0)
+		die("bad_config", "what=jwt msg=\"%s\"", err);
+	if (gw_store_init(&g->store, g->base, g->cfg.redis_address) < 0)
+		die("startup_failed", "what=redis msg=\"out of memory\"");
+	if (producer_init(&g->prod, g->base, &g->cfg.base.kafka, routes_on_delivery, g,
+			  err, sizeof(err)) < 0)
+		die("startup_failed", "what=kafka msg=\"%s\"", err);
+	if (promo_init(g) < 0)
+		die("startup_failed", "what=promo_cache msg=\"out of memory\"");
+	if (admit_init(&g->adm, g->base, &g->store, g->cfg.record_ttl_s, g->cfg.admission_k_pct,
+		       g->cfg.global_inflight, routes_on_admitted, g) < 0 ||
+	    push_init(&g->push, g, g->cfg.redis_address) < 0)
+		die("startup_failed", "what=admission msg=\"out of memory\"");
+	/* Admin disabled: no PostgreSQL connection at all. */
+	if (g->loop == 0 && g->cfg.admin_token[0] != '\0' &&
+	    adminpg_init(&g->pg, g->base, g->cfg.pg_conninfo) < 0)
+		die("startup_failed", "what=postgres msg=\"out of memory\"");
+	g->wake_drain = event_new(g->base, -1, 0, gw_wake_drain_cb, g);
+	g->wake_reload = event_new(g->base, -1, 0, gw_wake_reload_cb, g);
+	g->wake_refresh = event_new(g->base, -1, 0, gw_wake_refresh_cb, g);
+	if (g->wake_drain == NULL || g->wake_reload == NULL || g->wake_refresh == NULL)
+		die("startup_failed", "what=event_loop msg=\"event_new\"");
+
+	g->http = evhttp_new(g->base);
+	if (g->http == NULL)
+		die("startup_failed", "what=http msg=\"evhttp_new\"");
+	g->cfg.conn.trusted_proxies = g->cfg.trusted_proxies;
+	if (gw_conns_init(&g->conns, g->base, &g->cfg.conn, &shared.counts, err, sizeof(err)) < 0)
+		die("bad_config", "key=gateway.trusted_proxies msg=\"%s\"", err);
+	/* Every connection goes through the guard before evhttp parses it. */
+	evhttp_set_bevcb(g->http, gw_conns_bevcb, &g->conns);
+	evhttp_set_max_headers_size(g->http, (ev_ssize_t)g->cfg.conn.max_header_bytes);
+	/* Slightly too large bodies get our JSON 400; huge ones evhttp's 413, unbuffered. */
+	max_req = (size_t)g->cfg.max_body * 4;
+	evhttp_set_max_body_size(g->http, (ev_ssize_t)(max_req < 65536 ? 65536 : max_req));
+	evhttp_set_timeout(g->http, 30);
+	evhttp_set_allowed_methods(g->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
+	evhttp_set_gencb(g->http, routes_handle, g);
+	fd = gw_listen(g->cfg.base.http_host, g->cfg.base.http_port, g->nloops > 1, err, sizeof(err));
+	if (fd < 0 || evhttp_accept_socket(g->http, fd) < 0)
+		die("startup_failed", "what=http msg=\"cannot listen on %s:%lld: %s\"",
+		    g->cfg.base.http_host, g->cfg.base.http_port, fd < 0 ? err : "accept");
+	daemon_http_healthz(g->http);
+	gw_loop_apply(g);
+}
+
+/* After its loop stopped (a second signal exits without this). */
+static void gw_loop_free(struct gateway *g)
+{
+	if (g->drain_ev != NULL) {
+		event_free(g->drain_ev);
+		g->drain_ev = NULL;
+	}
+	/* Late Redis/PostgreSQL callbacks answer while the requests still exist. */
+	admit_free(&g->adm);
+	strmap_free(&g->degraded);
+	producer_close(&g->prod, 0);
+	gw_store_free(&g->store);
+	push_free(&g->push);
+	adminpg_free(&g->pg);
+	evhttp_free(g->http);
+	if (g->admin_http != NULL)
+		evhttp_free(g->admin_http);
+	gw_conns_free(&g->conns);
 	auth_free(&g->auth);
-	g->auth = fresh;
-	log_info("keys_reloaded", "keys=%zu", g->auth.nkeys);
+	promo_free(g);
+	event_free(g->wake_drain);
+	event_free(g->wake_reload);
+	event_free(g->wake_refresh);
+	event_base_free(g->base);
+}
+
+static void *gw_loop_thread(void *arg)
+{
+	struct gateway *g = arg;
+
+	event_base_dispatch(g->base);
+	return NULL;
 }
 
 int main(int argc, char **argv)
@@ -266,13 +472,13 @@ int main(int argc, char **argv)
 		.arg = &gw,
 	};
 	char err[512];
-	size_t max_req;
-	int args;
+	sigset_t all, old;
+	long cores;
+	int args, rc;
 
 	daemon_init(&table, &gw.cfg.base, argc, argv, &args);
 	if (args < argc && strcmp(argv[args], "token") == 0) {
-		int rc = gw_token(argc - args - 1, argv + args + 1);
-
+		rc = gw_token(argc - args - 1, argv + args + 1);
 		cf_free(&table);
 		return rc;
 	}
@@ -283,91 +489,67 @@ int main(int argc, char **argv)
 		die("bad_config", "what=jwt msg=\"%s\"", err);
 	if (gw.cfg.base.http_port == 0)
 		die("bad_config", "key=http.port value=0 msg=\"it serves the API\"");
+	/* Loop 0 wakes the others (event_active) from its own thread. */
+	if (evthread_use_pthreads() < 0)
+		die("startup_failed", "what=event_loop msg=\"evthread_use_pthreads\"");
+	cores = sysconf(_SC_NPROCESSORS_ONLN);
+	gw.nloops = gw.cfg.loops > 0 ? (int)gw.cfg.loops : cores > 0 ? (int)cores : 1;
+	gw.loop0 = &gw;
 
-	gw.base = event_base_new();
-	/* Three priorities, 1 the default: admission runs last in a turn (admit.h). */
-	if (gw.base == NULL || event_base_priority_init(gw.base, 3) < 0)
-		die("startup_failed", "what=event_loop msg=\"event_base_new\"");
 	routes_metrics_register();
 	admit_metrics_register();
-	strmap_init(&gw.degraded);
 	push_metrics_register();
-	if (ratelimit_init(&gw.rl, RL_SLOTS, (double)gw.cfg.user_rate_per_s,
-			   (double)gw.cfg.user_burst) < 0)
+	if (ratelimit_init(&shared.rl, RL_SLOTS, (double)gw.cfg.user_rate_per_s,
+			   (double)gw.cfg.user_burst) < 0 ||
+	    ratelimit_init(&shared.ip_rl, RL_SLOTS, 1, 1) < 0 ||
+	    gw_conn_counts_init(&shared.counts) < 0)
 		die("startup_failed", "what=ratelimit msg=\"out of memory\"");
-	if (gw_store_init(&gw.store, gw.base, gw.cfg.redis_address) < 0)
-		die("startup_failed", "what=redis msg=\"out of memory\"");
-	if (producer_init(&gw.prod, gw.base, &gw.cfg.base.kafka, routes_on_delivery, &gw,
-			  err, sizeof(err)) < 0)
-		die("startup_failed", "what=kafka msg=\"%s\"", err);
-	if (promo_init(&gw) < 0)
-		die("startup_failed", "what=promo_cache msg=\"out of memory\"");
-	if (admit_init(&gw.adm, gw.base, &gw.store, gw.cfg.record_ttl_s, gw.cfg.admission_k_pct,
-		       gw.cfg.global_inflight, routes_on_admitted, &gw) < 0 ||
-	    ratelimit_init(&gw.ip_rl, RL_SLOTS, 1, 1) < 0 ||
-	    push_init(&gw.push, &gw, gw.cfg.redis_address) < 0 ||
-	    hotkeys_init(&gw.hot, gw.base, gw.cfg.hot_sku_threshold) < 0)
-		die("startup_failed", "what=admission msg=\"out of memory\"");
-	/* Admin disabled: no PostgreSQL connection at all. */
-	if (gw.cfg.admin_token[0] != '\0' &&
-	    adminpg_init(&gw.pg, gw.base, gw.cfg.pg_conninfo) < 0)
-		die("startup_failed", "what=postgres msg=\"out of memory\"");
+	if (gw.nloops > 1 && (others = calloc((size_t)gw.nloops - 1, sizeof(*others))) == NULL)
+		die("startup_failed", "what=event_loop msg=\"out of memory\"");
+	gw_loop_init(&gw);
+	if (hotkeys_init(&shared.hot, gw.base, gw.cfg.hot_sku_threshold) < 0)
+		die("startup_failed", "what=hotkeys msg=\"out of memory\"");
+	for (int i = 1; i < gw.nloops; i++) {
+		struct gateway *g = &others[i - 1];
 
-	gw.http = evhttp_new(gw.base);
-	if (gw.http == NULL)
-		die("startup_failed", "what=http msg=\"evhttp_new\"");
-	gw.cfg.conn.trusted_proxies = gw.cfg.trusted_proxies;
-	if (gw_conn_counts_init(&gw.conn_counts) < 0)
-		die("startup_failed", "what=conn_counts msg=\"out of memory\"");
-	if (gw_conns_init(&gw.conns, gw.base, &gw.cfg.conn, &gw.conn_counts, err, sizeof(err)) < 0)
-		die("bad_config", "key=gateway.trusted_proxies msg=\"%s\"", err);
-	/* Every connection goes through the guard before evhttp parses it. */
-	evhttp_set_bevcb(gw.http, gw_conns_bevcb, &gw.conns);
-	evhttp_set_max_headers_size(gw.http, (ev_ssize_t)gw.cfg.conn.max_header_bytes);
-	/* Slightly too large bodies get our JSON 400; huge ones evhttp's 413, unbuffered. */
-	max_req = (size_t)gw.cfg.max_body * 4;
-	evhttp_set_max_body_size(gw.http, (ev_ssize_t)(max_req < 65536 ? 65536 : max_req));
-	evhttp_set_timeout(gw.http, 30);
-	evhttp_set_allowed_methods(gw.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
-	evhttp_set_gencb(gw.http, routes_handle, &gw);
-	if (evhttp_bind_socket(gw.http, gw.cfg.base.http_host, (ev_uint16_t)gw.cfg.base.http_port) < 0)
-		die("startup_failed", "what=http msg=\"cannot listen on %s:%lld\"", gw.cfg.base.http_host,
-		    gw.cfg.base.http_port);
+		g->loop = i;
+		g->nloops = gw.nloops;
+		g->loop0 = &gw;
+		g->cfg = gw.cfg;
+		gw_loop_init(g);
+		(i == 1 ? &gw : &others[i - 2])->next = g;
+	}
 	/* The public listener answers buyers and /healthz; the rest is private. */
 	gw.admin_http = daemon_http(gw.base, NULL, gw.cfg.admin_host, (int)gw.cfg.admin_port, &hooks);
-	daemon_http_healthz(gw.http);
 	if (gw.admin_http != NULL)
 		evhttp_set_gencb(gw.admin_http, routes_handle_admin, &gw);
 	daemon_signals(gw.base, &hooks);
-	log_info("listening", "host=%s port=%lld version=%s", gw.cfg.base.http_host, gw.cfg.base.http_port,
-		 FLASHSALE_VERSION);
+	/* Signals are loop 0's: the other threads never take one. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	for (int i = 1; i < gw.nloops; i++) {
+		rc = pthread_create(&others[i - 1].thread, NULL, gw_loop_thread, &others[i - 1]);
+		if (rc != 0)
+			die("startup_failed", "what=event_loop msg=\"pthread_create: %s\"", strerror(rc));
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	log_info("listening", "host=%s port=%lld loops=%d version=%s", gw.cfg.base.http_host,
+		 gw.cfg.base.http_port, gw.nloops, FLASHSALE_VERSION);
 	daemon_notify_ready();
 
 	event_base_dispatch(gw.base);
 
-	/* Loop stopped: free everything (second signal exits without this). */
-	if (gw.drain_ev != NULL) {
-		event_free(gw.drain_ev);
-		gw.drain_ev = NULL;
-	}
-	/* Late Redis/PostgreSQL callbacks answer while the requests still exist. */
-	admit_free(&gw.adm);
-	hotkeys_free(&gw.hot);
-	strmap_free(&gw.degraded);
-	producer_close(&gw.prod, 0);
-	gw_store_free(&gw.store);
-	push_free(&gw.push);
-	adminpg_free(&gw.pg);
-	evhttp_free(gw.http);
-	if (gw.admin_http != NULL)
-		evhttp_free(gw.admin_http);
-	gw_conns_free(&gw.conns);
-	gw_conn_counts_free(&gw.conn_counts);
-	auth_free(&gw.auth);
-	promo_free(&gw);
-	ratelimit_free(&gw.rl);
-	ratelimit_free(&gw.ip_rl);
-	event_base_free(gw.base);
+	/* Loop 0 drained; the others drain in parallel (gw_drain). */
+	for (int i = 1; i < gw.nloops; i++)
+		pthread_join(others[i - 1].thread, NULL);
+	hotkeys_free(&shared.hot);
+	for (int i = 1; i < gw.nloops; i++)
+		gw_loop_free(&others[i - 1]);
+	gw_loop_free(&gw);
+	free(others);
+	gw_conn_counts_free(&shared.counts);
+	ratelimit_free(&shared.rl);
+	ratelimit_free(&shared.ip_rl);
 	log_info("stopped", "msg=\"bye\"");
 	cf_free(&table);
 	return 0;

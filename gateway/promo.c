@@ -187,10 +187,7 @@ static void promo_refresh_done(struct promo_refresh *r)
 	if (c->state_lost)
 		log_info("promo_state_back", "skus=%zu", r->n);
 	c->state_lost = false;
-	/* Drop SKUs whose hash was missing, then sort. */
-	for (size_t i = 0; i < r->n; i++)
-		if (r->items[i].sku[0] != '\0')
-			r->items[n++] = r->items[i];
+	n = promo_keep_known(c, r->items, r->n);
 	qsort(r->items, n, sizeof(*r->items), promo_cmp);
 	c->items = r->items;
 	c->n = n;
@@ -302,7 +299,7 @@ static void promo_hmget_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 8) {
 		r->failed = true;
 	} else if (rep->element[0]->type == REDIS_REPLY_NIL) {
-		p->sku[0] = '\0';     /* in the set but no hash: not loaded */
+		p->initial = -1;      /* in the set but no hash (see promo_refresh_done) */
 	} else if (!promo_from_replies(p, rep->element)) {
 		log_warn("promo_bad_hash", "sku=%s", p->sku);
 		p->sku[0] = '\0';
@@ -377,9 +374,38 @@ static void promo_members_cb(redisAsyncContext *ac, void *reply, void *privdata)
 
 static void promo_tick(evutil_socket_t fd, short what, void *arg);
 
+size_t promo_keep_known(const struct promo_cache *c, struct promo *items, size_t n)
+{
+	size_t kept = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		struct promo *p = &items[i];
+		const struct promo *known;
+
+		if (p->sku[0] == '\0')
+			continue;
+		if (p->initial == -1) {
+			known = promo_find(c, p->sku);
+			if (known == NULL)
+				continue;
+			*p = *known;
+		}
+		items[kept++] = *p;
+	}
+	return kept;
+}
+
 void promo_refresh_now(struct gateway *gw)
 {
 	promo_tick(-1, 0, gw);
+}
+
+void promo_refresh_others(struct gateway *gw)
+{
+	for (struct gateway *l = gw->loop0; l != NULL; l = l->next) {
+		if (l != gw && l->wake_refresh != NULL)
+			event_active(l->wake_refresh, EV_TIMEOUT, 0);
+	}
 }
 
 static void promo_tick(evutil_socket_t fd, short what, void *arg)

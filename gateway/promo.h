@@ -95,4 +95,14 @@ void promo_note_counts(struct promo_cache *c, const char *sku, int64_t remaining
 /* Refresh now (a reconnect may have missed pushes); no-op if one runs. */
 void promo_refresh_now(struct gateway *gw);
 
+/*
+ * A refresh's items, compacted in place: an item whose hash was missing
+ * (initial == -1: not loaded yet, or Redis lost its state between the
+ * refresh's SMEMBERS and its HMGET, as a FLUSHALL does) keeps the cached
+ * entry of its SKU if c has one, else is dropped. Returns the items kept.
+ */
+size_t promo_keep_known(const struct promo_cache *c, struct promo *items, size_t n);
+/* The other event loops refresh theirs now (an admin change on this one). */
+void promo_refresh_others(struct gateway *gw);
+
 #endif

@@ -271,6 +271,53 @@ static void refuse_unless_known_later(struct gateway *gw, struct evhttp_request 
 
 /* ---- handlers ---- */
 
+/*
+ * The filters of a promotion this loop's cache knows, cheapest first;
+ * nothing here does I/O but a look-up of a client-chosen id (see
+ * refuse_unless_known_later). false when the request was answered.
+ */
+static bool purchase_filters(struct gateway *gw, struct evhttp_request *req,
+			     const struct purchase_req *pr, const struct promo *p, const char *rid)
+{
+	char err[128];
+	int64_t now = gateway_now_ms(gw);
+
+	hotkeys_note(gw->hot, p->sku);
+	if (now < p->start_ms - WINDOW_SLACK_MS) {
+		refuse(req, REF_NOT_STARTED, 409, "not_started", "the sale has not started yet", false);
+		return false;
+	}
+	if (now >= p->end_ms + WINDOW_SLACK_MS) {
+		refuse_unless_known_later(gw, req, pr, rid, REF_ENDED, 409, "ended",
+					  "the sale has ended", -1, -1);
+		return false;
+	}
+	if (p->remaining <= 0 && pr->generated_id) {
+		/* Held units may come back when their holds end: say when. */
+		bool back = p->held > 0;
+		int64_t retry = back && p->earliest_ms > now ? p->earliest_ms - now : 0;
+
+		metric_add(&m_refusals[REF_SOLD_OUT], 1);
+		call_reply_now(req, ROUTE_PURCHASE, 409,
+			       refusal_body(req, "sold_out", back ?
+					    "sold out for now: held units may come back" : "sold out",
+					    retry, back), false);
+		return false;
+	}
+	/*
+	 * Sold out, but the buyer chose the id: it may be a retry of a purchase
+	 * that got in, which must get its first answer. The admission call
+	 * (one per loop turn) looks the id up and answers sold_out
+	 * otherwise: no Redis round trip of its own per refusal.
+	 */
+	if (pr->qty > p->limit) {
+		snprintf(err, sizeof(err), "qty is above the per-user limit of %" PRId64, p->limit);
+		refuse(req, REF_LIMIT, 409, "limit_reached", err, false);
+		return false;
+	}
+	return true;
+}
+
 static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 {
 	struct purchase_req pr;
@@ -279,7 +326,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	const char *body, *code = NULL;
 	char err[256], user[FS_ID_MAX + 1], rid[27], ip[GW_IP_MAX] = "";
 	size_t len;
-	int64_t now, rate, mono = mono_us();
+	int64_t rate, mono = mono_us();
 
 	if (gw->draining) {
 		refuse(req, REF_DRAINING, 503, "busy", FRIENDLY, true);
@@ -302,61 +349,30 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	strcpy(pr.user_id, user);
 	/* Ids are the buyer's own: nobody can claim another's, none collide. */
 	auth_scoped_id(user, pr.request_id, rid);
-	/* Cheapest first: nothing below does I/O until the produce. */
 	if (!promo_fresh(&gw->promo)) {
 		refuse(req, REF_STALE_CACHE, 503, "busy", FRIENDLY, false);
 		return;
 	}
-	p = promo_find(&gw->promo, pr.sku);
-	if (p == NULL) {
-		refuse(req, REF_UNKNOWN_SKU, 404, "unknown_sku", "no promotion for this sku", false);
-		return;
-	}
-	hotkeys_note(&gw->hot, p->sku);
-	now = gateway_now_ms(gw);
-	if (now < p->start_ms - WINDOW_SLACK_MS) {
-		refuse(req, REF_NOT_STARTED, 409, "not_started", "the sale has not started yet", false);
-		return;
-	}
-	if (now >= p->end_ms + WINDOW_SLACK_MS) {
-		refuse_unless_known_later(gw, req, &pr, rid, REF_ENDED, 409, "ended",
-					  "the sale has ended", -1, -1);
-		return;
-	}
-	if (p->remaining <= 0 && pr.generated_id) {
-		/* Held units may come back when their holds end: say when. */
-		bool back = p->held > 0;
-		int64_t retry = back && p->earliest_ms > now ? p->earliest_ms - now : 0;
-
-		metric_add(&m_refusals[REF_SOLD_OUT], 1);
-		call_reply_now(req, ROUTE_PURCHASE, 409,
-			       refusal_body(req, "sold_out", back ?
-					    "sold out for now: held units may come back" : "sold out",
-					    retry, back), false);
-		return;
-	}
 	/*
-	 * Sold out, but the buyer chose the id: it may be a retry of a purchase
-	 * that got in, which must get its first answer. The admission call
-	 * (one per loop turn, below) looks the id up and answers sold_out
-	 * otherwise: no Redis round trip of its own per refusal.
+	 * A SKU this loop's cache does not know may be newer than the cache
+	 * (created a moment ago through another loop or gateway): admission
+	 * reads Redis and answers 404 unknown_sku if it does not exist.
 	 */
-	if (pr.qty > p->limit) {
-		snprintf(err, sizeof(err), "qty is above the per-user limit of %" PRId64, p->limit);
-		refuse(req, REF_LIMIT, 409, "limit_reached", err, false);
+	p = promo_find(&gw->promo, pr.sku);
+	if (p != NULL && !purchase_filters(gw, req, &pr, p, rid))
 		return;
-	}
 	/* Layered rates, each the promotion's own or the gateway's default. */
-	rate = p->user_rate_per_s > 0 ? p->user_rate_per_s : gw->cfg.user_rate_per_s;
-	if (!ratelimit_take_rate(&gw->rl, pr.user_id, mono, (double)rate,
-				 p->user_rate_per_s > 0 ? (double)(2 * rate) : (double)gw->cfg.user_burst)) {
+	rate = p != NULL && p->user_rate_per_s > 0 ? p->user_rate_per_s : gw->cfg.user_rate_per_s;
+	if (!ratelimit_take_rate(gw->rl, pr.user_id, mono, (double)rate,
+				 p != NULL && p->user_rate_per_s > 0 ? (double)(2 * rate) :
+				 (double)gw->cfg.user_burst)) {
 		refuse_unless_known_later(gw, req, &pr, rid, REF_RATE_LIMITED, 429, "rate_limited",
 					  FRIENDLY, 1000, -1);
 		return;
 	}
-	rate = p->ip_rate_per_s > 0 ? p->ip_rate_per_s : gw->cfg.ip_rate_per_s;
+	rate = p != NULL && p->ip_rate_per_s > 0 ? p->ip_rate_per_s : gw->cfg.ip_rate_per_s;
 	if (rate > 0 && gw_conns_client_ip(&gw->conns, req, ip) &&
-	    !ratelimit_take_rate(&gw->ip_rl, ip, mono, (double)rate, (double)(2 * rate))) {
+	    !ratelimit_take_rate(gw->ip_rl, ip, mono, (double)rate, (double)(2 * rate))) {
 		refuse_unless_known_later(gw, req, &pr, rid, REF_IP_RATE, 429, "try_later", FRIENDLY,
 					  1000, -1);
 		return;

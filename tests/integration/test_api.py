@@ -193,3 +193,31 @@ def test_stalled_redis_is_dropped_and_reconnected(stack):
              what='the gateway to reconnect')
     code, body = stack.http('POST', '/v1/purchases', {'sku': 'stall-1', 'qty': 1}, user='u1')
     assert code == 202, body
+
+
+@pytest.mark.stack_env(FLASHSALE_GATEWAY_LOOPS='3')
+def test_sigterm_drains_every_event_loop(stack):
+    """A gateway of three event loops serves buyers on every loop, and
+    SIGTERM drains each of them (their produces answered, their Kafka and
+    Redis connections closed) before the process exits: not a hang on a
+    loop nobody stopped, not a kill."""
+    import os
+    import signal
+    stack.create_promotion('loops-1', stock=50, per_user_limit=1, hold_seconds=600)
+    assert 'loops=3' in stack.log('gateway')
+    for i in range(30):     # a new connection each: the kernel spreads them
+        code, body = stack.http('POST', '/v1/purchases', {'sku': 'loops-1', 'qty': 1},
+                                user='loop-buyer-%d' % i)
+        assert code == 202, (i, body)
+    pid = int(open(os.path.join(stack.dir, 'run', 'gateway.pid')).read())
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: 'event=stopped' in stack.log('gateway'), timeout=20,
+             what='the gateway to drain and stop')
+    log = stack.log('gateway')
+    assert sorted(l.split('loop=')[1].split()[0] for l in log.splitlines()
+                  if 'event=draining loop=' in l) == ['0', '1', '2'], log[-3000:]
+    wait_for(lambda: not os.path.exists('/proc/%d' % pid) or
+             open('/proc/%d/stat' % pid).read().split()[2] == 'Z', timeout=10,
+             what='the gateway process to exit')
+    assert time.monotonic() - t0 < 15

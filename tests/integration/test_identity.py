@@ -167,7 +167,10 @@ def test_key_rotation_through_the_jwks_file(make_stack):
         os.replace(jwks + '.tmp', jwks)
 
     write(keys.rsa_jwk('2026-a'))
-    stack = make_stack(env={'FLASHSALE_GATEWAY_JWT_JWKS_FILE': jwks,
+    # Four event loops: each must take the new keys (loop 0 fans SIGHUP out),
+    # and the buyers below connect anew each time, to any of them.
+    stack = make_stack(env={'FLASHSALE_GATEWAY_LOOPS': '4',
+                            'FLASHSALE_GATEWAY_JWT_JWKS_FILE': jwks,
                             'FLASHSALE_GATEWAY_JWT_ISSUER': 'https://shop.example',
                             'FLASHSALE_GATEWAY_JWT_AUDIENCE': 'flashsale'})
     stack.create_promotion('rot-1', stock=100, per_user_limit=5, hold_seconds=600)
@@ -188,18 +191,23 @@ def test_key_rotation_through_the_jwks_file(make_stack):
     forged_body = b64url(json.dumps(claims('ann', **ok)).encode())
     assert buy('%s.%s.%s' % (forged_head, forged_body, b64url(b'x' * 32))) == 401
 
+    assert 'loops=4' in stack.log('gateway')
+
     def reload():
-        before = stack.log('gateway').count('event=keys_reload')
+        before = stack.log('gateway').count('event=keys_reloaded')
         os.kill(daemon_pid(stack, 'gateway'), signal.SIGHUP)
-        wait_for(lambda: stack.log('gateway').count('event=keys_reload') > before, timeout=10,
-                 what='the gateway to re-read its keys')
+        wait_for(lambda: stack.log('gateway').count('event=keys_reloaded') >= before + 4,
+                 timeout=10, what='every loop of the gateway to re-read its keys')
 
     write(keys.rsa_jwk('2026-a'), keys.ec_jwk('2026-b'))        # publish the new key
     reload()
     assert buy(old) == 202 and buy(new) == 202
+    for i in range(12):
+        assert buy(keys.sign('ES256', '2026-b', claims('new-%d' % i, **ok))) == 202, i
     write(keys.ec_jwk('2026-b'))                                 # retire the old one
     reload()
-    assert buy(keys.sign('RS256', '2026-a', claims('ann', **ok))) == 401
+    for i in range(12):
+        assert buy(keys.sign('RS256', '2026-a', claims('old-%d' % i, **ok))) == 401, i
     assert buy(keys.sign('ES256', '2026-b', claims('bob', **ok))) == 202
     # A broken file keeps the keys in use.
     with open(jwks, 'w') as f:

@@ -111,6 +111,34 @@ static void test_push_parse(void **state)
 		assert_false(push_parse(bad[i], sku, sizeof(sku), &r, &h, &e, &c));
 }
 
+/*
+ * A refresh that straddles a FLUSHALL read the SKU set before it and the
+ * hashes after: the cached SKUs must survive it (found by CI: the sale's
+ * SKU vanished from the cache and buyers heard unknown_sku for 13 s, until
+ * the rebuild), while a SKU never seen is still dropped.
+ */
+static void test_refresh_keeps_known_skus(void **state)
+{
+	struct promo_cache c;
+	struct promo live = make("live-1", 42), items[3];
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(promo_put(&c, &live), 0);
+	items[0] = make("live-1", 0);
+	items[0].initial = -1;             /* its hash was gone */
+	items[1] = make("never-seen", 0);
+	items[1].initial = -1;
+	items[2] = make("fresh-1", 9);     /* read whole */
+	assert_int_equal(promo_keep_known(&c, items, 3), 2);
+	assert_string_equal(items[0].sku, "live-1");
+	assert_int_equal(items[0].initial, 100);
+	assert_int_equal(items[0].remaining, 42);
+	assert_string_equal(items[1].sku, "fresh-1");
+	assert_int_equal(items[1].remaining, 9);
+	free(c.items);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -118,6 +146,7 @@ int main(void)
 		cmocka_unit_test(test_status),
 		cmocka_unit_test(test_note_sold_out),
 		cmocka_unit_test(test_push_parse),
+		cmocka_unit_test(test_refresh_keeps_known_skus),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
