@@ -90,6 +90,8 @@ struct gw_shared {
 	struct ratelimit ip_rl;     /* per client address */
 	struct gw_conn_counts counts;
 	struct hotkeys hot;         /* ticked by loop 0 */
+	pthread_mutex_t recent_mu;
+	struct strmap recent;       /* purchases accepted lately (routes_recent_*) */
 };
 
 struct gateway {
@@ -97,6 +99,7 @@ struct gateway {
 	int nloops;
 	struct gateway *loop0;      /* its cfg is the configuration table's */
 	struct gateway *next;       /* the next loop, NULL after the last */
+	struct gw_shared *sh;
 	struct event_base *base;
 	struct evhttp *http;        /* the public API */
 	struct evhttp *admin_http;  /* /admin, /metrics: 127.0.0.1 by default */

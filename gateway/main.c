@@ -378,6 +378,7 @@ static void gw_loop_init(struct gateway *g)
 	if (g->base == NULL || event_base_priority_init(g->base, 3) < 0)
 		die("startup_failed", "what=event_loop msg=\"event_base_new\"");
 	strmap_init(&g->degraded);
+	g->sh = &shared;
 	g->rl = &shared.rl;
 	g->ip_rl = &shared.ip_rl;
 	g->hot = &shared.hot;
@@ -502,8 +503,10 @@ int main(int argc, char **argv)
 	if (ratelimit_init(&shared.rl, RL_SLOTS, (double)gw.cfg.user_rate_per_s,
 			   (double)gw.cfg.user_burst) < 0 ||
 	    ratelimit_init(&shared.ip_rl, RL_SLOTS, 1, 1) < 0 ||
-	    gw_conn_counts_init(&shared.counts) < 0)
+	    gw_conn_counts_init(&shared.counts) < 0 ||
+	    pthread_mutex_init(&shared.recent_mu, NULL) != 0)
 		die("startup_failed", "what=ratelimit msg=\"out of memory\"");
+	strmap_init(&shared.recent);
 	if (gw.nloops > 1 && (others = calloc((size_t)gw.nloops - 1, sizeof(*others))) == NULL)
 		die("startup_failed", "what=event_loop msg=\"out of memory\"");
 	gw_loop_init(&gw);
@@ -548,6 +551,8 @@ int main(int argc, char **argv)
 	gw_loop_free(&gw);
 	free(others);
 	gw_conn_counts_free(&shared.counts);
+	strmap_free(&shared.recent);
+	pthread_mutex_destroy(&shared.recent_mu);
 	ratelimit_free(&shared.rl);
 	ratelimit_free(&shared.ip_rl);
 	log_info("stopped", "msg=\"bye\"");

@@ -189,6 +189,35 @@ static cJSON *refusal_body(struct evhttp_request *req, const char *error, const 
 
 static void purchase_produce(struct gateway *gw, struct pending *pd);
 
+/*
+ * Purchases this gateway answered 202 lately (request id -> 1), so that a
+ * retry of one is answered 202 while Redis, which knows every id, is away:
+ * admission fails closed for new purchases only. A window, not a log:
+ * cleared whole when full, and per process (another gateway's 202s get the
+ * plain 503, as before).
+ */
+#define RECENT_MAX 100000
+
+static void routes_recent_note(struct gateway *gw, const char *rid)
+{
+	pthread_mutex_lock(&gw->sh->recent_mu);
+	if (strmap_count(&gw->sh->recent) >= RECENT_MAX)
+		strmap_clear(&gw->sh->recent);
+	if (strmap_put_max(&gw->sh->recent, rid, 1) < 0)
+		log_debug("recent_oom", "request_id=%s", rid);
+	pthread_mutex_unlock(&gw->sh->recent_mu);
+}
+
+static bool routes_recent_known(struct gateway *gw, const char *rid)
+{
+	bool known;
+
+	pthread_mutex_lock(&gw->sh->recent_mu);
+	known = strmap_get(&gw->sh->recent, rid, 0) > 0;
+	pthread_mutex_unlock(&gw->sh->recent_mu);
+	return known;
+}
+
 static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
 	struct pending *pd = privdata;
@@ -350,6 +379,16 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	/* Ids are the buyer's own: nobody can claim another's, none collide. */
 	auth_scoped_id(user, pr.request_id, rid);
 	if (!promo_fresh(&gw->promo)) {
+		if (!pr.generated_id && routes_recent_known(gw, rid)) {
+			/* Redis is away, but this retry's purchase got its 202 here. */
+			cJSON *o = cJSON_CreateObject();
+
+			cJSON_AddStringToObject(o, "request_id", pr.request_id);
+			cJSON_AddStringToObject(o, "state", "queued");
+			metric_add(&m_replays, 1);
+			call_reply_now(req, ROUTE_PURCHASE, 202, o, false);
+			return;
+		}
 		refuse(req, REF_STALE_CACHE, 503, "busy", FRIENDLY, false);
 		return;
 	}
@@ -520,6 +559,15 @@ void routes_on_admitted(void *arg, void *opaque, const struct admit_result *r)
 		break;
 	case ADMIT_UNAVAILABLE:
 	default:
+		if (routes_recent_known(gw, pd->request_id)) {
+			/* A retry of a purchase that got its 202 here: it still has it. */
+			o = cJSON_CreateObject();
+			cJSON_AddStringToObject(o, "request_id", pd->client_id);
+			cJSON_AddStringToObject(o, "state", "queued");
+			metric_add(&m_replays, 1);
+			call_reply(&pd->call, 202, o);
+			break;
+		}
 		/* Fail closed: no budget to check against, no purchase to Kafka. */
 		refuse_later(pd, REF_BUSY, 503, "busy", FRIENDLY, 1000, -1);
 		break;
@@ -563,6 +611,7 @@ void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 		/* The purchase is in Kafka: it will be decided whether or not the
 		 * client stays. Its "queued" marker came with its admission. */
 		metric_add(&m_accepted, 1);
+		routes_recent_note(gw, pd->request_id);
 		cJSON_AddStringToObject(o, "state", "queued");
 	} else {
 		cJSON_AddStringToObject(o, "state", pd->state);

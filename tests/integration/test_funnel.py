@@ -331,3 +331,33 @@ def test_retry_of_undecided_purchase_is_sent_again(stack):
     wait_for(final, timeout=60, what='the purchase decided')
     assert_audit_clean(stack)
     assert_invariants(stack, 'undecided-1', 5)
+
+
+@pytest.mark.stack_env(FLASHSALE_GATEWAY_CACHE_MAX_AGE_MS='1000')
+def test_redis_away_new_purchases_fail_closed_retries_answered(stack):
+    """Without Redis there is no budget to admit against: a new purchase is
+    503 busy with Retry-After (fail closed). A retry of a purchase that
+    already got its 202 is still answered 202: the buyer has it."""
+    import signal
+    stack.create_promotion('away-1', stock=10, per_user_limit=1, hold_seconds=600)
+    code, body = buy(stack, 'away-1', 'u-away', 'away-r1')
+    assert code == 202, body
+    pid = int(open(stack.path('run', 'redis.pid')).read())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: 'event=redis_stalled' in stack.log('gateway'), timeout=20,
+                 what='the gateway to drop the stalled Redis connection')
+        for _ in range(5):     # new connections: any event loop
+            code, body = buy(stack, 'away-1', 'u-away', 'away-r1')
+            assert code == 202 and body['state'] == 'queued', (code, body)
+        code, body = buy(stack, 'away-1', 'u-new', 'away-r2')
+        assert code == 503 and body['error'] == 'busy', (code, body)
+        time.sleep(1.5)        # past the cache's max age: the same answers
+        code, body = buy(stack, 'away-1', 'u-away', 'away-r1')
+        assert code == 202, (code, body)
+        code, body = buy(stack, 'away-1', 'u-new2', 'away-r3')
+        assert code == 503, (code, body)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: buy(stack, 'away-1', 'u-new3', 'away-r4')[0] == 202, timeout=30,
+             what='purchases admitted again once Redis is back')
