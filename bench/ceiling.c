@@ -100,50 +100,11 @@ static void ceiling_signal_cb(evutil_socket_t sig, short what, void *arg)
 		event_base_loopbreak(c->loops[i].base);
 }
 
-/* The port a listening socket actually got (for --port 0). -1 when unknown. */
-static int bound_port(evutil_socket_t fd)
-{
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof(ss);
-
-	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
-		return -1;
-	if (ss.ss_family == AF_INET)
-		return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-	if (ss.ss_family == AF_INET6)
-		return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-	return -1;
-}
-
-/* A listening socket on host:port, SO_REUSEPORT when several loops share it. */
-static evutil_socket_t ceiling_listen(const char *host, long port, bool reuseport)
-{
-	struct evutil_addrinfo hints, *ai = NULL;
-	char service[16];
-	evutil_socket_t fd;
-
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_NUMERICSERV;
-	snprintf(service, sizeof(service), "%ld", port);
-	if (evutil_getaddrinfo(host, service, &hints, &ai) != 0)
-		return -1;
-	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-	if (fd >= 0 && (evutil_make_listen_socket_reuseable(fd) < 0 ||
-			(reuseport && evutil_make_listen_socket_reuseable_port(fd) < 0) ||
-			bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0)) {
-		evutil_closesocket(fd);
-		fd = -1;
-	}
-	evutil_freeaddrinfo(ai);
-	return fd;
-}
-
 /* One loop: its base and server on a socket of its own. -1 on failure. */
 static int ceiling_loop_init(struct ceiling_loop *l, const char *host, long port, bool reuseport,
 			     int *got)
 {
+	char err[256];
 	evutil_socket_t fd;
 
 	l->base = event_base_new();
@@ -155,13 +116,13 @@ static int ceiling_loop_init(struct ceiling_loop *l, const char *host, long port
 	evhttp_set_timeout(l->http, 30);
 	evhttp_set_allowed_methods(l->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
 	evhttp_set_gencb(l->http, ceiling_handle, l);
-	fd = ceiling_listen(host, port, reuseport);
+	fd = util_listen_tcp(host, port, reuseport, err, sizeof(err));
 	if (fd < 0 || evhttp_accept_socket(l->http, fd) < 0) {
 		if (fd >= 0)
 			evutil_closesocket(fd);
 		return -1;
 	}
-	*got = bound_port(fd);
+	*got = util_bound_port(fd);
 	return *got < 0 ? -1 : 0;
 }
 

@@ -34,4 +34,19 @@ void request_id_new(char out[27]);
 int util_write_atomic(const char *path, const char *text, char *err, size_t errlen)
 	FS_MUSTCHECK;
 
+/*
+ * A non-blocking, close-on-exec TCP socket listening on host:port (port 0:
+ * the kernel picks one; see util_bound_port). reuseport: SO_REUSEPORT, so
+ * that several event loops each listen on the same port and the kernel
+ * spreads new connections over them by address (one shared socket would
+ * let whichever loop wakes first take a whole burst); a port another
+ * program holds without it still fails the bind. The fd, or -1 with the
+ * reason in err.
+ */
+int util_listen_tcp(const char *host, long port, bool reuseport, char *err, size_t errlen)
+	FS_MUSTCHECK;
+
+/* The local port of a bound socket, or -1. */
+int util_bound_port(int fd);
+
 #endif

@@ -5,13 +5,11 @@
  */
 #include "gateway.h"
 
-#include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -326,44 +324,6 @@ static void gw_reload(void *arg)
 }
 
 /*
- * The public listening socket of one loop. With several loops each has its
- * own, all bound to the same port with SO_REUSEPORT, so that the kernel
- * spreads new connections over the loops by their addresses (one shared
- * socket would let whichever loop wakes first take a whole burst). A port
- * another program holds without SO_REUSEPORT still fails the bind.
- */
-static evutil_socket_t gw_listen(const char *host, long long port, bool reuseport,
-				 char *err, size_t errlen)
-{
-	struct evutil_addrinfo hints, *ai = NULL;
-	char service[16];
-	evutil_socket_t fd = -1;
-	int rc;
-
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_NUMERICSERV;
-	snprintf(service, sizeof(service), "%lld", port);
-	rc = evutil_getaddrinfo(host, service, &hints, &ai);
-	if (rc != 0) {
-		snprintf(err, errlen, "%s", evutil_gai_strerror(rc));
-		return -1;
-	}
-	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-	if (fd < 0 || evutil_make_listen_socket_reuseable(fd) < 0 ||
-	    (reuseport && evutil_make_listen_socket_reuseable_port(fd) < 0) ||
-	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
-		snprintf(err, errlen, "%s", strerror(errno));
-		if (fd >= 0)
-			evutil_closesocket(fd);
-		fd = -1;
-	}
-	evutil_freeaddrinfo(ai);
-	return fd;
-}
-
-/*
  * One event loop's gateway: its base, Redis and Kafka connections,
  * caches and public listener. die() on failure: this is start-up.
  */
@@ -422,7 +382,9 @@ static void gw_loop_init(struct gateway *g)
 	evhttp_set_timeout(g->http, 30);
 	evhttp_set_allowed_methods(g->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD);
 	evhttp_set_gencb(g->http, routes_handle, g);
-	fd = gw_listen(g->cfg.base.http_host, g->cfg.base.http_port, g->nloops > 1, err, sizeof(err));
+	/* With several loops, each its own socket on the port (util_listen_tcp). */
+	fd = util_listen_tcp(g->cfg.base.http_host, g->cfg.base.http_port, g->nloops > 1, err,
+			     sizeof(err));
 	if (fd < 0 || evhttp_accept_socket(g->http, fd) < 0)
 		die("startup_failed", "what=http msg=\"cannot listen on %s:%lld: %s\"",
 		    g->cfg.base.http_host, g->cfg.base.http_port, fd < 0 ? err : "accept");

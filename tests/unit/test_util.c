@@ -182,6 +182,28 @@ static void test_write_atomic(void **state)
 	rmdir(dir);
 }
 
+/* The gateway's event loops share a port only when each asks to. */
+static void test_listen_tcp(void **state)
+{
+	char err[256];
+	int a, b, c, port;
+
+	(void)state;
+	a = util_listen_tcp("127.0.0.1", 0, true, err, sizeof(err));
+	assert_true(a >= 0);
+	port = util_bound_port(a);
+	assert_true(port > 0);
+	b = util_listen_tcp("127.0.0.1", port, true, err, sizeof(err));
+	assert_true(b >= 0);
+	assert_int_equal(util_bound_port(b), port);
+	/* A program that did not ask for SO_REUSEPORT cannot join them. */
+	c = util_listen_tcp("127.0.0.1", port, false, err, sizeof(err));
+	assert_int_equal(c, -1);
+	assert_non_null(strstr(err, "in use"));
+	close(a);
+	close(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -191,6 +213,7 @@ int main(void)
 		cmocka_unit_test(test_request_id_time),
 		cmocka_unit_test(test_clocks),
 		cmocka_unit_test(test_write_atomic),
+		cmocka_unit_test(test_listen_tcp),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
