@@ -71,7 +71,7 @@ static struct cf_key keys[] = {
 	  "(comma separated; empty: none)" },
 	{ "gateway.loops", CF_INT, &gw.cfg.loops, "0", 0, 256,
 	  "Event loops (threads) serving the public port, each with its own Redis and Kafka "
-	  "connections (0: one per core)" },
+	  "connections (0: one per core, at most 16)" },
 	{ "gateway.max_inflight", CF_INT, &gw.cfg.max_inflight, "20000", 1, 10000000,
 	  "Intents awaiting Kafka acknowledgement (and, counted apart, reads awaiting Redis) "
 	  "per event loop before requests get 503 busy", true },
@@ -456,7 +456,10 @@ int main(int argc, char **argv)
 	if (evthread_use_pthreads() < 0)
 		die("startup_failed", "what=event_loop msg=\"evthread_use_pthreads\"");
 	cores = sysconf(_SC_NPROCESSORS_ONLN);
-	gw.nloops = gw.cfg.loops > 0 ? (int)gw.cfg.loops : cores > 0 ? (int)cores : 1;
+	/* Each loop has its own Kafka producer and Redis connections: by default
+	 * no more than 16, however many cores. */
+	gw.nloops = gw.cfg.loops > 0 ? (int)gw.cfg.loops :
+		    cores > 16 ? 16 : cores > 0 ? (int)cores : 1;
 	gw.loop0 = &gw;
 
 	routes_metrics_register();
