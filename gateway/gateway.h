@@ -100,6 +100,7 @@ struct gateway {
 	struct gateway *loop0;      /* its cfg is the configuration table's */
 	struct gateway *next;       /* the next loop, NULL after the last */
 	struct gw_shared *sh;
+	bool serving;               /* atomic: Redis, cache and Kafka fine (gateway_note_health) */
 	struct event_base *base;
 	struct evhttp *http;        /* the public API */
 	struct evhttp *admin_http;  /* /admin, /metrics: 127.0.0.1 by default */
@@ -125,6 +126,13 @@ struct gateway {
 	struct event *wake_refresh; /* an admin change on loop 0: refresh the cache now */
 	pthread_t thread;           /* loops 1.. */
 };
+
+/*
+ * Record, for loop 0's /healthz, whether this loop can take purchases: its
+ * Redis connection, a fresh cache and its Kafka producer (called by the
+ * loop itself at every cache tick and refresh).
+ */
+void gateway_note_health(struct gateway *gw);
 
 /* The gateway clock corrected to the Redis clock (ms): the one clock of deadlines. */
 int64_t gateway_now_ms(const struct gateway *gw);

@@ -165,17 +165,22 @@ static enum daemon_health gw_health(void *arg, char *detail, size_t n)
 	 */
 	bool kafka = !g->prod.fatal;
 	int64_t age = promo_age_ms(&g->promo);
+	bool serving = true;
 
+	/* Every loop serves buyers: each must be able to (gateway_note_health). */
+	for (struct gateway *l = g->next; l != NULL; l = l->next)
+		serving = serving && __atomic_load_n(&l->serving, __ATOMIC_RELAXED);
 	snprintf(detail, n,
 		 "{\"redis\":%s,\"cache_fresh\":%s,\"cache_age_ms\":%" PRId64 ",\"kafka\":%s,"
 		 "\"kafka_brokers_down\":%s,"
-		 "\"postgres\":%s,\"inflight\":%lld,\"draining\":%s,\"loops\":%d}",
+		 "\"postgres\":%s,\"inflight\":%lld,\"draining\":%s,\"loops\":%d,"
+		 "\"loops_serving\":%s}",
 		 redis ? "true" : "false", cache ? "true" : "false",
 		 age == INT64_MAX ? -1 : age, kafka ? "true" : "false",
 		 g->prod.all_brokers_down ? "true" : "false",
 		 adminpg_ready(&g->pg) ? "true" : "false", g->prod.inflight,
-		 g->draining ? "true" : "false", g->nloops);
-	return redis && cache && kafka && !g->draining ? HEALTH_OK : HEALTH_FAILED;
+		 g->draining ? "true" : "false", g->nloops, serving ? "true" : "false");
+	return redis && cache && kafka && serving && !g->draining ? HEALTH_OK : HEALTH_FAILED;
 }
 
 static void gw_linger_cb(evutil_socket_t fd, short what, void *arg)

@@ -32,6 +32,13 @@ struct metric gw_m_cache_age = {
 	.type = METRIC_GAUGE,
 };
 
+void gateway_note_health(struct gateway *gw)
+{
+	bool ok = gw_store_ready(&gw->store) && promo_fresh(&gw->promo) && !gw->prod.fatal;
+
+	__atomic_store_n(&gw->serving, ok, __ATOMIC_RELAXED);
+}
+
 int64_t gateway_now_ms(const struct gateway *gw)
 {
 	return now_ms() + gw->promo.clock_offset_ms;
@@ -215,6 +222,7 @@ static void promo_refresh_done(struct promo_refresh *r)
 	c->clock_offset_ms = r->offset_ms;
 	c->refreshed_us = mono_us();
 	c->refreshed_redis_ms = r->redis_ms;
+	gateway_note_health(r->gw);
 	free(r);
 }
 
@@ -418,6 +426,7 @@ static void promo_tick(evutil_socket_t fd, short what, void *arg)
 	const char *ready_argv[] = { "GET", "fs:ready" };
 
 	metric_set(&gw_m_cache_age, c->refreshed_us ? promo_age_ms(c) : -1);
+	gateway_note_health(gw);
 	/*
 	 * One refresh at a time: a slow Redis must not pile them up. One that
 	 * has waited past cache_max_age_ms means a Redis that stopped

@@ -938,9 +938,9 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 	call_init(&pd->call, gw, req, route);
 }
 
-static void route_promo_get(struct gateway *gw, struct evhttp_request *req, const char *sku)
+/* The answer of GET /v1/promotions/{sku} for a promotion p (req still open). */
+static void promo_answer(struct gateway *gw, struct evhttp_request *req, const struct promo *p)
 {
-	const struct promo *p = valid_sku(sku) ? promo_find(&gw->promo, sku) : NULL;
 	struct evkeyvalq *h;
 	const char *status, *inm;
 	char etag[160];
@@ -948,11 +948,6 @@ static void route_promo_get(struct gateway *gw, struct evhttp_request *req, cons
 	int64_t now;
 	cJSON *o;
 
-	if (p == NULL) {
-		call_error_now(req, ROUTE_PROMO_GET, 404, "unknown_sku",
-			       "no promotion for this sku", false);
-		return;
-	}
 	/*
 	 * Counters are as of the last refresh or push. A CDN may serve this:
 	 * a validator from everything the answer holds, and a short life while
@@ -990,6 +985,70 @@ static void route_promo_get(struct gateway *gw, struct evhttp_request *req, cons
 					(double)(p->earliest_ms > now ? p->earliest_ms - now : 0));
 	}
 	call_reply_now(req, ROUTE_PROMO_GET, 200, o, false);
+}
+
+/*
+ * A SKU this loop's cache does not know yet may have been created a moment
+ * ago (through another loop, or another gateway): Redis says, and the
+ * answer goes into the cache. Unknown there too: 404.
+ */
+static void promo_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	struct pending *pd = privdata;
+	struct gateway *gw = pd->call.gw;
+	redisReply *r = reply;
+	struct promo p;
+
+	(void)ac;
+	gw->redis_pending--;
+	memset(&p, 0, sizeof(p));
+	snprintf(p.sku, sizeof(p.sku), "%s", pd->sku);
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 8) {
+		call_error(&pd->call, 503, "busy", FRIENDLY);
+	} else if (r->element[0]->type == REDIS_REPLY_NIL || !promo_from_replies(&p, r->element)) {
+		call_error(&pd->call, 404, "unknown_sku", "no promotion for this sku");
+	} else {
+		p.added_us = mono_us();    /* a refresh under way keeps it (promo.c) */
+		if (promo_put(&gw->promo, &p) < 0)
+			log_warn("promo_cache_oom", "sku=%s", p.sku);
+		if (pd->call.req != NULL) {
+			/* Answered here, headers and all: the call is over. */
+			if (pd->call.evcon != NULL)
+				evhttp_connection_set_closecb(pd->call.evcon, NULL, NULL);
+			promo_answer(gw, pd->call.req, &p);
+		}
+	}
+	free(pd);
+}
+
+static void route_promo_get(struct gateway *gw, struct evhttp_request *req, const char *sku)
+{
+	const struct promo *p = valid_sku(sku) ? promo_find(&gw->promo, sku) : NULL;
+	const char *argv[] = { "HMGET", NULL, "initial", "remaining", "held", "sold", "limit",
+			       "start_ms", "end_ms", "hold_ms" };
+	char key[FS_ID_MAX + 16];
+	struct pending *pd;
+
+	if (p != NULL) {
+		promo_answer(gw, req, p);
+		return;
+	}
+	if (!valid_sku(sku) || !gw_store_ready(&gw->store) ||
+	    gw->redis_pending >= gw->cfg.max_inflight || (pd = calloc(1, sizeof(*pd))) == NULL) {
+		call_error_now(req, ROUTE_PROMO_GET, 404, "unknown_sku",
+			       "no promotion for this sku", false);
+		return;
+	}
+	snprintf(pd->sku, sizeof(pd->sku), "%s", sku);
+	snprintf(key, sizeof(key), "fs:promo:%s", sku);
+	argv[1] = key;
+	if (gw_store_command_argv(&gw->store, promo_get_cb, pd, 10, argv, NULL) < 0) {
+		free(pd);
+		call_error_now(req, ROUTE_PROMO_GET, 503, "busy", FRIENDLY, false);
+		return;
+	}
+	gw->redis_pending++;
+	call_init(&pd->call, gw, req, ROUTE_PROMO_GET);
 }
 
 static void route_time(struct gateway *gw, struct evhttp_request *req)
