@@ -1924,6 +1924,8 @@ def demo_summary(st, report, audit_rc, audit_out):
     won = sum(fs.get(k, 0) for k in ("paid", "expired", "cancelled", "reserved"))
     print()
     print("flashsale demo: %d buyers, %s units" % (r["buyers"], promo.get("initial", "?")))
+    print("  kafka                             %s (%s)"
+          % (st.kafka_kind, st.components["kafka"].description))
     print("  accepted (202, queued to Kafka)   %d  (+%d duplicate retries answered, none deducted twice)"
           % (r["accepted"], r["duplicates_sent"]))
     print("  refused at the gateway            %d  %s" % (r["refused_total"], r.get("refused") or ""))
