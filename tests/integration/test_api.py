@@ -179,7 +179,7 @@ def test_stalled_redis_is_dropped_and_reconnected(stack):
     and recovers when Redis does."""
     import os
     import signal
-    stack.create_promotion('stall-1', stock=5, per_user_limit=1, hold_seconds=600)
+    stack.create_promotion('stall-1', stock=20, per_user_limit=1, hold_seconds=600)
     pid = int(open(os.path.join(stack.dir, 'run', 'redis.pid')).read())
     os.kill(pid, signal.SIGSTOP)
     try:
