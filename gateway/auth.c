@@ -1,6 +1,7 @@
 #include "auth.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
@@ -24,6 +26,7 @@ struct auth_key {
 	jwt_alg_t alg;
 	unsigned char *key;     /* HS256: the secret; RS256/ES256: a PEM public key */
 	int keylen;
+	EVP_MAC_CTX *hmac;      /* HS256: keyed once, duplicated per token (auth_hs256_ok) */
 };
 
 struct auth_cache_entry {
@@ -171,6 +174,20 @@ static int auth_add(struct auth *a, const char *kid, jwt_alg_t alg, unsigned cha
 	k->alg = alg;
 	k->key = key;
 	k->keylen = len;
+	if (alg == JWT_ALG_HS256) {
+		EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+		OSSL_PARAM params[] = {
+			OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+			OSSL_PARAM_construct_end(),
+		};
+
+		k->hmac = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+		EVP_MAC_free(mac);      /* the context keeps its own reference */
+		if (k->hmac == NULL || EVP_MAC_init(k->hmac, key, (size_t)len, params) != 1) {
+			snprintf(err, errlen, "OpenSSL has no HMAC-SHA256");
+			return -1;
+		}
+	}
 	return 0;
 }
 
@@ -270,6 +287,11 @@ int auth_init(struct auth *a, const char *hs256_secret, const char *jwks_path,
 		goto fail;
 	}
 	a->cache_mask = AUTH_CACHE_SLOTS - 1;
+	a->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	if (a->sha256 == NULL) {
+		snprintf(err, errlen, "OpenSSL has no SHA-256");
+		goto fail;
+	}
 	a->leeway_s = leeway_s;
 	a->issuer = issuer != NULL && issuer[0] != '\0' ? strdup(issuer) : NULL;
 	a->audience = audience != NULL && audience[0] != '\0' ? strdup(audience) : NULL;
@@ -308,7 +330,9 @@ void auth_free(struct auth *a)
 	for (size_t i = 0; a->keys != NULL && i < a->nkeys; i++) {
 		OPENSSL_cleanse(a->keys[i].key, (size_t)a->keys[i].keylen);
 		free(a->keys[i].key);
+		EVP_MAC_CTX_free(a->keys[i].hmac);
 	}
+	EVP_MD_free(a->sha256);
 	free(a->keys);
 	free(a->cache);
 	free(a->issuer);
@@ -319,46 +343,46 @@ void auth_free(struct auth *a)
 /* ---- tokens ---- */
 
 /* aud is a string or an array of strings; one of them must be ours. */
-static bool auth_aud_ok(jwt_t *jwt, const char *want)
+static bool auth_aud_ok(const cJSON *aud, const char *want)
 {
-	char *json = jwt_get_grants_json(jwt, "aud");
-	cJSON *v = json != NULL ? cJSON_Parse(json) : NULL;
 	const cJSON *it;
-	bool ok = false;
 
-	if (cJSON_IsString(v)) {
-		ok = strcmp(v->valuestring, want) == 0;
-	} else if (cJSON_IsArray(v)) {
-		cJSON_ArrayForEach(it, v) {
-			if (cJSON_IsString(it) && strcmp(it->valuestring, want) == 0)
-				ok = true;
-		}
+	if (cJSON_IsString(aud))
+		return strcmp(aud->valuestring, want) == 0;
+	if (!cJSON_IsArray(aud))
+		return false;
+	cJSON_ArrayForEach(it, aud) {
+		if (cJSON_IsString(it) && strcmp(it->valuestring, want) == 0)
+			return true;
 	}
-	cJSON_Delete(v);
-	free(json);
-	return ok;
+	return false;
 }
 
-/* A numeric claim; *present false when absent. */
-static long auth_time_claim(jwt_t *jwt, const char *name, bool *present)
+/*
+ * A NumericDate claim (RFC 7519: seconds, maybe fractional) in *out; false
+ * when absent, not a number, or beyond any date (no overflow below).
+ */
+static bool auth_time_claim(const cJSON *claims, const char *name, int64_t *out)
 {
-	long v;
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(claims, name);
 
-	errno = 0;
-	v = jwt_get_grant_int(jwt, name);
-	*present = errno == 0;
-	return v;
+	if (!cJSON_IsNumber(v) || !(v->valuedouble > -1e15 && v->valuedouble < 1e15))
+		return false;
+	*out = (int64_t)v->valuedouble;
+	return true;
 }
 
 /* The claims of a verified token. 0 with user filled, -1 with err. */
-static int auth_claims(const struct auth *a, jwt_t *jwt, int64_t now_s, char *user,
+static int auth_claims(const struct auth *a, const cJSON *claims, int64_t now_s, char *user,
 		       int64_t *exp, char *err, size_t errlen)
 {
-	const char *sub = jwt_get_grant(jwt, "sub"), *iss;
+	const cJSON *sub = cJSON_GetObjectItemCaseSensitive(claims, "sub");
+	const cJSON *iss = cJSON_GetObjectItemCaseSensitive(claims, "iss");
 	bool has_exp, has_nbf;
-	long e = auth_time_claim(jwt, "exp", &has_exp);
-	long nbf = auth_time_claim(jwt, "nbf", &has_nbf);
+	int64_t e = 0, nbf = 0;
 
+	has_exp = auth_time_claim(claims, "exp", &e);
+	has_nbf = auth_time_claim(claims, "nbf", &nbf);
 	if (!has_exp || now_s > e + a->leeway_s) {
 		snprintf(err, errlen, has_exp ? "token expired" : "token has no exp");
 		return -1;
@@ -367,49 +391,55 @@ static int auth_claims(const struct auth *a, jwt_t *jwt, int64_t now_s, char *us
 		snprintf(err, errlen, "token not valid yet (nbf)");
 		return -1;
 	}
-	iss = jwt_get_grant(jwt, "iss");
-	if (a->issuer != NULL && (iss == NULL || strcmp(iss, a->issuer) != 0)) {
+	if (a->issuer != NULL && (!cJSON_IsString(iss) || strcmp(iss->valuestring, a->issuer) != 0)) {
 		snprintf(err, errlen, "token issuer is not %s", a->issuer);
 		return -1;
 	}
-	if (a->audience != NULL && !auth_aud_ok(jwt, a->audience)) {
+	if (a->audience != NULL &&
+	    !auth_aud_ok(cJSON_GetObjectItemCaseSensitive(claims, "aud"), a->audience)) {
 		snprintf(err, errlen, "token audience is not %s", a->audience);
 		return -1;
 	}
-	if (sub == NULL || !valid_user_id(sub)) {
+	if (!cJSON_IsString(sub) || !valid_user_id(sub->valuestring)) {
 		snprintf(err, errlen, "token sub is not a valid user id");
 		return -1;
 	}
-	snprintf(user, FS_ID_MAX + 1, "%s", sub);
+	snprintf(user, FS_ID_MAX + 1, "%s", sub->valuestring);
 	*exp = e;
 	return 0;
 }
 
-/*
- * The token's header: its alg and kid (kid "" when absent, has_kid false).
- * Read here because libjwt only reports an algorithm once it verified one.
- * -1 when the header is not base64url JSON with a known alg.
- */
-static int auth_header(const char *token, jwt_alg_t *alg, char *kid, size_t kidlen,
+/* One base64url segment of a token (n bytes at seg) parsed as a JSON object; NULL if not. */
+static cJSON *auth_segment_json(const char *seg, size_t n)
+{
+	char buf[AUTH_MAX_TOKEN + 1];
+	unsigned char *json = NULL;
+	size_t len;
+	cJSON *o;
+
+	if (n == 0 || n > AUTH_MAX_TOKEN)
+		return NULL;
+	memcpy(buf, seg, n);
+	buf[n] = '\0';
+	if (b64url_decode(buf, &json, &len) < 0)
+		return NULL;
+	o = cJSON_ParseWithLength((const char *)json, len);
+	free(json);
+	if (!cJSON_IsObject(o)) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* The token's header: its alg and kid (kid "" when absent, has_kid false). -1 if malformed. */
+static int auth_header(const char *token, size_t n, jwt_alg_t *alg, char *kid, size_t kidlen,
 		       bool *has_kid)
 {
-	const char *dot = strchr(token, '.');
-	char seg[1025];
-	unsigned char *json = NULL;
-	size_t n, len;
-	cJSON *h;
-	const char *a, *k;
+	cJSON *h = auth_segment_json(token, n);
+	const char *a = jwk_str(h, "alg"), *k = jwk_str(h, "kid");
 	int rc = -1;
 
-	if (dot == NULL || (n = (size_t)(dot - token)) == 0 || n >= sizeof(seg))
-		return -1;
-	memcpy(seg, token, n);
-	seg[n] = '\0';
-	if (b64url_decode(seg, &json, &len) < 0)
-		return -1;
-	h = cJSON_ParseWithLength((const char *)json, len);
-	a = jwk_str(h, "alg");
-	k = jwk_str(h, "kid");
 	if (a != NULL) {
 		*alg = jwt_str_alg(a);
 		*has_kid = k != NULL;
@@ -417,43 +447,77 @@ static int auth_header(const char *token, jwt_alg_t *alg, char *kid, size_t kidl
 		rc = *alg == JWT_ALG_INVAL ? -1 : 0;
 	}
 	cJSON_Delete(h);
-	free(json);
 	return rc;
 }
 
 /*
- * Verify token's signature with one of our keys: the one its kid names,
- * else each key of its algorithm. NULL with err when none verifies it.
+ * An HS256 signature: HMAC-SHA256 of the signed part (signed_len bytes of
+ * token) with k's context, keyed once (auth_add) and duplicated here, where
+ * libjwt would re-key HMAC and base64-encode through a BIO for every token.
+ * Like libjwt, the MAC is compared as its base64url text, so only the
+ * canonical encoding verifies, and in constant time.
  */
-static jwt_t *auth_check_signature(const struct auth *a, const char *token, char *err,
+static bool auth_hs256_ok(const struct auth_key *k, const char *token, size_t signed_len,
+			  const char *sig)
+{
+	EVP_MAC_CTX *c = EVP_MAC_CTX_dup(k->hmac);
+	unsigned char mac[EVP_MAX_MD_SIZE], text[48];
+	size_t ml = 0;
+	bool ok;
+
+	ok = c != NULL && EVP_MAC_update(c, (const unsigned char *)token, signed_len) == 1 &&
+	     EVP_MAC_final(c, mac, &ml, sizeof(mac)) == 1 && ml == 32;
+	EVP_MAC_CTX_free(c);
+	if (!ok || strlen(sig) != 43)
+		return false;
+	(void)EVP_EncodeBlock(text, mac, 32);   /* 43 characters and one '=' */
+	for (int i = 0; i < 43; i++)
+		text[i] = text[i] == '+' ? '-' : text[i] == '/' ? '_' : text[i];
+	return CRYPTO_memcmp(text, sig, 43) == 0;
+}
+
+/*
+ * Verify token's signature with one of our keys: the one its kid names,
+ * else each key of its algorithm. Its claims (the payload, parsed) once
+ * one does; NULL with err when none verifies it.
+ */
+static cJSON *auth_check_signature(const struct auth *a, const char *token, char *err,
 				   size_t errlen)
 {
-	jwt_t *jwt = NULL;
+	const char *dot1 = strchr(token, '.'), *dot2 = dot1 != NULL ? strchr(dot1 + 1, '.') : NULL;
 	char kid[128];
-	bool has_kid;
+	bool has_kid, ok = false;
 	jwt_alg_t alg;
+	cJSON *claims;
 
-	if (auth_header(token, &alg, kid, sizeof(kid), &has_kid) < 0) {
+	if (dot2 == NULL || strchr(dot2 + 1, '.') != NULL ||
+	    auth_header(token, (size_t)(dot1 - token), &alg, kid, sizeof(kid), &has_kid) < 0) {
 		snprintf(err, errlen, "malformed token header");
 		return NULL;
 	}
-	for (size_t i = 0; i < a->nkeys && jwt == NULL; i++) {
+	for (size_t i = 0; i < a->nkeys && !ok; i++) {
 		const struct auth_key *k = &a->keys[i];
+		jwt_t *jwt = NULL;
 
 		/* The token's alg must be its key's: no HMAC with a public key. */
 		if (alg == JWT_ALG_NONE || k->alg != alg || (has_kid && strcmp(k->kid, kid) != 0))
 			continue;
-		if (jwt_decode(&jwt, token, k->key, k->keylen) != 0)
-			jwt = NULL;
-		else if (jwt_get_alg(jwt) != k->alg) {
-			jwt_free(jwt);
-			jwt = NULL;
+		if (k->alg == JWT_ALG_HS256) {
+			ok = auth_hs256_ok(k, token, (size_t)(dot2 - token), dot2 + 1);
+			continue;
 		}
+		ok = jwt_decode(&jwt, token, k->key, k->keylen) == 0 && jwt_get_alg(jwt) == k->alg;
+		jwt_free(jwt);
 	}
-	if (jwt == NULL)
+	if (!ok) {
 		snprintf(err, errlen, alg == JWT_ALG_NONE ? "unsigned token" :
 			 "no key verifies the token (kid %s)", has_kid ? kid : "none");
-	return jwt;
+		return NULL;
+	}
+	claims = auth_segment_json(dot1 + 1, (size_t)(dot2 - dot1 - 1));
+	if (claims == NULL)
+		snprintf(err, errlen, "token payload is not a JSON object");
+	return claims;
 }
 
 int auth_verify(struct auth *a, const char *token, int64_t now_s, char user[FS_ID_MAX + 1],
@@ -464,14 +528,14 @@ int auth_verify(struct auth *a, const char *token, int64_t now_s, char user[FS_I
 	unsigned int dl = sizeof(digest);
 	uint64_t slot;
 	int64_t exp;
-	jwt_t *jwt;
+	cJSON *claims;
 	int rc;
 
 	if (token == NULL || token[0] == '\0' || strlen(token) > AUTH_MAX_TOKEN) {
 		snprintf(err, errlen, "no token or one longer than %d bytes", AUTH_MAX_TOKEN);
 		return -1;
 	}
-	if (EVP_Digest(token, strlen(token), digest, &dl, EVP_sha256(), NULL) != 1) {
+	if (EVP_Digest(token, strlen(token), digest, &dl, a->sha256, NULL) != 1) {
 		snprintf(err, errlen, "sha256 failed");
 		return -1;
 	}
@@ -484,11 +548,11 @@ int auth_verify(struct auth *a, const char *token, int64_t now_s, char user[FS_I
 		return 0;
 	}
 	a->misses++;
-	jwt = auth_check_signature(a, token, err, errlen);
-	if (jwt == NULL)
+	claims = auth_check_signature(a, token, err, errlen);
+	if (claims == NULL)
 		return -1;
-	rc = auth_claims(a, jwt, now_s, user, &exp, err, errlen);
-	jwt_free(jwt);
+	rc = auth_claims(a, claims, now_s, user, &exp, err, errlen);
+	cJSON_Delete(claims);
 	if (rc < 0)
 		return -1;
 	memcpy(c->digest, digest, sizeof(digest));
@@ -529,6 +593,15 @@ out:
 	return out;
 }
 
+static EVP_MD *scoped_md;
+static pthread_once_t scoped_once = PTHREAD_ONCE_INIT;
+
+/* SHA-256 fetched once for every loop: an implicit fetch per id costs more than the hash. */
+static void scoped_md_fetch(void)
+{
+	scoped_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void auth_scoped_id(const char *user, const char *client_id, char out[27])
 {
 	static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -542,7 +615,8 @@ void auth_scoped_id(const char *user, const char *client_id, char out[27])
 	/* Length-prefixed, so ("ab", "c") and ("a", "bc") differ. */
 	ulen[0] = (uint8_t)(n >> 8);
 	ulen[1] = (uint8_t)n;
-	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
+	(void)pthread_once(&scoped_once, scoped_md_fetch);
+	if (ctx == NULL || scoped_md == NULL || EVP_DigestInit_ex(ctx, scoped_md, NULL) != 1 ||
 	    EVP_DigestUpdate(ctx, ulen, 2) != 1 || EVP_DigestUpdate(ctx, user, n) != 1 ||
 	    EVP_DigestUpdate(ctx, client_id, strlen(client_id)) != 1 ||
 	    EVP_DigestFinal_ex(ctx, d, &dl) != 1)

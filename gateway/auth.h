@@ -1,7 +1,9 @@
 /*
  * Buyer identity: every buyer route carries `Authorization: Bearer <JWT>`
- * and the buyer is the token's `sub`. Verification is libjwt's; the keys
- * are ours to choose:
+ * and the buyer is the token's `sub`. Signatures are checked by OpenSSL:
+ * HS256 with its HMAC directly (a crowd of distinct buyers makes this the
+ * gateway's hottest check), RS256 and ES256 through libjwt. The keys are
+ * ours to choose:
  *   - HS256 shared secrets (gateway.jwt_secret, and "oct" keys of the JWKS);
  *   - RS256 and ES256 public keys from a JWKS file (gateway.jwt_jwks_file).
  * A token names its key by `kid` (several keys at once, so keys rotate);
@@ -24,6 +26,7 @@
 
 struct auth_key;
 struct auth_cache_entry;
+struct evp_md_st;
 
 struct auth {
 	struct auth_key *keys;
@@ -34,6 +37,7 @@ struct auth {
 	struct auth_cache_entry *cache;  /* direct-mapped, cache_mask + 1 entries */
 	size_t cache_mask;
 	uint64_t hits, misses;
+	struct evp_md_st *sha256;        /* fetched once: the cache's digest */
 };
 
 /*

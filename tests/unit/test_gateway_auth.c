@@ -18,6 +18,7 @@
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/pem.h>
 
 #include "gateway.h"
@@ -286,6 +287,99 @@ static void test_jwks(void **state)
 	unlink(path);
 }
 
+/* A token of raw header and claims JSON, HMAC-SHA256 signed with secret by OpenSSL. */
+static char *hs_raw(const char *secret, const char *header, const char *claims)
+{
+	char h[512], c[512], *t = malloc(2048);
+	unsigned char mac[32];
+	unsigned int ml = sizeof(mac);
+
+	b64url((const unsigned char *)header, strlen(header), h);
+	b64url((const unsigned char *)claims, strlen(claims), c);
+	snprintf(t, 2048, "%s.%s", h, c);
+	assert_non_null(HMAC(EVP_sha256(), secret, (int)strlen(secret), (unsigned char *)t,
+			     strlen(t), mac, &ml));
+	strcat(t, ".");
+	b64url(mac, ml, t + strlen(t));
+	return t;
+}
+
+/*
+ * HS256 is checked by the gateway's own use of OpenSSL's HMAC, not by
+ * libjwt: the edges a verifier of its own must get right.
+ */
+static void test_hs256_edges(void **state)
+{
+	struct auth a;
+	char err[256], user[FS_ID_MAX + 1], claims[256], *t, *dot;
+	const char *hdr = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+	size_t n;
+
+	(void)state;
+	assert_int_equal(auth_init(&a, SECRET, NULL, "", "", 30, err, sizeof(err)), 0);
+	snprintf(claims, sizeof(claims), "{\"sub\":\"alice\",\"exp\":%lld}", NOW + 60);
+	t = hs_raw(SECRET, hdr, claims);
+	assert_int_equal(verify(&a, t, user), 0);
+	assert_string_equal(user, "alice");
+	/* The last character of a 32-byte MAC carries 2 unused bits: a token
+	 * whose signature differs only there is not the token that was signed. */
+	n = strlen(t);
+	{
+		static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+					  "0123456789-_";
+		size_t at = (size_t)(strchr(b64, t[n - 1]) - b64);
+
+		assert_int_equal(at & 3, 0);            /* canonical: the two bits are 0 */
+		t[n - 1] = b64[at | 1];
+	}
+	assert_int_equal(verify(&a, t, user), -1);
+	t[n - 1] = '\0';                            /* a shorter signature */
+	assert_int_equal(verify(&a, t, user), -1);
+	free(t);
+
+	/* Claims swapped under a valid signature. */
+	t = hs_raw(SECRET, hdr, claims);
+	{
+		char forged[2048], body[512];
+
+		snprintf(body, sizeof(body), "{\"sub\":\"mallory\",\"exp\":%lld}", NOW + 60);
+		dot = strchr(t, '.');
+		*dot = '\0';
+		snprintf(forged, sizeof(forged), "%s.", t);
+		b64url((const unsigned char *)body, strlen(body), forged + strlen(forged));
+		strcat(forged, strrchr(dot + 1, '.'));
+		assert_int_equal(verify(&a, forged, user), -1);
+		strcat(forged, ".x");                   /* and four segments */
+		assert_int_equal(verify(&a, forged, user), -1);
+	}
+	free(t);
+
+	/* Signed, but not claims we take: not an object, exp not a date. */
+	static const char *const bad[] = {
+		"[1,2]", "\"alice\"", "{\"sub\":\"alice\",\"exp\":\"1900000000\"}",
+		"{\"sub\":\"alice\",\"exp\":1e300}", "{\"sub\":\"alice\",\"exp\":-1e300}",
+		"{\"sub\":7,\"exp\":1900000000}", "{\"sub\":\"alice\",\"exp\":1900000000",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		t = hs_raw(SECRET, hdr, bad[i]);
+		assert_int_equal(verify(&a, t, user), -1);
+		free(t);
+	}
+	/* A fractional NumericDate is a date (RFC 7519). */
+	snprintf(claims, sizeof(claims), "{\"sub\":\"alice\",\"exp\":%lld.5}", NOW + 60);
+	t = hs_raw(SECRET, hdr, claims);
+	assert_int_equal(verify(&a, t, user), 0);
+	free(t);
+	/* The header decides the algorithm: HS512 or none with our secret's MAC is refused. */
+	t = hs_raw(SECRET, "{\"alg\":\"HS512\"}", claims);
+	assert_int_equal(verify(&a, t, user), -1);
+	free(t);
+	t = hs_raw(SECRET, "{\"alg\":\"none\"}", claims);
+	assert_int_equal(verify(&a, t, user), -1);
+	free(t);
+	auth_free(&a);
+}
+
 /* A buyer's own request id becomes one no other buyer can name. */
 static void test_scoped_ids(void **state)
 {
@@ -310,6 +404,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_hs256),
+		cmocka_unit_test(test_hs256_edges),
 		cmocka_unit_test(test_issuer_audience_and_sign),
 		cmocka_unit_test(test_jwks),
 		cmocka_unit_test(test_scoped_ids),
