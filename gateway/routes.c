@@ -321,24 +321,22 @@ static bool purchase_filters(struct gateway *gw, struct evhttp_request *req,
 					  "the sale has ended", -1, -1);
 		return false;
 	}
-	if (p->remaining <= 0 && pr->generated_id) {
-		/* Held units may come back when their holds end: say when. */
+	if (p->remaining <= 0) {
+		/*
+		 * Held units may come back when their holds end: say when. A
+		 * buyer's own id may be a retry of a purchase that got in, which
+		 * must get its first answer: it is looked up first, one HGET
+		 * pipelined with the loop turn's others (an admission call costs
+		 * Redis several times more per refusal: bench/run soldout).
+		 */
 		bool back = p->held > 0;
 		int64_t retry = back && p->earliest_ms > now ? p->earliest_ms - now : 0;
 
-		metric_add(&m_refusals[REF_SOLD_OUT], 1);
-		call_reply_now(req, ROUTE_PURCHASE, 409,
-			       refusal_body(req, "sold_out", back ?
-					    "sold out for now: held units may come back" : "sold out",
-					    retry, back), false);
+		refuse_unless_known_later(gw, req, pr, rid, REF_SOLD_OUT, 409, "sold_out",
+					  back ? "sold out for now: held units may come back" :
+					  "sold out", retry, back);
 		return false;
 	}
-	/*
-	 * Sold out, but the buyer chose the id: it may be a retry of a purchase
-	 * that got in, which must get its first answer. The admission call
-	 * (one per loop turn) looks the id up and answers sold_out
-	 * otherwise: no Redis round trip of its own per refusal.
-	 */
 	if (pr->qty > p->limit) {
 		snprintf(err, sizeof(err), "qty is above the per-user limit of %" PRId64, p->limit);
 		refuse(req, REF_LIMIT, 409, "limit_reached", err, false);
