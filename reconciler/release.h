@@ -21,6 +21,15 @@
 
 struct rc_config;
 struct release;
+struct redisContext;
+
+/* One due hold of a release round. */
+struct release_due {
+	char rid[FS_ID_MAX + 1];
+	char sku[FS_ID_MAX + 1];
+	int send;                 /* 1: release it this round */
+	int delivered;
+};
 
 /* Register the loop's metrics. Start-up only. */
 void release_metrics_register(void);
@@ -36,6 +45,17 @@ struct release *release_start(const struct rc_config *cfg, char *err, size_t err
  * kafka.produce_timeout_ms later.
  */
 struct daemon_thread *release_thread(struct release *r);
+
+/*
+ * Of n due holds (members of fs:holds:<sku> past their deadline a moment
+ * ago), mark with send = 1 those to release now: still reserved, and no
+ * release sent (the record's rs) within resend_ms before now. *orphans
+ * counts those whose record is not reserved while their member is still in
+ * fs:holds, which nothing but a bug leaves behind. Blocking; -1 on a Redis
+ * error (the context is then unusable).
+ */
+int release_filter_due(struct redisContext *rc, struct release_due *due, size_t n,
+		       long long now, long long resend_ms, size_t *orphans) FS_MUSTCHECK;
 
 /* Join the worker (stopping it first if needed) and free everything. */
 void release_free(struct release *r);
