@@ -52,8 +52,11 @@ usage(FILE *out)
 "      --retries N          retries of a call after 503 or a transport\n"
 "                           error, same request id (default 5)\n"
 "      --poll-ms MS         result poll interval (default 200)\n"
-"      --wait-ms MS         long polls instead: the gateway answers when the state\n"
-"                           moves on, or after MS (default 0: plain polls)\n"
+"      --wait-ms MS         long polls while a purchase is undecided: the gateway\n"
+"                           answers when it is, or after MS (default 0: plain\n"
+"                           polls); a hold left to expire is still polled\n"
+"      --wait-concurrency N connections of their own for long polls (default 0:\n"
+"                           they share --concurrency's)\n"
 "      --wait-final         poll until every accepted buyer is final (default)\n"
 "      --no-wait-final      do not wait for holds left to expire (payers still pay)\n"
 "      --no-follow          a buyer ends with its purchase's answer: no polls,\n"
@@ -84,7 +87,7 @@ usage(FILE *out)
 
 enum {
 	OPT_HOST_HEADER = 256, OPT_USERS, OPT_USER_PREFIX, OPT_QTY_MAX,
-	OPT_RAMP_MS, OPT_DUP_RATIO, OPT_RETRIES, OPT_POLL_MS, OPT_WAIT_MS, OPT_WAIT_FINAL,
+	OPT_RAMP_MS, OPT_DUP_RATIO, OPT_RETRIES, OPT_POLL_MS, OPT_WAIT_MS, OPT_WAIT_CONCURRENCY, OPT_WAIT_FINAL,
 	OPT_NO_WAIT_FINAL, OPT_NO_FOLLOW, OPT_FINAL_TIMEOUT, OPT_PAY_RATIO, OPT_CANCEL_RATIO,
 	OPT_SEED, OPT_RUN_ID, OPT_TIMEOUT_MS, OPT_PROGRESS, OPT_JSON,
 	OPT_SKUS, OPT_SKU_PREFIX, OPT_PER_SKU, OPT_TIMESERIES, OPT_INTERVAL_MS, OPT_JWT_SECRET,
@@ -104,6 +107,7 @@ static const struct option long_opts[] = {
 	{ "retries", required_argument, NULL, OPT_RETRIES },
 	{ "poll-ms", required_argument, NULL, OPT_POLL_MS },
 	{ "wait-ms", required_argument, NULL, OPT_WAIT_MS },
+	{ "wait-concurrency", required_argument, NULL, OPT_WAIT_CONCURRENCY },
 	{ "wait-final", no_argument, NULL, OPT_WAIT_FINAL },
 	{ "no-wait-final", no_argument, NULL, OPT_NO_WAIT_FINAL },
 	{ "no-follow", no_argument, NULL, OPT_NO_FOLLOW },
@@ -345,6 +349,9 @@ main(int argc, char **argv)
 		case OPT_WAIT_MS:
 			cf.wait_ms = (uint32_t)parse_u64(optarg, 0, 60000);
 			break;
+		case OPT_WAIT_CONCURRENCY:
+			cf.wait_concurrency = (uint32_t)parse_u64(optarg, 0, 65536);
+			break;
 		case OPT_POLL_MS:
 			cf.poll_ms = (uint32_t)parse_u64(optarg, 0, 600000);
 			break;
@@ -450,6 +457,8 @@ main(int argc, char **argv)
 	if (cf.concurrency > cf.buyers * 2)
 		cf.concurrency = cf.buyers * 2;	/* no idle sockets for nothing */
 	/* A long poll must not outlive the request's own timeout. */
+	if (cf.wait_concurrency > cf.buyers)
+		cf.wait_concurrency = cf.buyers;
 	if (cf.wait_ms > 0 && cf.timeout_ms < cf.wait_ms + 5000)
 		cf.timeout_ms = cf.wait_ms + 5000;
 	if (cf.run_id == NULL) {

@@ -274,6 +274,7 @@ json_config(const struct lg_config *cf)
 	cJSON_AddNumberToObject(o, "retries", cf->retries);
 	cJSON_AddNumberToObject(o, "poll_ms", cf->poll_ms);
 	cJSON_AddNumberToObject(o, "wait_ms", cf->wait_ms);
+	cJSON_AddNumberToObject(o, "wait_concurrency", cf->wait_concurrency);
 	cJSON_AddBoolToObject(o, "wait_final", cf->wait_final);
 	cJSON_AddNumberToObject(o, "final_timeout_s", cf->final_timeout_s);
 	cJSON_AddNumberToObject(o, "pay_ratio", cf->pay_ratio);

@@ -94,7 +94,22 @@ struct lg_slot {
 	struct evhttp_connection *conn;
 	int32_t buyer;			/* LG_NO_BUYER when idle */
 	bool broken;			/* replace the connection before reuse */
+	uint8_t pool;			/* LG_POOL_CALLS or LG_POOL_WAITS */
 	int64_t sent_us;
+};
+
+/*
+ * Connections and the buyers waiting for one. Long polls have a pool of
+ * their own (--wait-concurrency): each holds its connection until the
+ * purchase is decided, as each buyer's device would, without taking the
+ * connections that stand for the crowd's clicks.
+ */
+enum { LG_POOL_CALLS = 0, LG_POOL_WAITS, LG_POOLS };
+
+struct lg_pool {
+	uint32_t *idle;			/* stack of idle slot indexes */
+	uint32_t nidle;
+	int32_t qhead, qtail;		/* FIFO of buyers through lg_buyer.next */
 };
 
 struct lg_run {
@@ -112,10 +127,8 @@ struct lg_run {
 	uint32_t done;
 
 	struct lg_slot *slots;
-	uint32_t *idle;			/* stack of idle slot indexes */
-	uint32_t nidle;
-
-	int32_t qhead, qtail;
+	uint32_t nslots;
+	struct lg_pool pools[LG_POOLS];
 
 	struct event *pump_ev;
 	struct event *arrive_ev;
@@ -199,17 +212,33 @@ schedule_pump(struct lg_run *r)
 		event_active(r->pump_ev, EV_TIMEOUT, 0);
 }
 
+/* A long poll: while the purchase is undecided, with --wait-ms. */
+static bool
+buyer_long_polls(const struct lg_run *r, const struct lg_buyer *b)
+{
+	return b->job == JOB_POLL && r->cf->wait_ms > 0 && !b->seen_reserved;
+}
+
+/* The pool b's next call goes through. */
+static struct lg_pool *
+buyer_pool(struct lg_run *r, const struct lg_buyer *b)
+{
+	return &r->pools[r->cf->wait_concurrency > 0 && buyer_long_polls(r, b) ?
+			 LG_POOL_WAITS : LG_POOL_CALLS];
+}
+
 static void
 queue_push(struct lg_run *r, struct lg_buyer *b)
 {
+	struct lg_pool *q = buyer_pool(r, b);
 	int32_t i = (int32_t)buyer_index(r, b);
 
 	b->next = LG_NO_BUYER;
-	if (r->qtail == LG_NO_BUYER)
-		r->qhead = i;
+	if (q->qtail == LG_NO_BUYER)
+		q->qhead = i;
 	else
-		r->buyers[r->qtail].next = i;
-	r->qtail = i;
+		r->buyers[q->qtail].next = i;
+	q->qtail = i;
 	schedule_pump(r);
 }
 
@@ -217,26 +246,27 @@ queue_push(struct lg_run *r, struct lg_buyer *b)
 static void
 queue_push_front(struct lg_run *r, struct lg_buyer *b)
 {
+	struct lg_pool *q = buyer_pool(r, b);
 	int32_t i = (int32_t)buyer_index(r, b);
 
-	b->next = r->qhead;
-	r->qhead = i;
-	if (r->qtail == LG_NO_BUYER)
-		r->qtail = i;
+	b->next = q->qhead;
+	q->qhead = i;
+	if (q->qtail == LG_NO_BUYER)
+		q->qtail = i;
 	schedule_pump(r);
 }
 
 static struct lg_buyer *
-queue_pop(struct lg_run *r)
+queue_pop(struct lg_run *r, struct lg_pool *q)
 {
 	struct lg_buyer *b;
 
-	if (r->qhead == LG_NO_BUYER)
+	if (q->qhead == LG_NO_BUYER)
 		return NULL;
-	b = &r->buyers[r->qhead];
-	r->qhead = b->next;
-	if (r->qhead == LG_NO_BUYER)
-		r->qtail = LG_NO_BUYER;
+	b = &r->buyers[q->qhead];
+	q->qhead = b->next;
+	if (q->qhead == LG_NO_BUYER)
+		q->qtail = LG_NO_BUYER;
 	return b;
 }
 
@@ -313,7 +343,16 @@ buyer_timer_cb(evutil_socket_t fd, short what, void *arg)
 		buyer_done(r, b);
 		return;
 	}
-	queue_push(r, b);
+	/*
+	 * An accepted buyer follows up from their own device: the generator's
+	 * connections stand for a crowd's, so a follow-up does not wait in line
+	 * behind later buyers' first clicks (with a million queued, a winner's
+	 * poll came back after its hold had expired, and nobody could pay).
+	 */
+	if (b->job == JOB_PURCHASE)
+		queue_push(r, b);
+	else
+		queue_push_front(r, b);
 }
 
 /* ---- sending ---- */
@@ -389,12 +428,15 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 		break;
 	case JOB_POLL:
 		cmd = EVHTTP_REQ_GET;
-		if (cf->wait_ms > 0)
-			/* The gateway holds it until the state moves on. */
+		if (cf->wait_ms > 0 && !b->seen_reserved)
+			/*
+			 * The gateway holds it until the purchase is decided. A
+			 * hold left to run out is polled: a long poll would keep
+			 * one of the generator's few connections for its length.
+			 */
 			snprintf(path, sizeof(path),
-				"%s/v1/purchases/%s-%u?wait_ms=%u&from=%s",
-				r->prefix, cf->run_id, bi, (unsigned)cf->wait_ms,
-				b->seen_reserved ? "reserved" : "queued");
+				"%s/v1/purchases/%s-%u?wait_ms=%u&from=queued",
+				r->prefix, cf->run_id, bi, (unsigned)cf->wait_ms);
 		else
 			snprintf(path, sizeof(path), "%s/v1/purchases/%s-%u",
 				r->prefix, cf->run_id, bi);
@@ -459,15 +501,14 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 	return 0;
 }
 
+/* Give q's idle connections to the buyers waiting in q's line. */
 static void
-pump_cb(evutil_socket_t fd, short what, void *arg)
+pump_pool(struct lg_run *r, struct lg_pool *q)
 {
-	struct lg_run *r = arg;
-
-	while (!r->stopping && r->nidle > 0 && r->qhead != LG_NO_BUYER) {
-		uint32_t si = r->idle[--r->nidle];
+	while (!r->stopping && q->nidle > 0 && q->qhead != LG_NO_BUYER) {
+		uint32_t si = q->idle[--q->nidle];
 		struct lg_slot *s = &r->slots[si];
-		struct lg_buyer *b = queue_pop(r);
+		struct lg_buyer *b = queue_pop(r, q);
 
 		if (s->broken) {
 			/* outside libevent's callbacks, so freeing is safe */
@@ -475,17 +516,28 @@ pump_cb(evutil_socket_t fd, short what, void *arg)
 				evhttp_connection_free(s->conn);
 			s->conn = NULL;
 			if (slot_connect(r, s) != 0) {
-				r->idle[r->nidle++] = si;
+				q->idle[q->nidle++] = si;
 				s->broken = true;
 				handle_answer(r, b, 0, NULL);
 				break;
 			}
 		}
 		if (slot_send(r, s, b) != 0) {
-			r->idle[r->nidle++] = si;
+			q->idle[q->nidle++] = si;
 			handle_answer(r, b, 0, NULL);
 		}
 	}
+}
+
+static void
+pump_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct lg_run *r = arg;
+
+	(void)fd;
+	(void)what;
+	for (int p = 0; p < LG_POOLS; p++)
+		pump_pool(r, &r->pools[p]);
 }
 
 /* Copy the answer's body, at most max bytes, NUL-terminated (NULL if none). */
@@ -525,7 +577,7 @@ on_response(struct evhttp_request *req, void *arg)
 		code = 0;
 		s->broken = true;
 	}
-	r->idle[r->nidle++] = (uint32_t)(s - r->slots);
+	r->pools[s->pool].idle[r->pools[s->pool].nidle++] = (uint32_t)(s - r->slots);
 	lg_samples_add(&r->res->request_lat, mono_now_us() - s->sent_us);
 	body = code ? body_copy(req, LG_BODY_MAX) : NULL;
 	handle_answer(r, b, code, body);
@@ -716,7 +768,7 @@ on_poll_answer(struct lg_run *r, struct lg_buyer *b, int code,
 	int64_t poll_us = (int64_t)r->cf->poll_ms * 1000;
 	char st[LG_NAME_MAX];
 
-	if (code == 200 && r->cf->wait_ms > 0)
+	if (code == 200 && r->cf->wait_ms > 0 && !b->seen_reserved)
 		poll_us = 0;	/* a long poll waited already: ask again at once */
 	if (code == 404) {
 		/* the result may not be visible yet right after the 202 */
@@ -1086,7 +1138,7 @@ run_free(struct lg_run *r)
 
 	r->stopping = true;
 	if (r->slots != NULL)
-		for (i = 0; i < r->cf->concurrency; i++)
+		for (i = 0; i < r->nslots; i++)
 			if (r->slots[i].conn != NULL)
 				evhttp_connection_free(r->slots[i].conn);
 	if (r->pump_ev)
@@ -1110,7 +1162,8 @@ run_free(struct lg_run *r)
 	r->ts = NULL;
 	lg_samples_free(&r->iv_purchase_lat);
 	free(r->slots);
-	free(r->idle);
+	for (int p = 0; p < LG_POOLS; p++)
+		free(r->pools[p].idle);
 	free(r->buyers);
 }
 
@@ -1126,25 +1179,29 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 	memset(r, 0, sizeof(*r));
 	r->cf = cf;
 	r->res = res;
-	r->qhead = r->qtail = LG_NO_BUYER;
+	for (int p = 0; p < LG_POOLS; p++)
+		r->pools[p].qhead = r->pools[p].qtail = LG_NO_BUYER;
 	r->rng = cf->seed ^ 0xbac0ffULL;
 	r->timeout_tv.tv_sec = (time_t)(cf->timeout_ms / 1000);
 	r->timeout_tv.tv_usec = (suseconds_t)(cf->timeout_ms % 1000) * 1000;
 	res->buyers = cf->buyers;
 
 	signal(SIGPIPE, SIG_IGN);
-	raise_fd_limit(cf->concurrency);
+	raise_fd_limit(cf->concurrency + cf->wait_concurrency);
 	if (run_parse_url(r, err, errlen) != 0)
 		goto fail;
 	res->request_lat.limit = LG_REQUEST_SAMPLES;
 	res->request_lat.rng = cf->seed ^ 0x1a7e5ULL;
 	res->per_sku = calloc(cf->nskus, sizeof(*res->per_sku));
 	r->buyers = calloc(cf->buyers ? cf->buyers : 1, sizeof(*r->buyers));
-	r->slots = calloc(cf->concurrency, sizeof(*r->slots));
-	r->idle = calloc(cf->concurrency, sizeof(*r->idle));
+	r->nslots = cf->concurrency + cf->wait_concurrency;
+	r->slots = calloc(r->nslots, sizeof(*r->slots));
+	r->pools[LG_POOL_CALLS].idle = calloc(cf->concurrency, sizeof(uint32_t));
+	r->pools[LG_POOL_WAITS].idle = calloc(cf->wait_concurrency + 1, sizeof(uint32_t));
 	r->base = event_base_new();
 	if (res->per_sku == NULL || r->buyers == NULL || r->slots == NULL ||
-	    r->idle == NULL || r->base == NULL) {
+	    r->pools[LG_POOL_CALLS].idle == NULL || r->pools[LG_POOL_WAITS].idle == NULL ||
+	    r->base == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
@@ -1174,15 +1231,20 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 		if (lg_ts_header(r->ts) != 0)
 			res->ts_write_failed = true;
 	}
-	for (i = 0; i < cf->concurrency; i++) {
-		r->slots[i].run = r;
-		r->slots[i].buyer = LG_NO_BUYER;
-		if (slot_connect(r, &r->slots[i]) != 0) {
-			snprintf(err, errlen, "cannot create connection %u", i);
+	for (i = 0; i < r->nslots; i++) {
+		uint32_t si = r->nslots - 1 - i;
+		struct lg_pool *q;
+
+		r->slots[si].run = r;
+		r->slots[si].buyer = LG_NO_BUYER;
+		r->slots[si].pool = si < cf->concurrency ? LG_POOL_CALLS : LG_POOL_WAITS;
+		if (slot_connect(r, &r->slots[si]) != 0) {
+			snprintf(err, errlen, "cannot create connection %u", si);
 			goto fail;
 		}
 		/* hand out low slots first: the pool warms up from the bottom */
-		r->idle[r->nidle++] = cf->concurrency - 1 - i;
+		q = &r->pools[r->slots[si].pool];
+		q->idle[q->nidle++] = si;
 	}
 	run_plan_buyers(r);
 

@@ -1882,6 +1882,9 @@ def cmd_demo(st):
     cmd = [os.path.join(BUILD_DIR, BINARIES["loadgen"]), "--url", st.url, "--sku", "demo-phone",
            "--buyers", str(buyers), "--concurrency", "256", "--dup-ratio", "0.2",
            "--pay-ratio", "0.5", "--poll-ms", "250", "--final-timeout-s", str(hold + 60),
+           # a buyer waits for the decision in one long poll, on a connection
+           # of its own as on a phone
+           "--wait-ms", "5000", "--wait-concurrency", "256",
            "--seed", "2026", "--json", report, "--quiet",
            "--jwt-secret-file", st.path("jwt.secret")]
     if sys.stderr.isatty():

@@ -11,7 +11,8 @@ from stack import wait_for
 
 def buyers(stack, sku, n, *, concurrency=128, dup_ratio=0.2, pay_ratio=0.5,
            cancel_ratio=0.0, users=None, qty_max=1, wait_final=True, seed=1,
-           final_timeout_s=120, ramp_ms=0, user_prefix=None, background=False, wait_ms=0):
+           final_timeout_s=120, ramp_ms=0, user_prefix=None, background=False, wait_ms=0,
+           wait_concurrency=0):
     """Run the load generator against the stack's gateway.
 
     Returns the parsed JSON report, or the Popen (with .report_path) when
@@ -28,7 +29,7 @@ def buyers(stack, sku, n, *, concurrency=128, dup_ratio=0.2, pay_ratio=0.5,
     if not wait_final:
         cmd.append('--no-wait-final')
     if wait_ms:
-        cmd += ['--wait-ms', str(wait_ms)]
+        cmd += ['--wait-ms', str(wait_ms), '--wait-concurrency', str(wait_concurrency)]
     if user_prefix:
         cmd += ['--user-prefix', user_prefix]
     if background:
