@@ -300,6 +300,26 @@ int32_t kafka_partition_of(const char *key, size_t keylen)
 						       NULL, NULL);
 }
 
+rd_kafka_resp_err_t kafka_watermarks(rd_kafka_t *rk, const char *topic, int32_t partition,
+				     int64_t *lo, int64_t *hi, int timeout_ms)
+{
+	rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(rk, topic, partition, lo, hi,
+								    timeout_ms);
+	rd_kafka_topic_t *rkt;
+	const struct rd_kafka_metadata *md = NULL;
+
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__TIMED_OUT)
+		return err;
+	/* Any Metadata answer updates librdkafka's cache of leaders. */
+	rkt = rd_kafka_topic_new(rk, topic, NULL);
+	if (rkt == NULL)
+		return err;
+	if (rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+	return rd_kafka_query_watermark_offsets(rk, topic, partition, lo, hi, timeout_ms);
+}
+
 rd_kafka_t *kafka_reader_new(const struct kafka_cfg *kc, const char *client_id,
 			     char *err, size_t errlen)
 {

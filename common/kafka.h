@@ -99,6 +99,16 @@ int32_t kafka_partition_of(const char *key, size_t keylen);
 rd_kafka_t *kafka_reader_new(const struct kafka_cfg *kc, const char *client_id,
 			     char *err, size_t errlen) FS_MUSTCHECK;
 
+/*
+ * The low and high watermarks of one partition, from its leader. After a
+ * leader moved, librdkafka may keep asking the old one ("Not leader for
+ * partition") until its next periodic metadata refresh, minutes later
+ * (a three-node campaign seed stalled a deductor's probe 2.5 min): on an
+ * error the topic's metadata is refreshed and the query made once more.
+ */
+rd_kafka_resp_err_t kafka_watermarks(rd_kafka_t *rk, const char *topic, int32_t partition,
+				     int64_t *lo, int64_t *hi, int timeout_ms);
+
 /* Offsets [from, to) of one partition; to is usually a high watermark. */
 struct kafka_range {
 	int32_t partition;

@@ -141,8 +141,7 @@ int guard_probe(struct dd_guard *g, rd_kafka_t *reader, long long events,
 
 		if (!g->owned[p] || g->probed[p])
 			continue;
-		kerr = rd_kafka_query_watermark_offsets(reader, FS_TOPIC_LEDGER, p, &lo, &hi,
-							(int)timeout_ms);
+		kerr = kafka_watermarks(reader, FS_TOPIC_LEDGER, p, &lo, &hi, (int)timeout_ms);
 		if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
 			snprintf(err, errlen, "watermarks of %s[%d]: %s", FS_TOPIC_LEDGER, p,
 				 rd_kafka_err2str(kerr));

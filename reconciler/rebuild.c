@@ -482,8 +482,8 @@ static int rebuild_read_tail(struct rebuild *b)
 
 		if (!b->in[p])
 			continue;
-		kerr = rd_kafka_query_watermark_offsets(rk, FS_TOPIC_LEDGER, p, &lo, &hi,
-							(int)b->cfg->rebuild_tail_timeout_ms);
+		kerr = kafka_watermarks(rk, FS_TOPIC_LEDGER, p, &lo, &hi,
+					(int)b->cfg->rebuild_tail_timeout_ms);
 		if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
 			snprintf(b->err, sizeof(b->err), "kafka watermarks of %s[%d]: %s",
 				 FS_TOPIC_LEDGER, p, rd_kafka_err2str(kerr));
