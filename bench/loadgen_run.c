@@ -344,15 +344,17 @@ buyer_timer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	/*
-	 * An accepted buyer follows up from their own device: the generator's
-	 * connections stand for a crowd's, so a follow-up does not wait in line
-	 * behind later buyers' first clicks (with a million queued, a winner's
-	 * poll came back after its hold had expired, and nobody could pay).
+	 * A pay or cancel goes before the crowd's first clicks: the buyer acts
+	 * on their own device, within the hold. Polls wait their turn (a long
+	 * poll for the decision in its own pool, --wait-concurrency): with a
+	 * million first clicks queued, a winner's poll in their line came back
+	 * after the hold had expired, and nobody could pay; thousands of
+	 * polls ahead of the line starved it instead.
 	 */
-	if (b->job == JOB_PURCHASE)
-		queue_push(r, b);
-	else
+	if (b->job == JOB_PAY || b->job == JOB_CANCEL)
 		queue_push_front(r, b);
+	else
+		queue_push(r, b);
 }
 
 /* ---- sending ---- */
@@ -588,6 +590,23 @@ on_response(struct evhttp_request *req, void *arg)
 /* ---- answers ---- */
 
 /* The "error" or "state" member of a JSON body, into out; false if absent. */
+/* A number member of a JSON body (false when absent or not a number). */
+static bool
+body_number(const char *body, const char *field, double *out)
+{
+	cJSON *doc, *v;
+	bool ok;
+
+	if (body == NULL || (doc = cJSON_Parse(body)) == NULL)
+		return false;
+	v = cJSON_GetObjectItemCaseSensitive(doc, field);
+	ok = cJSON_IsNumber(v);
+	if (ok)
+		*out = v->valuedouble;
+	cJSON_Delete(doc);
+	return ok;
+}
+
 static bool
 body_field(const char *body, const char *field, char *out, size_t outlen)
 {
@@ -814,7 +833,25 @@ on_poll_answer(struct lg_run *r, struct lg_buyer *b, int code,
 		buyer_after(r, b, b->plan == PLAN_PAY ? JOB_PAY : JOB_CANCEL, 0);
 		return;
 	}
-	/* queued, reserved and waiting, or a state we do not know */
+	/*
+	 * queued, reserved and waiting, or a state we do not know. A hold left
+	 * to run out ends at its deadline: look again then rather than every
+	 * poll_ms (thousands of such buyers polling 4 times a second took the
+	 * generator's connections from the crowd's first clicks).
+	 */
+	if (strcmp(st, "reserved") == 0) {
+		struct timespec ts;
+		double deadline;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		if (body_number(body, "deadline_ms", &deadline)) {
+			int64_t until_us = ((int64_t)deadline - (int64_t)ts.tv_sec * 1000 -
+					    ts.tv_nsec / 1000000) * 1000;
+
+			if (until_us > poll_us)
+				poll_us = until_us;
+		}
+	}
 	schedule_poll(r, b, poll_us);
 }
 

@@ -295,7 +295,10 @@ def markdown(res, made):
                   fmt(sale["buyers"]), sale["skus"], fmt(sale["stock_per_sku"]),
                   res.get("settings", {}).get("hold_seconds")),
               "",
-              "- First request to every buyer final: **%s s**" % sale.get("seconds_to_all_final"),
+              "- First request to every buyer final: **%s s**%s" % (
+                  sale.get("seconds_to_all_final"),
+                  " (target: 2 x buyers / this run's HTTP ceiling = %s s)"
+                  % sale["all_final_target_s"] if sale.get("all_final_target_s") else ""),
               "- Purchase call, from each buyer's scheduled arrival: p50 %s, p99 %s, "
               "p99.9 %s" % (pct(sale.get("purchase_ms"), "p50"),
                             pct(sale.get("purchase_ms"), "p99"),
@@ -312,7 +315,9 @@ def markdown(res, made):
                                      fmt(sale.get("duplicate_mismatches")),
                                      sale.get("duplicate_mismatch_kinds") or ""),
               "- Stock at the end: %s" % sale.get("stock"),
-              "- Peak memory (MiB): %s" % sale.get("peak_rss_mib"), ""]
+              "- Peak memory (MiB): %s" % sale.get("peak_rss_mib"),
+              "- Cores busy, by process, over the sale's %s s (CPU seconds / wall seconds): %s"
+              % (sale.get("wall_seconds"), sale.get("cores_busy")), ""]
         for png in ("throughput.png", "latency.png", "stock.png"):
             if png in made:
                 L.append("![%s](%s)" % (png[:-4], png))
