@@ -330,7 +330,8 @@ static bool purchase_filters(struct gateway *gw, struct evhttp_request *req,
 		 * Redis several times more per refusal: bench/run soldout).
 		 */
 		bool back = p->held > 0;
-		int64_t retry = back && p->earliest_ms > now ? p->earliest_ms - now : 0;
+		/* Nothing can come back: no Retry-After, which would invite a retry storm. */
+		int64_t retry = !back ? -1 : p->earliest_ms > now ? p->earliest_ms - now : 0;
 
 		refuse_unless_known_later(gw, req, pr, rid, REF_SOLD_OUT, 409, "sold_out",
 					  back ? "sold out for now: held units may come back" :
@@ -538,7 +539,7 @@ void routes_on_admitted(void *arg, void *opaque, const struct admit_result *r)
 				  "admission");
 		refuse_later(pd, REF_SOLD_OUT, 409, "sold_out",
 			     r->may_return ? "sold out for now: held units may come back" :
-			     "sold out", r->retry_after_ms, r->may_return);
+			     "sold out", r->may_return ? r->retry_after_ms : -1, r->may_return);
 		break;
 	case ADMIT_CLAIMED:
 		refuse_later(pd, REF_CLAIMED, 429, "try_later",

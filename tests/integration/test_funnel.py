@@ -3,6 +3,8 @@ at the gateway. Admission shares one budget between gateways (undecided
 units <= k x remaining), heals when a gateway dies holding some, reopens
 when holds expire, and every limit is set per promotion through the admin
 API, live."""
+import http.client
+import json
 import socket
 import subprocess
 import time
@@ -124,6 +126,44 @@ def test_sold_out_for_now_then_reopened(stack):
     # The holds expire (2 s + the release grace): the units are for sale again.
     wait_for(lambda: buy(stack, 'fun-2', 'back')[0] == 202, timeout=30, interval=0.2,
              what='admission to reopen')
+    assert_audit_clean(stack)
+
+
+def sold_out_answer(stack, user, rid=None):
+    """POST a purchase; (status, Retry-After header or None, JSON body)."""
+    body = {'sku': 'fun-9', 'qty': 1}
+    if rid:
+        body['request_id'] = rid
+    conn = http.client.HTTPConnection('127.0.0.1', stack.port_of('gateway'), timeout=10)
+    try:
+        conn.request('POST', '/v1/purchases', json.dumps(body),
+                     {'Authorization': 'Bearer ' + stack.token(user),
+                      'Content-Type': 'application/json'})
+        r = conn.getresponse()
+        return r.status, r.getheader('Retry-After'), json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def test_sold_out_for_good_invites_no_retry(stack):
+    """Sold out with nothing held: no unit can come back, so the answer has
+    neither Retry-After nor retry_after_ms (it said "Retry-After: 0", an
+    invitation to every buyer of the crowd to try again at once)."""
+    stack.create_promotion('fun-9', stock=1, per_user_limit=1, hold_seconds=600)
+    code, body = buy(stack, 'fun-9', 'winner', rid='w-1')
+    assert code == 202, body
+    wait_for(lambda: promo(stack, 'fun-9')['held'] == 1, timeout=20, what='the hold')
+    assert stack.http('POST', '/v1/purchases/w-1/pay', user='winner')[0] == 202
+    wait_for(lambda: promo(stack, 'fun-9')['sold'] == 1, timeout=20, what='the pay')
+    # The gateway's own filter, once it learned; a buyer's own id goes by
+    # its look-up; both the same answer.
+    wait_for(lambda: sold_out_answer(stack, 'late-0')[2].get('may_return') is False,
+             timeout=20, what='the gateway to learn nothing is held')
+    for user, rid in (('late-1', None), ('late-2', 'mine-1')):
+        code, retry_after, body = sold_out_answer(stack, user, rid)
+        assert code == 409 and body['error'] == 'sold_out', body
+        assert body['may_return'] is False and 'retry_after_ms' not in body, body
+        assert retry_after is None, retry_after
     assert_audit_clean(stack)
 
 
