@@ -78,3 +78,20 @@ redisContext *test_redis_start(const char *server)
 	fprintf(stderr, "redis-server did not open %s\n", sock);
 	return NULL;
 }
+
+redisContext *test_rc;
+
+int test_redis_group_setup(void **state)
+{
+	(void)state;
+	test_rc = test_redis_start(getenv("REDIS_SERVER"));
+	return test_rc != NULL ? 0 : -1;
+}
+
+int test_redis_group_teardown(void **state)
+{
+	(void)state;
+	test_redis_stop();
+	test_rc = NULL;
+	return 0;
+}

@@ -18,4 +18,11 @@ redisContext *test_redis_start(const char *server);
 /* Kill the server, free the context, remove the directory. Safe to repeat. */
 void test_redis_stop(void);
 
+/* The server of test_redis_group_setup, for the tests of the group. */
+extern redisContext *test_rc;
+
+/* cmocka group setup and teardown: the server $REDIS_SERVER names, in test_rc. */
+int test_redis_group_setup(void **state);
+int test_redis_group_teardown(void **state);
+
 #endif

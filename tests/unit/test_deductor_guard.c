@@ -16,29 +16,13 @@
 #include "deductor.h"
 #include "redis_server.h"
 
-static redisContext *rc;
-
-static int group_setup(void **state)
-{
-	(void)state;
-	rc = test_redis_start(getenv("REDIS_SERVER"));
-	return rc != NULL ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-	(void)state;
-	test_redis_stop();
-	return 0;
-}
-
 static void cmd_ok(const char *fmt, ...)
 {
 	va_list ap;
 	redisReply *r;
 
 	va_start(ap, fmt);
-	r = redisvCommand(rc, fmt, ap);
+	r = redisvCommand(test_rc, fmt, ap);
 	va_end(ap);
 	assert_non_null(r);
 	if (r->type == REDIS_REPLY_ERROR)
@@ -48,7 +32,7 @@ static void cmd_ok(const char *fmt, ...)
 
 static bool fenced_in_redis(int p)
 {
-	redisReply *r = redisCommand(rc, "HEXISTS fs:fence %d", p);
+	redisReply *r = redisCommand(test_rc, "HEXISTS fs:fence %d", p);
 	bool yes;
 
 	assert_non_null(r);
@@ -154,7 +138,7 @@ static void test_verify_every_partition(void **state)
 		cmd_ok("HSET fs:wm %d %d", p, p == 5 ? 50 : 100 + p);
 	}
 	cmd_ok("HSET fs:fence 7 %s", "reason=sku_seq partition=7 at_ms=1");
-	assert_int_equal(guard_verify(&g, rc, err, sizeof(err)), 0);
+	assert_int_equal(guard_verify(&g, test_rc, err, sizeof(err)), 0);
 	assert_int_equal(guard_fenced_count(&g), 2);
 	assert_true(fenced_in_redis(5));
 	assert_true(fenced_in_redis(7));
@@ -163,13 +147,13 @@ static void test_verify_every_partition(void **state)
 	/* Repaired: watermark back, fences lifted. */
 	cmd_ok("HSET fs:wm 5 105");
 	cmd_ok("DEL fs:fence");
-	assert_int_equal(guard_verify(&g, rc, err, sizeof(err)), 0);
+	assert_int_equal(guard_verify(&g, test_rc, err, sizeof(err)), 0);
 	assert_int_equal(guard_fenced_count(&g), 0);
 	assert_false(fenced_in_redis(5));
 
 	/* A lost state is not_ready's business, not a fence. */
 	cmd_ok("FLUSHALL");
-	assert_int_equal(guard_verify(&g, rc, err, sizeof(err)), 0);
+	assert_int_equal(guard_verify(&g, test_rc, err, sizeof(err)), 0);
 	assert_int_equal(guard_fenced_count(&g), 0);
 	assert_false(fenced_in_redis(5));
 	guard_free(&g);
@@ -206,5 +190,5 @@ int main(void)
 		printf("SKIP: REDIS_SERVER is empty (redis-server not found at configure time)\n");
 		return 77;
 	}
-	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+	return cmocka_run_group_tests(tests, test_redis_group_setup, test_redis_group_teardown);
 }

@@ -19,33 +19,17 @@
 extern const char gw_admit_lua[];
 extern const char gw_unadmit_lua[];
 
-static redisContext *rc;
-
-static int group_setup(void **state)
-{
-	(void)state;
-	rc = test_redis_start(getenv("REDIS_SERVER"));
-	return rc != NULL ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-	(void)state;
-	test_redis_stop();
-	return 0;
-}
-
 /* A fresh promotion: stock units, remaining as given, nothing admitted. */
 static int setup(void **state)
 {
 	redisReply *r;
 
 	(void)state;
-	r = redisCommand(rc, "FLUSHALL");
+	r = redisCommand(test_rc, "FLUSHALL");
 	freeReplyObject(r);
-	r = redisCommand(rc, "SET fs:ready 1");
+	r = redisCommand(test_rc, "SET fs:ready 1");
 	freeReplyObject(r);
-	r = redisCommand(rc, "HSET fs:promo:s initial 10 remaining 10 held 0 sold 0 limit 5 "
+	r = redisCommand(test_rc, "HSET fs:promo:s initial 10 remaining 10 held 0 sold 0 limit 5 "
 			 "start_ms 0 end_ms 9999999999999 hold_ms 60000");
 	freeReplyObject(r);
 	return 0;
@@ -53,7 +37,7 @@ static int setup(void **state)
 
 static long long redis_int(const char *fmt, const char *arg)
 {
-	redisReply *r = redisCommand(rc, fmt, arg);
+	redisReply *r = redisCommand(test_rc, fmt, arg);
 	long long v = 0;
 
 	assert_non_null(r);
@@ -112,7 +96,7 @@ static void admit_ex(const char *sku, int first, int n, int qty, long long k_pct
 		argv[k++] = args[i][0];
 		argv[k++] = args[i][1];
 	}
-	r = redisCommandArgv(rc, k, argv, NULL);
+	r = redisCommandArgv(test_rc, k, argv, NULL);
 	assert_non_null(r);
 	if (r->type == REDIS_REPLY_ERROR)
 		fail_msg("admit.lua: %s", r->str);
@@ -166,7 +150,7 @@ static void deduct(int i, const char *user, int qty)
 	snprintf(key, sizeof(key), "fs:req:rid-%d", i);
 	snprintf(q, sizeof(q), "%d", qty);
 	argv[7] = key;
-	r = redisCommandArgv(rc, 22, argv, NULL);
+	r = redisCommandArgv(test_rc, 22, argv, NULL);
 	assert_non_null(r);
 	if (r->type == REDIS_REPLY_ERROR)
 		fail_msg("deduct.lua: %s", r->str);
@@ -201,7 +185,7 @@ static void test_budget(void **state)
 	/* One id twice in one call (a retry in the same loop turn): admitted
 	 * once, and the second sees the first's marker (admit.lua writes the
 	 * markers as it goes, the counters once at the end). */
-	freeReplyObject(redisCommand(rc, "HSET fs:promo:s2 remaining 10 held 0 adm 0"));
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:s2 remaining 10 held 0 adm 0"));
 	admit_ex("s2", 500, 3, 1, 200, 0, true, v);
 	assert_string_equal(v[0].what, "admitted");
 	assert_string_equal(v[1].what, "known");
@@ -210,12 +194,12 @@ static void test_budget(void **state)
 	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 21);
 	assert_int_equal(redis_int("ZCARD %s", "fs:adm:all"), 21);
 	{
-		redisReply *r = redisCommand(rc, "HSET fs:promo:s2 adm 0");
+		redisReply *r = redisCommand(test_rc, "HSET fs:promo:s2 adm 0");
 
 		freeReplyObject(r);
-		r = redisCommand(rc, "ZREM fs:adm:all %s", "s2 rid-500");
+		r = redisCommand(test_rc, "ZREM fs:adm:all %s", "s2 rid-500");
 		freeReplyObject(r);
-		r = redisCommand(rc, "DECRBY fs:adm:total 1");
+		r = redisCommand(test_rc, "DECRBY fs:adm:total 1");
 		freeReplyObject(r);
 	}
 
@@ -243,17 +227,17 @@ static void test_sold_out(void **state)
 	redisReply *r;
 	(void)state;
 
-	r = redisCommand(rc, "HSET fs:promo:s remaining 0 held 10");
+	r = redisCommand(test_rc, "HSET fs:promo:s remaining 0 held 10");
 	freeReplyObject(r);
-	r = redisCommand(rc, "ZADD fs:holds:s 9999999999998 a 9999999999999 b");
+	r = redisCommand(test_rc, "ZADD fs:holds:s 9999999999998 a 9999999999999 b");
 	freeReplyObject(r);
 	admit("s", 100, 1, 1, 200, 0, v);
 	assert_string_equal(v[0].what, "sold_out");
 	assert_true(v[0].a > 0);
 	assert_int_equal(v[0].b, 1);
-	r = redisCommand(rc, "HSET fs:promo:s held 0 sold 10");
+	r = redisCommand(test_rc, "HSET fs:promo:s held 0 sold 10");
 	freeReplyObject(r);
-	r = redisCommand(rc, "DEL fs:holds:s");
+	r = redisCommand(test_rc, "DEL fs:holds:s");
 	freeReplyObject(r);
 	admit("s", 101, 1, 1, 200, 0, v);
 	assert_string_equal(v[0].what, "sold_out");
@@ -272,21 +256,21 @@ static void test_promotion_limits(void **state)
 	redisReply *r;
 	(void)state;
 
-	r = redisCommand(rc, "HSET fs:cfg:s k_pct 0 ip_rate_per_s 0 user_rate_per_s 0 "
+	r = redisCommand(test_rc, "HSET fs:cfg:s k_pct 0 ip_rate_per_s 0 user_rate_per_s 0 "
 			 "sku_rate_per_s 0");
 	freeReplyObject(r);
 	admit("s", 0, 25, 1, 200, 0, v);
 	assert_int_equal(count(v, 25, "admitted"), 20);
-	r = redisCommand(rc, "FLUSHALL");
+	r = redisCommand(test_rc, "FLUSHALL");
 	freeReplyObject(r);
 	setup(NULL);
-	r = redisCommand(rc, "HSET fs:cfg:s k_pct 100 sku_rate_per_s 0");
+	r = redisCommand(test_rc, "HSET fs:cfg:s k_pct 100 sku_rate_per_s 0");
 	freeReplyObject(r);
 	admit("s", 0, 25, 1, 200, 0, v);
 	assert_int_equal(count(v, 25, "admitted"), 10);
 
 	setup(NULL);
-	r = redisCommand(rc, "HSET fs:cfg:s sku_rate_per_s 4");
+	r = redisCommand(test_rc, "HSET fs:cfg:s sku_rate_per_s 4");
 	freeReplyObject(r);
 	admit("s", 0, 10, 1, 200, 0, v);
 	/* 4 a second (unless this ran across a second's edge: at most 8). */
@@ -310,7 +294,7 @@ static void test_global_cap_unknown_and_not_ready(void **state)
 		const char *argv[] = { "EVAL", gw_unadmit_lua, "4", "fs:promo:s", "fs:req:rid-0",
 				       "fs:adm:all", "fs:adm:total", "s rid-0" };
 
-		r = redisCommandArgv(rc, 8, argv, NULL);
+		r = redisCommandArgv(test_rc, 8, argv, NULL);
 		assert_non_null(r);
 		assert_int_equal(r->type, REDIS_REPLY_INTEGER);
 		assert_int_equal(r->integer, i == 0 ? 1 : 0);
@@ -318,7 +302,7 @@ static void test_global_cap_unknown_and_not_ready(void **state)
 	}
 	assert_int_equal(redis_int("HGET fs:promo:%s adm", "s"), 2);
 	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 2);
-	r = redisCommand(rc, "DEL fs:ready");
+	r = redisCommand(test_rc, "DEL fs:ready");
 	freeReplyObject(r);
 	admit("s", 20, 1, 1, 200, 0, v);
 	assert_string_equal(v[0].what, "not_ready");
@@ -333,5 +317,5 @@ int main(void)
 		cmocka_unit_test_setup(test_global_cap_unknown_and_not_ready, setup),
 	};
 
-	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+	return cmocka_run_group_tests(tests, test_redis_group_setup, test_redis_group_teardown);
 }

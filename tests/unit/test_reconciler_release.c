@@ -23,25 +23,9 @@
 #define NOW 1800000000000LL
 #define RESEND_MS 30000
 
-static redisContext *rc;
-
-static int group_setup(void **state)
-{
-	(void)state;
-	rc = test_redis_start(getenv("REDIS_SERVER"));
-	return rc != NULL ? 0 : -1;
-}
-
-static int group_teardown(void **state)
-{
-	(void)state;
-	test_redis_stop();
-	return 0;
-}
-
 static void cmd(const char *fmt, const char *a, const char *b)
 {
-	redisReply *r = redisCommand(rc, fmt, a, b);
+	redisReply *r = redisCommand(test_rc, fmt, a, b);
 
 	assert_non_null(r);
 	assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
@@ -55,7 +39,7 @@ static void hold(const char *rid, bool member, const char *st, long long rs_ago)
 
 	snprintf(key, sizeof(key), "fs:req:%s", rid);
 	if (member)
-		freeReplyObject(redisCommand(rc, "ZADD fs:holds:s 1 %s", rid));
+		freeReplyObject(redisCommand(test_rc, "ZADD fs:holds:s 1 %s", rid));
 	if (st != NULL)
 		cmd("HSET %s st %s", key, st);
 	if (rs_ago >= 0) {
@@ -71,7 +55,7 @@ static void test_filter(void **state)
 	size_t orphans = 99;
 
 	(void)state;
-	freeReplyObject(redisCommand(rc, "FLUSHALL"));
+	freeReplyObject(redisCommand(test_rc, "FLUSHALL"));
 	hold("a", true, "reserved", -1);         /* due, never released: send */
 	hold("b", true, "reserved", 1000);       /* released 1 s ago: wait */
 	hold("c", true, "reserved", 60000);      /* released a minute ago: send again */
@@ -83,7 +67,7 @@ static void test_filter(void **state)
 		snprintf(due[i].rid, sizeof(due[i].rid), "%s", rids[i]);
 		snprintf(due[i].sku, sizeof(due[i].sku), "s");
 	}
-	assert_int_equal(release_filter_due(rc, due, 6, NOW, RESEND_MS, &orphans), 0);
+	assert_int_equal(release_filter_due(test_rc, due, 6, NOW, RESEND_MS, &orphans), 0);
 	assert_int_equal(due[0].send, 1);
 	assert_int_equal(due[1].send, 0);
 	assert_int_equal(due[2].send, 1);
@@ -93,9 +77,9 @@ static void test_filter(void **state)
 	assert_int_equal(orphans, 1);            /* d only: e and f were decided */
 
 	/* Nothing suspect: no second look-up, no orphan. */
-	assert_int_equal(release_filter_due(rc, due, 3, NOW, RESEND_MS, &orphans), 0);
+	assert_int_equal(release_filter_due(test_rc, due, 3, NOW, RESEND_MS, &orphans), 0);
 	assert_int_equal(orphans, 0);
-	assert_int_equal(release_filter_due(rc, due, 0, NOW, RESEND_MS, &orphans), 0);
+	assert_int_equal(release_filter_due(test_rc, due, 0, NOW, RESEND_MS, &orphans), 0);
 	assert_int_equal(orphans, 0);
 }
 
@@ -105,5 +89,5 @@ int main(void)
 		cmocka_unit_test(test_filter),
 	};
 
-	return cmocka_run_group_tests(tests, group_setup, group_teardown);
+	return cmocka_run_group_tests(tests, test_redis_group_setup, test_redis_group_teardown);
 }
