@@ -839,15 +839,22 @@ on_poll_answer(struct lg_run *r, struct lg_buyer *b, int code,
 	 * poll_ms (thousands of such buyers polling 4 times a second took the
 	 * generator's connections from the crowd's first clicks).
 	 */
-	if (strcmp(st, "reserved") == 0) {
+	if (strcmp(st, "reserved") == 0 &&
+	    (b->plan == PLAN_EXPIRE || (b->action_done && b->action_refused))) {
 		struct timespec ts;
 		double deadline;
+		int64_t left_us = b->accepted_us + (int64_t)r->cf->final_timeout_s * 1000000 -
+				  mono_now_us();
 
 		clock_gettime(CLOCK_REALTIME, &ts);
 		if (body_number(body, "deadline_ms", &deadline)) {
 			int64_t until_us = ((int64_t)deadline - (int64_t)ts.tv_sec * 1000 -
 					    ts.tv_nsec / 1000000) * 1000;
 
+			/* A buyer who paid waits for the pay, not the deadline; and
+			 * nobody waits past their --final-timeout-s. */
+			if (until_us > left_us)
+				until_us = left_us;
 			if (until_us > poll_us)
 				poll_us = until_us;
 		}
