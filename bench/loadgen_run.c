@@ -82,7 +82,7 @@ struct lg_buyer {
 	bool first_answered;
 	bool action_done;		/* pay/cancel settled (202 or given up) */
 	bool action_refused;		/* ... and it was refused: stop waiting */
-	bool seen_reserved;		/* a poll said reserved: long polls wait from there */
+	bool seen_reserved;		/* a poll said reserved: decided, no more long polls */
 	uint8_t tries;			/* retries of the current call */
 	uint8_t first_reason;		/* index into lg_run.reasons */
 	int64_t sched_us;		/* scheduled arrival */

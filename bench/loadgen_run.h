@@ -29,7 +29,7 @@ struct lg_config {
 	double dup_ratio;
 	uint32_t retries;		/* per call, on 503 or transport error */
 	uint32_t poll_ms;
-	uint32_t wait_ms;		/* > 0: long polls (GET ?wait_ms=&from=) instead */
+	uint32_t wait_ms;		/* > 0: long polls for the decision (?wait_ms=&from=queued) */
 	uint32_t wait_concurrency;	/* connections of their own for long polls (0: shared) */
 	bool wait_final;
 	bool no_follow;          /* --no-follow: a buyer ends with the purchase's answer */
