@@ -126,6 +126,12 @@ local function announce(before)
     end
 end
 
+-- Tell the gateways (channel fs:st, "request_id state") that a purchase
+-- moved, so a long poll waiting on it answers now, not at its next look.
+local function tell(state)
+    redis.call('PUBLISH', 'fs:st', rid .. ' ' .. state)
+end
+
 -- Record a purchase outcome the first time it is decided. An admitted
 -- purchase (gateway/admit.lua) gives its place in the admission budget back.
 local function record(outcome, deadline, s)
@@ -133,6 +139,7 @@ local function record(outcome, deadline, s)
                'user', user, 'qty', ARGV[5], 'dl', deadline, 'ts', now,
                'q0', s, 'q', s)
     redis.call('EXPIRE', KEYS[5], ttl)
+    tell(outcome)
     if adm then
         redis.call('HDEL', KEYS[5], 'adm')
         redis.call('ZREM', 'fs:adm:all', sku .. ' ' .. rid)
@@ -156,6 +163,7 @@ local function give_back(to)
     redis.call('ZREM', KEYS[4], rid)
     announce(before)
     redis.call('HSET', KEYS[5], 'st', to, 'ts', now, 'q', bump())
+    tell(to)
     return seq
 end
 
@@ -244,6 +252,7 @@ if kind == 'pay' then
         sold = redis.call('HINCRBY', KEYS[2], 'sold', rqty)
         redis.call('ZREM', KEYS[4], rid)
         redis.call('HSET', KEYS[5], 'st', 'paid', 'ts', now, 'q', bump())
+        tell('paid')
         return reply('paid', 'paid', '', ruser, rqty, dl, 1, seq)
     elseif st == 'reserved' then
         -- Paid too late: the hold is over; end it now rather than wait

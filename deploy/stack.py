@@ -1713,8 +1713,15 @@ class Stack:
             body["start_ms"] = start_ms
         if end_ms is not None:
             body["end_ms"] = end_ms
-        status, reply = self.http("POST", "/admin/promotions", body,
-                                  token=self.admin_token)
+        # The gateway connects to PostgreSQL on its loop after it listens:
+        # right after a start, "retry later" (503) is what it says, so retry.
+        deadline = time.monotonic() + 30
+        while True:
+            status, reply = self.http("POST", "/admin/promotions", body,
+                                      token=self.admin_token)
+            if status != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if status not in (200, 201):
             raise StackError("create_promotion %s: HTTP %d %r" % (sku, status, reply))
         return reply

@@ -19,7 +19,9 @@
  *   promo      the promotion cache and its refresh, the Redis clock
  *   producer   the Kafka producer; delivery reports go to a callback
  *   admit      the shared admission budget per SKU, one Redis call per loop turn
- *   push       the deductor's counter pushes (Redis pub/sub) into the cache
+ *   push       the deductor's pushes (Redis pub/sub): counters into the cache,
+ *              purchases that moved to their long polls
+ *   waiters    the long polls of a loop, by request id
  *   hotkey     purchase attempts per SKU per second: the hottest in /metrics
  *   adminpg    the PostgreSQL connection of the admin API
  *   call       answering requests: replies, deferred answers, their counts
@@ -44,6 +46,7 @@
 #include "producer.h"
 #include "admit.h"
 #include "push.h"
+#include "waiters.h"
 #include "hotkey.h"
 #include "adminpg.h"
 #include "call.h"
@@ -112,6 +115,7 @@ struct gateway {
 	struct producer prod;
 	struct admission adm;
 	struct gw_push push;
+	struct waiters waiters;     /* long polls, woken by push */
 	struct hotkeys *hot;        /* shared */
 	struct strmap degraded;     /* sku -> units admitted here while Redis' state is lost */
 	struct ratelimit *rl;       /* shared: per user */

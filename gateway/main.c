@@ -343,6 +343,8 @@ static void gw_loop_init(struct gateway *g)
 	if (g->base == NULL || event_base_priority_init(g->base, 3) < 0)
 		die("startup_failed", "what=event_loop msg=\"event_base_new\"");
 	strmap_init(&g->degraded);
+	if (waiters_init(&g->waiters) < 0)
+		die("startup_failed", "what=long_polls msg=\"out of memory\"");
 	g->sh = &shared;
 	g->rl = &shared.rl;
 	g->ip_rl = &shared.ip_rl;
@@ -417,6 +419,7 @@ static void gw_loop_free(struct gateway *g)
 	gw_conns_free(&g->conns);
 	auth_free(&g->auth);
 	promo_free(g);
+	waiters_free(&g->waiters);
 	event_free(g->wake_drain);
 	event_free(g->wake_reload);
 	event_free(g->wake_refresh);

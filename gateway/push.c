@@ -11,7 +11,7 @@ static struct metric m_pushes = { "gateway_pushes_total",
 	"Counter changes pushed by the deductor (fs:chg) and applied to the cache", NULL,
 	METRIC_COUNTER };
 static struct metric m_bad = { "gateway_pushes_malformed_total",
-	"fs:chg messages that did not parse (ignored)", NULL, METRIC_COUNTER };
+	"fs:chg and fs:st messages that did not parse (ignored)", NULL, METRIC_COUNTER };
 static struct metric m_delay = { "gateway_push_delay_seconds",
 	"From a SKU running out (or getting units back) in Redis to this gateway knowing it",
 	NULL, METRIC_HISTOGRAM };
@@ -44,26 +44,55 @@ bool push_parse(const char *msg, char *sku, size_t skulen, int64_t *remaining, i
 	return true;
 }
 
-/* Every message of the subscription, and its confirmation; NULL on a loss. */
+/* "request_id state" on fs:st: wake the long polls waiting on that purchase. */
+static void push_moved(struct gw_push *p, const char *msg)
+{
+	char rid[FS_ID_MAX + 2];
+	size_t n = strcspn(msg, " ");
+
+	if (n == 0 || n >= sizeof(rid) || msg[n] != ' ') {
+		metric_add(&m_bad, 1);
+		return;
+	}
+	memcpy(rid, msg, n);
+	rid[n] = '\0';
+	routes_purchase_moved(p->gw, rid);
+}
+
+/* Every message of the subscriptions, and their confirmations; NULL on a loss. */
 static void push_message_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
 	struct gw_push *p = privdata;
 	redisReply *r = reply;
 	char sku[FS_ID_MAX + 1];
+	const char *what, *channel;
 	int64_t remaining, held, earliest, changed, delay = -1;
 
 	(void)ac;
-	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
-	    r->element[0]->type != REDIS_REPLY_STRING)
-		return;
-	if (strcmp(r->element[0]->str, "subscribe") == 0) {
-		log_info("push_subscribed", "channel=fs:chg");
-		promo_refresh_now(p->gw);
+	if (r == NULL) {
+		/* Lost: long polls look for themselves until the next subscribe. */
+		p->live = false;
 		return;
 	}
-	if (strcmp(r->element[0]->str, "message") != 0 ||
-	    r->element[2]->type != REDIS_REPLY_STRING)
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	    r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING)
 		return;
+	what = r->element[0]->str;
+	channel = r->element[1]->str;
+	if (strcmp(what, "subscribe") == 0) {
+		log_info("push_subscribed", "channel=%s", channel);
+		if (strcmp(channel, "fs:chg") == 0)
+			promo_refresh_now(p->gw);
+		else
+			p->live = true;
+		return;
+	}
+	if (strcmp(what, "message") != 0 || r->element[2]->type != REDIS_REPLY_STRING)
+		return;
+	if (strcmp(channel, "fs:st") == 0) {
+		push_moved(p, r->element[2]->str);
+		return;
+	}
 	if (!push_parse(r->element[2]->str, sku, sizeof(sku), &remaining, &held, &earliest,
 			&changed)) {
 		metric_add(&m_bad, 1);
@@ -86,9 +115,9 @@ static void push_message_cb(redisAsyncContext *ac, void *reply, void *privdata)
 static void push_on_connect(void *arg)
 {
 	struct gw_push *p = arg;
-	const char *argv[] = { "SUBSCRIBE", "fs:chg" };
+	const char *argv[] = { "SUBSCRIBE", "fs:chg", "fs:st" };
 
-	if (gw_store_command_argv(&p->sub, push_message_cb, p, 2, argv, NULL) < 0)
+	if (gw_store_command_argv(&p->sub, push_message_cb, p, 3, argv, NULL) < 0)
 		log_warn("push_subscribe_failed", "msg=\"will retry at the next connect\"");
 }
 

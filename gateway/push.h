@@ -1,10 +1,16 @@
 /*
- * The deductor's pushes: a second Redis connection subscribed to fs:chg,
- * where deduct.lua announces a SKU that runs out or has units again
- * ("sku remaining held earliest_deadline_ms"). Each one updates the
- * promotion cache at once, so every gateway refuses a sold-out SKU, or
- * reopens it, within milliseconds instead of at its next refresh. After a
- * (re)connect the cache is refreshed: pushes sent meanwhile are lost.
+ * The deductor's pushes: a second Redis connection subscribed to two
+ * channels deduct.lua publishes on.
+ *   fs:chg  a SKU runs out or has units again ("sku remaining held
+ *           earliest_deadline_ms changed_ms"). Each one updates the
+ *           promotion cache at once, so every gateway refuses a sold-out
+ *           SKU, or reopens it, within milliseconds instead of at its next
+ *           refresh. After a (re)connect the cache is refreshed: pushes
+ *           sent meanwhile are lost.
+ *   fs:st   a purchase changed state ("request_id state"): the long polls
+ *           waiting on it look now (routes_purchase_moved). While this
+ *           subscription is down (live false) they look for themselves,
+ *           more often.
  * Event loop thread only.
  */
 #ifndef FLASHSALE_GATEWAY_PUSH_H
@@ -18,6 +24,7 @@ struct gateway;
 struct gw_push {
 	struct gateway *gw;
 	struct gw_store sub;
+	bool live;                  /* fs:st subscribed: long polls are woken */
 };
 
 /* Start-up: connect and subscribe (never blocks). -1 on allocation failure. */

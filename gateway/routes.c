@@ -1,6 +1,7 @@
 #include "gateway.h"
 
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,11 @@ static const char *const refusal_names[REF_N] = {
 };
 static struct metric m_refusals[REF_N];
 static char m_refusal_labels[REF_N][48];
+static struct metric m_wakes = {
+	.name = "gateway_long_poll_wakes_total",
+	.help = "Long polls told by the deductor's push (fs:st) that their purchase moved",
+	.type = METRIC_COUNTER,
+};
 static struct metric m_replays = {
 	.name = "gateway_purchase_replays_total",
 	.help = "Purchases a filter would have refused, answered 202 because the request id "
@@ -69,6 +75,7 @@ void routes_metrics_register(void)
 		metrics_register(&m_refusals[i]);
 	}
 	metrics_register(&m_replays);
+	metrics_register(&m_wakes);
 	metrics_register(&m_accepted);
 	metrics_register(&gw_m_inflight);
 	metrics_register(&m_produce_latency);
@@ -102,7 +109,13 @@ struct pending {
 	char from_state[24];
 	struct event *wait_ev;
 	int wait_step_ms;
+	struct waiter waiter;              /* in gw->waiters while the long poll lasts */
+	bool reading;                      /* its HGETALL is out */
+	bool woken;                        /* pushed while reading: read again at once */
 };
+
+/* How often a long poll looks while the deductor's pushes wake it (a net under them). */
+#define WAIT_LOOK_PUSHED_MS 1000
 
 /* ---- the buyer ---- */
 
@@ -634,6 +647,7 @@ static const char *pair_get(const redisReply *r, const char *name)
 
 static void pending_free(struct pending *pd)
 {
+	waiters_remove(&pd->call.gw->waiters, &pd->waiter);
 	if (pd->wait_ev != NULL)
 		event_free(pd->wait_ev);
 	free(pd);
@@ -661,28 +675,39 @@ static void purchase_wait_cb(evutil_socket_t fd, short what, void *arg)
 		pending_free(pd);
 		return;
 	}
+	pd->reading = true;
 	gw->redis_pending++;
 }
 
 /*
  * Keep a long poll waiting: true when pd was scheduled for another look
  * (the state is still from_state, time is left, the client is there).
- * Looks back off from 20 ms to 200 ms: a crowd of waiters costs Redis a
- * few pipelined reads a second each, not a request per client poll.
+ * The deductor's push (fs:st) wakes it when its purchase moves
+ * (routes_purchase_moved); it still looks once a second in case a push
+ * was lost. Without the pushes, looks back off from 20 ms to 200 ms: a
+ * crowd of waiters costs Redis a few pipelined reads a second each, not a
+ * request per client poll.
  */
 static bool purchase_keep_waiting(struct pending *pd, const char *state)
 {
+	struct gateway *gw = pd->call.gw;
 	struct timeval tv;
 	int64_t left = pd->wait_until_us - mono_us();
 
-	if (pd->wait_until_us == 0 || left <= 0 || pd->call.dead || pd->call.gw->draining ||
+	if (pd->wait_until_us == 0 || left <= 0 || pd->call.dead || gw->draining ||
 	    strcmp(state, pd->from_state) != 0)
 		return false;
 	if (pd->wait_ev == NULL &&
-	    (pd->wait_ev = evtimer_new(pd->call.gw->base, purchase_wait_cb, pd)) == NULL)
+	    (pd->wait_ev = evtimer_new(gw->base, purchase_wait_cb, pd)) == NULL)
 		return false;
-	pd->wait_step_ms = pd->wait_step_ms == 0 ? 20 :
-			   pd->wait_step_ms * 2 > 200 ? 200 : pd->wait_step_ms * 2;
+	if (pd->woken)
+		pd->wait_step_ms = 0;   /* it moved after Redis answered this read */
+	else if (gw->push.live)
+		pd->wait_step_ms = WAIT_LOOK_PUSHED_MS;
+	else
+		pd->wait_step_ms = pd->wait_step_ms == 0 ? 20 :
+				   pd->wait_step_ms * 2 > 200 ? 200 : pd->wait_step_ms * 2;
+	pd->woken = false;
 	if (pd->wait_step_ms * 1000LL > left)
 		pd->wait_step_ms = (int)(left / 1000) + 1;
 	tv.tv_sec = pd->wait_step_ms / 1000;
@@ -698,6 +723,7 @@ static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	cJSON *o;
 
 	pd->call.gw->redis_pending--;
+	pd->reading = false;
 	if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
 		call_error(&pd->call, 503, "store_unavailable", "Redis is unavailable; retry later");
 		pending_free(pd);
@@ -935,6 +961,33 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 	}
 	gw->redis_pending++;
 	call_init(&pd->call, gw, req, route);
+	if (pd->wait_until_us > 0) {
+		/* Registered from the first read on, so no push falls between two reads. */
+		pd->reading = true;
+		waiters_add(&gw->waiters, &pd->waiter, pd->request_id);
+	}
+}
+
+/* One long poll of a purchase that moved: look now, or right after the read that is out. */
+static void routes_wake_one(struct waiter *w, void *arg)
+{
+	struct gateway *gw = arg;
+	struct pending *pd = (struct pending *)((char *)w - offsetof(struct pending, waiter));
+
+	metric_add(&m_wakes, 1);
+	/* It waits until answered: the purchase may not have left from_state. */
+	waiters_add(&gw->waiters, w, pd->request_id);
+	if (pd->reading) {
+		pd->woken = true;
+	} else if (pd->wait_ev != NULL) {
+		evtimer_del(pd->wait_ev);
+		event_active(pd->wait_ev, EV_TIMEOUT, 1);
+	}
+}
+
+void routes_purchase_moved(struct gateway *gw, const char *request_id)
+{
+	(void)waiters_wake(&gw->waiters, request_id, routes_wake_one, gw);
 }
 
 /* The answer of GET /v1/promotions/{sku} for a promotion p (req still open). */

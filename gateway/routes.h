@@ -29,6 +29,13 @@ void routes_handle_admin(struct evhttp_request *req, void *arg);
 void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 			bool maybe_stored);
 
+/*
+ * A purchase changed state (fs:st, push.c): its long polls on this loop
+ * read it again now. gw is the struct gateway of the calling loop.
+ */
+struct gateway;
+void routes_purchase_moved(struct gateway *gw, const char *request_id);
+
 struct admit_result;
 
 /*

@@ -299,14 +299,18 @@ def test_long_poll_answers_when_the_state_moves(stack):
     code, body = stack.http('GET', '/v1/purchases/lp-1?wait_ms=5000', user='lp')
     assert code == 200 and body['state'] == 'reserved', body
     # Unpaid, the hold expires (1 s + the release grace): the wait from
-    # "reserved" ends with it.
+    # "reserved" ends with it, woken by the deductor's push on fs:st (a
+    # gateway that only polled Redis would count no wake).
+    wakes = 'flashsale_gateway_long_poll_wakes_total'
+    woken = stack.metrics('gateway')[wakes]
     deadline = time.time() + 30
     while time.time() < deadline:
-        code, body = stack.http('GET', '/v1/purchases/lp-1?wait_ms=2000&from=reserved',
+        code, body = stack.http('GET', '/v1/purchases/lp-1?wait_ms=5000&from=reserved',
                                 user='lp')
         if body['state'] != 'reserved':
             break
     assert body['state'] == 'expired', body
+    assert stack.metrics('gateway')[wakes] > woken
     for bad in ('wait_ms=-1', 'wait_ms=999999', 'wait_ms=x', 'wait_ms=10&from=BAD'):
         code, body = stack.http('GET', '/v1/purchases/lp-1?' + bad, user='lp')
         assert code == 400, (bad, body)

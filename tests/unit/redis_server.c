@@ -37,6 +37,11 @@ void test_redis_stop(void)
 	}
 }
 
+const char *test_redis_socket(void)
+{
+	return sock;
+}
+
 redisContext *test_redis_start(const char *server)
 {
 	snprintf(dir, sizeof(dir), "/tmp/fs-unit-redis-XXXXXX");

@@ -15,6 +15,9 @@
  */
 redisContext *test_redis_start(const char *server);
 
+/* The server's Unix socket, for a second connection (a subscriber). */
+const char *test_redis_socket(void);
+
 /* Kill the server, free the context, remove the directory. Safe to repeat. */
 void test_redis_stop(void);
 

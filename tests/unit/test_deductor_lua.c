@@ -391,6 +391,68 @@ static void test_pay_and_replay(void **state)
 	assert_counters("sku-1", 8, 0, 2);
 }
 
+/* The next fs:st message on sub: "request_id state". */
+static void assert_told(redisContext *sub, const char *rid, const char *state)
+{
+	redisReply *r = NULL;
+	char want[128];
+
+	assert_int_equal(redisGetReply(sub, (void **)&r), REDIS_OK);
+	assert_non_null(r);
+	assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+	assert_int_equal(r->elements, 3);
+	assert_string_equal(r->element[0]->str, "message");
+	assert_string_equal(r->element[1]->str, "fs:st");
+	snprintf(want, sizeof(want), "%s %s", rid, state);
+	assert_string_equal(r->element[2]->str, want);
+	freeReplyObject(r);
+}
+
+/*
+ * Every state change of a purchase is published on fs:st, once: the
+ * gateways wake the long polls waiting on it. Replays and refused
+ * transitions change nothing and say nothing (the next message is the
+ * next change's).
+ */
+static void test_moves_are_told(void **state)
+{
+	redisContext *sub = redisConnectUnix(test_redis_socket());
+	redisReply *r;
+	struct step_result res;
+
+	(void)state;
+	assert_non_null(sub);
+	assert_int_equal(sub->err, 0);
+	/* A message that never comes fails the test instead of hanging it. */
+	assert_int_equal(redisSetTimeout(sub, (struct timeval){ 5, 0 }), REDIS_OK);
+	r = redisCommand(sub, "SUBSCRIBE fs:st");
+	assert_non_null(r);
+	freeReplyObject(r);
+	promo("sku-t", 2, 1, -60000, 3600000, 0);   /* holds end at once: releasable */
+	res = apply(K_PURCHASE, "t-1", "sku-1", "alice", 1);
+	assert_event(&res, E_RESERVED, "reserved", "", true);
+	assert_told(sub, "t-1", "reserved");
+	res = apply(K_PURCHASE, "t-1", "sku-1", "alice", 1);          /* replay */
+	assert_event(&res, E_RESERVED, "reserved", "", false);
+	res = apply(K_PAY, "t-1", "sku-1", NULL, 0);
+	assert_told(sub, "t-1", "paid");
+	res = apply(K_PAY, "t-1", "sku-1", NULL, 0);                  /* replay */
+	res = apply(K_CANCEL, "t-1", "sku-1", NULL, 0);               /* refused */
+	assert_event(&res, E_TREFUSED, "paid", "not_reserved", false);
+	res = apply(K_PURCHASE, "t-2", "sku-1", "bob", 11);
+	assert_told(sub, "t-2", "limit_reached");
+	res = apply(K_PURCHASE, "t-3", "sku-1", "carol", 2);
+	res = apply(K_CANCEL, "t-3", "sku-1", NULL, 0);
+	assert_told(sub, "t-3", "reserved");
+	assert_told(sub, "t-3", "cancelled");
+	res = apply(K_PURCHASE, "t-4", "sku-t", "dave", 1);
+	res = apply(K_RELEASE, "t-4", "sku-t", NULL, 0);
+	assert_event(&res, E_EXPIRED, "expired", "", true);
+	assert_told(sub, "t-4", "reserved");
+	assert_told(sub, "t-4", "expired");
+	redisFree(sub);
+}
+
 static void test_cancel(void **state)
 {
 	struct step_result r;
@@ -885,6 +947,7 @@ int main(void)
 		cmocka_unit_test_setup(test_idempotent_replay, setup),
 		cmocka_unit_test_setup(test_limit_reached, setup),
 		cmocka_unit_test_setup(test_pay_and_replay, setup),
+		cmocka_unit_test_setup(test_moves_are_told, setup),
 		cmocka_unit_test_setup(test_cancel, setup),
 		cmocka_unit_test_setup(test_release_not_due, setup),
 		cmocka_unit_test_setup(test_release_after_deadline, setup),
