@@ -17,6 +17,7 @@
  * fixed-size reservoir, per-interval ones to a reused buffer.
  */
 #include "loadgen_run.h"
+#include "loadgen_http.h"
 #include "loadgen_token.h"
 
 #include <errno.h>
@@ -26,14 +27,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netdb.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <cJSON.h>
-#include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 
 enum lg_job {
 	JOB_NONE = 0,
@@ -58,7 +59,6 @@ enum lg_phase {
 };
 
 #define LG_NO_BUYER (-1)
-#define LG_BODY_MAX (64 * 1024)
 #define LG_BACKOFF_BASE_US 50000
 #define LG_BACKOFF_MAX_US 1000000
 #define LG_REQUEST_SAMPLES (2u << 20)	/* request latency reservoir (16 MB) */
@@ -91,9 +91,8 @@ struct lg_buyer {
 
 struct lg_slot {
 	struct lg_run *run;
-	struct evhttp_connection *conn;
+	struct lg_http http;
 	int32_t buyer;			/* LG_NO_BUYER when idle */
-	bool broken;			/* replace the connection before reuse */
 	uint8_t pool;			/* LG_POOL_CALLS or LG_POOL_WAITS */
 	int64_t sent_us;
 };
@@ -119,6 +118,8 @@ struct lg_run {
 	struct evhttp_uri *uri;
 	const char *host;
 	int port;
+	struct sockaddr_storage addr;	/* host:port, resolved once */
+	socklen_t addrlen;
 	char host_header[300];
 	char prefix[256];		/* path prefix from the URL, no trailing '/' */
 
@@ -141,7 +142,7 @@ struct lg_run {
 	int64_t first_send_us;
 	int64_t last_done_us;
 	uint64_t rng;			/* backoff jitter */
-	struct timeval timeout_tv;
+	struct event *deadline_ev;	/* fails the calls past --timeout-ms */
 
 	int64_t prog_last_us;
 	uint64_t prog_last_sent;
@@ -359,20 +360,16 @@ buyer_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- sending ---- */
 
-static int
-slot_connect(struct lg_run *r, struct lg_slot *s)
+static void on_response(void *arg, int code, const char *body, size_t len);
+
+/* A slot's connection: connected by its first call, again after a failure. */
+static void
+slot_init(struct lg_run *r, struct lg_slot *s)
 {
-	s->conn = evhttp_connection_base_new(r->base, NULL, r->host,
-		(unsigned short)r->port);
-	if (s->conn == NULL)
-		return -1;
-	evhttp_connection_set_timeout_tv(s->conn, &r->timeout_tv);
-	evhttp_connection_set_retries(s->conn, 0);
-	s->broken = false;
-	return 0;
+	lg_http_init(&s->http, r->base, (const struct sockaddr *)&r->addr, r->addrlen,
+		on_response, s);
 }
 
-static void on_response(struct evhttp_request *req, void *arg);
 static void handle_answer(struct lg_run *r, struct lg_buyer *b, int code,
 	const char *body);
 
@@ -413,11 +410,9 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 {
 	const struct lg_config *cf = r->cf;
 	uint32_t bi = buyer_index(r, b);
-	struct evhttp_request *req;
-	struct evkeyvalq *h;
-	enum evhttp_cmd_type cmd = EVHTTP_REQ_POST;
-	char path[512], body[512], user[96], auth[640];
-	int blen = -1;
+	bool post = true;
+	char path[512], body[512], user[96], auth[640], req[2048];
+	int blen = -1, n;
 
 	switch (b->job) {
 	case JOB_PURCHASE:
@@ -429,7 +424,7 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 			(unsigned)b->qty, cf->run_id, bi);
 		break;
 	case JOB_POLL:
-		cmd = EVHTTP_REQ_GET;
+		post = false;
 		if (cf->wait_ms > 0 && !b->seen_reserved)
 			/*
 			 * The gateway holds it until the purchase is decided. A
@@ -456,28 +451,26 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 		return -1;
 	}
 
-	req = evhttp_request_new(on_response, s);
-	if (req == NULL)
-		return -1;
-	h = evhttp_request_get_output_headers(req);
-	evhttp_add_header(h, "Host", r->host_header);
-	evhttp_add_header(h, "Connection", "keep-alive");
-	evhttp_add_header(h, "Accept", "application/json");
+	n = snprintf(req, sizeof(req),
+		"%s %s HTTP/1.1\r\nHost: %s\r\nConnection: keep-alive\r\n"
+		"Accept: application/json\r\n", post ? "POST" : "GET", path,
+		r->host_header);
 	/* Every call of a buyer carries its token: the gateway trusts nothing else. */
 	if (cf->jwt_secret != NULL) {
 		snprintf(user, sizeof(user), "%s%u", cf->user_prefix, b->user);
 		if (lg_token_header(cf->jwt_secret, user, (int64_t)time(NULL), 3600, auth,
-				    sizeof(auth)) < 0) {
-			evhttp_request_free(req);
+				    sizeof(auth)) < 0)
 			return -1;
-		}
-		evhttp_add_header(h, "Authorization", auth);
+		n += snprintf(req + n, sizeof(req) - (size_t)n, "Authorization: %s\r\n", auth);
 	}
-	if (blen >= 0) {
-		evhttp_add_header(h, "Content-Type", "application/json");
-		evbuffer_add(evhttp_request_get_output_buffer(req), body,
-			(size_t)blen);
-	}
+	if (blen >= 0)
+		n += snprintf(req + n, sizeof(req) - (size_t)n,
+			"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+			blen, body);
+	else
+		n += snprintf(req + n, sizeof(req) - (size_t)n, "\r\n");
+	if ((size_t)n >= sizeof(req))
+		return -1;
 
 	count_send(r, b);
 	s->buyer = (int32_t)bi;
@@ -488,17 +481,11 @@ slot_send(struct lg_run *r, struct lg_slot *s, struct lg_buyer *b)
 		if (r->tick_ev != NULL)
 			evtimer_add(r->tick_ev, &r->tick_tv);
 	}
-	if (evhttp_make_request(s->conn, req, cmd, path) != 0) {
-		/*
-		 * libevent could not even start connecting (no fd?). It may
-		 * already have reported the failure through on_response, in
-		 * which case the slot is idle again; else we own the error.
-		 */
-		if (s->buyer == (int32_t)bi) {
-			s->buyer = LG_NO_BUYER;
-			s->broken = true;
-			return -1;
-		}
+	if (lg_http_send(&s->http, req, (size_t)n,
+			 s->sent_us + (int64_t)cf->timeout_ms * 1000) != 0) {
+		/* Not even sent (no socket, refused at once): the caller answers. */
+		s->buyer = LG_NO_BUYER;
+		return -1;
 	}
 	return 0;
 }
@@ -512,21 +499,10 @@ pump_pool(struct lg_run *r, struct lg_pool *q)
 		struct lg_slot *s = &r->slots[si];
 		struct lg_buyer *b = queue_pop(r, q);
 
-		if (s->broken) {
-			/* outside libevent's callbacks, so freeing is safe */
-			if (s->conn != NULL)
-				evhttp_connection_free(s->conn);
-			s->conn = NULL;
-			if (slot_connect(r, s) != 0) {
-				q->idle[q->nidle++] = si;
-				s->broken = true;
-				handle_answer(r, b, 0, NULL);
-				break;
-			}
-		}
 		if (slot_send(r, s, b) != 0) {
 			q->idle[q->nidle++] = si;
 			handle_answer(r, b, 0, NULL);
+			break;	/* the next go, after handle_answer's backoff */
 		}
 	}
 }
@@ -542,49 +518,38 @@ pump_cb(evutil_socket_t fd, short what, void *arg)
 		pump_pool(r, &r->pools[p]);
 }
 
-/* Copy the answer's body, at most max bytes, NUL-terminated (NULL if none). */
-static char *
-body_copy(struct evhttp_request *req, size_t max)
-{
-	struct evbuffer *in = evhttp_request_get_input_buffer(req);
-	size_t len = in ? evbuffer_get_length(in) : 0;
-	char *s;
-
-	if (len == 0)
-		return NULL;
-	if (len > max)
-		len = max;
-	s = malloc(len + 1);
-	if (s == NULL)
-		return NULL;
-	evbuffer_copyout(in, s, len);
-	s[len] = '\0';
-	return s;
-}
-
+/* A call's answer (code 0: it failed), from the slot's connection. */
 static void
-on_response(struct evhttp_request *req, void *arg)
+on_response(void *arg, int code, const char *body, size_t len)
 {
 	struct lg_slot *s = arg;
 	struct lg_run *r = s->run;
 	struct lg_buyer *b;
-	int code = req ? evhttp_request_get_response_code(req) : 0;
-	char *body;
 
+	(void)len;
 	if (s->buyer == LG_NO_BUYER || r->stopping)
 		return;
 	b = &r->buyers[s->buyer];
 	s->buyer = LG_NO_BUYER;
-	if (code <= 0 || code >= 600) {
+	if (code <= 0 || code >= 600)
 		code = 0;
-		s->broken = true;
-	}
 	r->pools[s->pool].idle[r->pools[s->pool].nidle++] = (uint32_t)(s - r->slots);
 	lg_samples_add(&r->res->request_lat, mono_now_us() - s->sent_us);
-	body = code ? body_copy(req, LG_BODY_MAX) : NULL;
-	handle_answer(r, b, code, body);
-	free(body);
+	handle_answer(r, b, code, code ? body : NULL);
 	schedule_pump(r);
+}
+
+/* Every 100 ms: fail the calls out longer than --timeout-ms. */
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct lg_run *r = arg;
+	int64_t now = mono_now_us();
+
+	(void)fd;
+	(void)what;
+	for (uint32_t i = 0; i < r->nslots; i++)
+		lg_http_check_deadline(&r->slots[i].http, now);
 }
 
 /* ---- answers ---- */
@@ -1090,6 +1055,24 @@ run_parse_url(struct lg_run *r, char *err, size_t errlen)
 	r->port = evhttp_uri_get_port(r->uri);
 	if (r->port <= 0)
 		r->port = 80;
+	{
+		struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai = NULL;
+		char port[16];
+		int e;
+
+		snprintf(port, sizeof(port), "%d", r->port);
+		e = getaddrinfo(r->host, port, &hints, &ai);
+		if (e != 0 || ai == NULL || ai->ai_addrlen > sizeof(r->addr)) {
+			snprintf(err, errlen, "cannot resolve %s: %s", r->host,
+				e != 0 ? gai_strerror(e) : "no address");
+			if (ai != NULL)
+				freeaddrinfo(ai);
+			return -1;
+		}
+		memcpy(&r->addr, ai->ai_addr, ai->ai_addrlen);
+		r->addrlen = ai->ai_addrlen;
+		freeaddrinfo(ai);
+	}
 	path = evhttp_uri_get_path(r->uri);
 	snprintf(r->prefix, sizeof(r->prefix), "%s", path ? path : "");
 	n = strlen(r->prefix);
@@ -1183,8 +1166,7 @@ run_free(struct lg_run *r)
 	r->stopping = true;
 	if (r->slots != NULL)
 		for (i = 0; i < r->nslots; i++)
-			if (r->slots[i].conn != NULL)
-				evhttp_connection_free(r->slots[i].conn);
+			lg_http_free(&r->slots[i].http);
 	if (r->pump_ev)
 		event_free(r->pump_ev);
 	if (r->arrive_ev)
@@ -1197,6 +1179,8 @@ run_free(struct lg_run *r)
 		event_free(r->sigterm_ev);
 	if (r->tick_ev)
 		event_free(r->tick_ev);
+	if (r->deadline_ev)
+		event_free(r->deadline_ev);
 	if (r->base)
 		event_base_free(r->base);	/* also frees pending once-timers */
 	if (r->uri)
@@ -1226,8 +1210,6 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 	for (int p = 0; p < LG_POOLS; p++)
 		r->pools[p].qhead = r->pools[p].qtail = LG_NO_BUYER;
 	r->rng = cf->seed ^ 0xbac0ffULL;
-	r->timeout_tv.tv_sec = (time_t)(cf->timeout_ms / 1000);
-	r->timeout_tv.tv_usec = (suseconds_t)(cf->timeout_ms % 1000) * 1000;
 	res->buyers = cf->buyers;
 
 	signal(SIGPIPE, SIG_IGN);
@@ -1254,12 +1236,13 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 	r->progress_ev = event_new(r->base, -1, EV_PERSIST, progress_cb, r);
 	r->sigint_ev = evsignal_new(r->base, SIGINT, signal_cb, r);
 	r->sigterm_ev = evsignal_new(r->base, SIGTERM, signal_cb, r);
+	r->deadline_ev = event_new(r->base, -1, EV_PERSIST, deadline_cb, r);
 	if (cf->timeseries_path != NULL) {
 		r->tick_ev = event_new(r->base, -1, EV_PERSIST, tick_cb, r);
 		r->tick_tv.tv_sec = (time_t)(cf->interval_ms / 1000);
 		r->tick_tv.tv_usec = (suseconds_t)(cf->interval_ms % 1000) * 1000;
 	}
-	if (!r->pump_ev || !r->arrive_ev || !r->progress_ev ||
+	if (!r->pump_ev || !r->arrive_ev || !r->progress_ev || !r->deadline_ev ||
 	    !r->sigint_ev || !r->sigterm_ev ||
 	    (cf->timeseries_path != NULL && !r->tick_ev)) {
 		snprintf(err, errlen, "cannot create events");
@@ -1282,10 +1265,7 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 		r->slots[si].run = r;
 		r->slots[si].buyer = LG_NO_BUYER;
 		r->slots[si].pool = si < cf->concurrency ? LG_POOL_CALLS : LG_POOL_WAITS;
-		if (slot_connect(r, &r->slots[si]) != 0) {
-			snprintf(err, errlen, "cannot create connection %u", si);
-			goto fail;
-		}
+		slot_init(r, &r->slots[si]);
 		/* hand out low slots first: the pool warms up from the bottom */
 		q = &r->pools[r->slots[si].pool];
 		q->idle[q->nidle++] = si;
@@ -1294,6 +1274,11 @@ lg_run(const struct lg_config *cf, struct lg_result *res, char *err,
 
 	evsignal_add(r->sigint_ev, NULL);
 	evsignal_add(r->sigterm_ev, NULL);
+	{
+		struct timeval tenth = { 0, 100000 };
+
+		evtimer_add(r->deadline_ev, &tenth);
+	}
 	if (cf->progress)
 		evtimer_add(r->progress_ev, &quarter);
 
