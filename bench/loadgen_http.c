@@ -224,7 +224,9 @@ int lg_http_parse(const char *buf, size_t len, struct lg_http_answer *a)
 				a->closes = true;
 		}
 	}
-	if (!have_length && (a->code == 204 || a->code == 304 || a->code < 200))
+	if (a->code < 200)
+		return -1;              /* interim answers: never asked for (no Expect) */
+	if (!have_length && (a->code == 204 || a->code == 304))
 		have_length = true;     /* no body by definition */
 	if (!have_length) {
 		a->until_close = true;
@@ -237,7 +239,8 @@ int lg_http_parse(const char *buf, size_t len, struct lg_http_answer *a)
 /* Hand the answer in c->in[0..total) to done. */
 static void http_deliver(struct lg_http *c, const struct lg_http_answer *a, size_t total)
 {
-	bool extra = c->inlen > total;  /* bytes nobody asked for: drop the connection */
+	/* Bytes nobody asked for, or an answer before the request was all out: drop the connection. */
+	bool extra = c->inlen > total || c->outoff < c->outlen;
 	size_t blen = total - a->head;
 
 	c->in[total] = '\0';            /* incap keeps a byte for it */
@@ -264,9 +267,14 @@ static void http_cb(evutil_socket_t fd, short what, void *arg)
 	if (!(what & EV_READ))
 		return;
 	if (c->incap - c->inlen < LG_HTTP_READ + 1) {
+		/* Room for the largest answer the parser takes, a read and the NUL. */
+		size_t most = LG_HTTP_HEAD_MAX + LG_HTTP_BODY_MAX + LG_HTTP_READ + 1;
 		size_t cap = c->incap ? c->incap * 2 : 2 * LG_HTTP_READ;
-		char *in = cap <= LG_HTTP_HEAD_MAX + LG_HTTP_BODY_MAX + 2 * LG_HTTP_READ ?
-			   realloc(c->in, cap) : NULL;
+		char *in;
+
+		if (cap > most)
+			cap = most;
+		in = cap > c->incap ? realloc(c->in, cap) : NULL;
 
 		if (in == NULL) {
 			http_fail(c);

@@ -77,7 +77,7 @@ struct lg_http_answer {
 /*
  * Parse an answer in buf[0..len). 1: complete (a->total bytes), 0: more
  * bytes needed, -1: not an answer this client takes (malformed, chunked,
- * a head over 64 KiB). Exposed for the unit test.
+ * an interim 1xx, a head over 64 KiB). Exposed for the unit test.
  */
 int lg_http_parse(const char *buf, size_t len, struct lg_http_answer *a);
 

@@ -1719,7 +1719,8 @@ class Stack:
         while True:
             status, reply = self.http("POST", "/admin/promotions", body,
                                       token=self.admin_token)
-            if status != 503 or time.monotonic() > deadline:
+            if (status != 503 or not isinstance(reply, dict) or
+                    reply.get("error") != "store_unavailable" or time.monotonic() > deadline):
                 break
             time.sleep(0.2)
         if status not in (200, 201):

@@ -231,6 +231,8 @@ static void gw_drain_loop(struct gateway *g)
 		return;
 	g->draining = true;
 	g->drain_start_us = mono_us();
+	/* Long polls answer now, with the state as it is, not at their next look. */
+	routes_wake_all(g);
 	log_info("draining", "loop=%d inflight=%lld timeout_ms=%lld", g->loop, g->prod.inflight,
 		 g->cfg.drain_timeout_ms);
 	g->drain_ev = event_new(g->base, -1, EV_PERSIST, gw_drain_tick, g);

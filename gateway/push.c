@@ -81,10 +81,13 @@ static void push_message_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	channel = r->element[1]->str;
 	if (strcmp(what, "subscribe") == 0) {
 		log_info("push_subscribed", "channel=%s", channel);
-		if (strcmp(channel, "fs:chg") == 0)
+		if (strcmp(channel, "fs:chg") == 0) {
 			promo_refresh_now(p->gw);
-		else
+		} else {
 			p->live = true;
+			/* What moved while it was down was not pushed: look once. */
+			routes_wake_all(p->gw);
+		}
 		return;
 	}
 	if (strcmp(what, "message") != 0 || r->element[2]->type != REDIS_REPLY_STRING)

@@ -974,7 +974,6 @@ static void routes_wake_one(struct waiter *w, void *arg)
 	struct gateway *gw = arg;
 	struct pending *pd = (struct pending *)((char *)w - offsetof(struct pending, waiter));
 
-	metric_add(&m_wakes, 1);
 	/* It waits until answered: the purchase may not have left from_state. */
 	waiters_add(&gw->waiters, w, pd->request_id);
 	if (pd->reading) {
@@ -987,7 +986,12 @@ static void routes_wake_one(struct waiter *w, void *arg)
 
 void routes_purchase_moved(struct gateway *gw, const char *request_id)
 {
-	(void)waiters_wake(&gw->waiters, request_id, routes_wake_one, gw);
+	metric_add(&m_wakes, (int64_t)waiters_wake(&gw->waiters, request_id, routes_wake_one, gw));
+}
+
+void routes_wake_all(struct gateway *gw)
+{
+	(void)waiters_wake_all(&gw->waiters, routes_wake_one, gw);
 }
 
 /* The answer of GET /v1/promotions/{sku} for a promotion p (req still open). */

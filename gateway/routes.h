@@ -36,6 +36,13 @@ void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 struct gateway;
 void routes_purchase_moved(struct gateway *gw, const char *request_id);
 
+/*
+ * Every long poll of this loop reads again now: a drain (each answers
+ * with what it reads), or a new fs:st subscription (pushes may have been
+ * missed while it was down).
+ */
+void routes_wake_all(struct gateway *gw);
+
 struct admit_result;
 
 /*

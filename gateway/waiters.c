@@ -113,3 +113,25 @@ size_t waiters_wake(struct waiters *t, const char *id, void (*fn)(struct waiter 
 	}
 	return n;
 }
+
+size_t waiters_wake_all(struct waiters *t, void (*fn)(struct waiter *w, void *arg), void *arg)
+{
+	struct waiter *all = NULL, *w, *next;
+	size_t n = 0;
+
+	/* Take them all out first: fn may put each back, and the table may grow. */
+	for (size_t i = 0; t->bucket != NULL && i <= t->mask; i++)
+		for (w = t->bucket[i]; w != NULL; w = next) {
+			next = w->next;
+			waiters_remove(t, w);
+			w->next = all;
+			all = w;
+		}
+	for (w = all; w != NULL; w = next) {
+		next = w->next;
+		w->next = NULL;
+		fn(w, arg);
+		n++;
+	}
+	return n;
+}

@@ -53,4 +53,10 @@ static inline bool waiters_waiting(const struct waiter *w)
 size_t waiters_wake(struct waiters *t, const char *id, void (*fn)(struct waiter *w, void *arg),
 		    void *arg);
 
+/*
+ * Call fn(w, arg) for every waiter, each removed first (fn may add it
+ * back): a drain, or pushes that may have been missed. The number woken.
+ */
+size_t waiters_wake_all(struct waiters *t, void (*fn)(struct waiter *w, void *arg), void *arg);
+
 #endif

@@ -209,13 +209,39 @@ def test_sigterm_drains_every_event_loop(stack):
     import signal
     stack.create_promotion('loops-1', stock=50, per_user_limit=1, hold_seconds=600)
     assert 'loops=3' in stack.log('gateway')
+    import threading
     for i in range(30):     # a new connection each: the kernel spreads them
-        code, body = stack.http('POST', '/v1/purchases', {'sku': 'loops-1', 'qty': 1},
+        code, body = stack.http('POST', '/v1/purchases',
+                                {'sku': 'loops-1', 'qty': 1, 'request_id': 'lp-%d' % i},
                                 user='loop-buyer-%d' % i)
         assert code == 202, (i, body)
+    for i in range(6):
+        wait_for(lambda: stack.http('GET', '/v1/purchases/lp-%d' % i,
+                                    user='loop-buyer-%d' % i)[1].get('state') == 'reserved',
+                 timeout=20, what='purchase lp-%d reserved' % i)
+    # Long polls waiting on holds of ten minutes: the drain answers each
+    # one with the state as it is (their next look was up to 1 s away, and
+    # a loop stops about 0.2 s after its produces are done).
+    polls = {}
+
+    def long_poll(i):
+        try:
+            polls[i] = stack.http('GET', '/v1/purchases/lp-%d?wait_ms=10000&from=reserved' % i,
+                                  user='loop-buyer-%d' % i)
+        except Exception as e:      # the connection dropped unanswered
+            polls[i] = (0, repr(e))
+
+    threads = [threading.Thread(target=long_poll, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)                 # each has had its first read
     pid = int(open(os.path.join(stack.dir, 'run', 'gateway.pid')).read())
     t0 = time.monotonic()
     os.kill(pid, signal.SIGTERM)
+    for t in threads:
+        t.join(15)
+    assert all(polls.get(i, (None,))[0] == 200 and polls[i][1]['state'] == 'reserved'
+               for i in range(6)), polls
     wait_for(lambda: 'event=stopped' in stack.log('gateway'), timeout=20,
              what='the gateway to drain and stop')
     log = stack.log('gateway')

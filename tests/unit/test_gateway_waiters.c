@@ -65,8 +65,18 @@ static void test_wake_reaches_its_id_only(void **state)
 	waiters_remove(&t, &b.w);            /* twice: nothing */
 	assert_int_equal(t.n, 1);
 	assert_int_equal(waiters_wake(&t, "u:1", wake, &t), 0);
+	/* All at once (a drain): b came back, stays; c leaves. */
+	waiters_add(&t, &b.w, b.id);
+	assert_int_equal(waiters_wake_all(&t, wake, &t), 2);
+	assert_int_equal(b.woken, 3);
+	assert_int_equal(c.woken, 1);
+	assert_int_equal(t.n, 1);
+	assert_true(waiters_waiting(&b.w));
+	assert_false(waiters_waiting(&c.w));
+	waiters_add(&t, &c.w, c.id);
 	waiters_free(&t);
 	assert_false(waiters_waiting(&c.w));
+	assert_false(waiters_waiting(&b.w));
 }
 
 static void test_growth_keeps_every_waiter(void **state)
