@@ -48,6 +48,7 @@ struct dd_worker {
 	struct step_params params;
 	struct dd_guard guard;
 	int64_t next_probe_us;       /* after a failed probe: not before this */
+	int64_t next_verify_us;      /* the next idle comparison with the ledger */
 	int64_t not_ready_since_us;  /* atomic: start of the current outage, 0 if none */
 
 	/* Per batch item: intents[i] is the item's value (NULL when rejected). */
@@ -110,11 +111,20 @@ static int dd_probe(struct dd_worker *w)
 }
 
 /*
+ * How often an idle deductor compares Redis with the ledger. A Redis that
+ * restarts from an older copy while no intent comes (campaign seed 477: a
+ * rollback after the sale's last intent) leaves the worker's synchronous
+ * connection looking alive until its next command: without this look
+ * nothing was fenced, nothing repaired, and 35 holds were never released.
+ */
+#define DD_VERIFY_EVERY_US (1000 * 1000)
+
+/*
  * Between batches: keep a Redis connection (so /healthz tells the truth and
  * the first batch after an outage does not pay for the connect), read back
- * newly assigned partitions and, after a (re)connect, compare Redis'
- * watermarks with the ledger's, so that a stale Redis is fenced and
- * reported before any intent arrives.
+ * newly assigned partitions and, after a (re)connect and once a second
+ * anyway, compare Redis' watermarks with the ledger's, so that a stale
+ * Redis is fenced and reported before any intent arrives.
  */
 static void dd_idle(void *app)
 {
@@ -126,7 +136,11 @@ static void dd_idle(void *app)
 	metric_set(&m_redis_up, __atomic_load_n(&w->redis.up, __ATOMIC_RELAXED));
 	if (guard_needs_probe(&w->guard) && dd_probe(w) < 0)
 		return;
-	/* After a (re)connect: it may be another Redis, or an older copy. */
+	/* After a (re)connect it may be another Redis, or an older copy. */
+	if (mono_us() >= w->next_verify_us) {
+		w->next_verify_us = mono_us() + DD_VERIFY_EVERY_US;
+		w->redis.fresh = true;
+	}
 	if (!w->redis.fresh || w->redis.c == NULL)
 		return;
 	if (guard_verify(&w->guard, w->redis.c, err, sizeof(err)) < 0) {

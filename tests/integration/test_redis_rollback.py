@@ -79,6 +79,40 @@ def test_redis_restored_from_older_copy_is_fenced_and_repaired(stack):
     assert stack.metrics('reconciler')['flashsale_reconciler_repairs_total{result="ok"}'] >= 1
 
 
+def test_older_copy_after_the_last_intent_is_fenced_and_repaired(stack):
+    """Campaign seed 477: Redis came back as an older copy after the sale's
+    last intent, and nothing came after it. The deductor's connection
+    looked alive until its next command, so nothing compared Redis with
+    the ledger: the holds of the lost state were never released and their
+    buyers never got a final state. An idle deductor compares once a second."""
+    sku, stock, n = 'rollback-quiet', 40, 12
+    stack.create_promotion(sku, stock=stock, per_user_limit=1, hold_seconds=600)
+    redis_dir = os.path.join(stack.dir, 'redis')
+    copy = tempfile.mkdtemp(prefix='redis-old-', dir=stack.dir)
+    time.sleep(1.5)                 # the promotion in the AOF (fsync every second)
+    shutil.rmtree(copy)
+    shutil.copytree(redis_dir, copy)
+    for i in range(n):
+        buy(stack, sku, 'quiet-%d' % i, 'q-%d' % i)
+    for i in range(n):
+        wait_state(stack, 'q-%d' % i, 'quiet-%d' % i, 'reserved')
+    time.sleep(2)                   # idle: no intent in flight any more
+    stack.daemon('kill', 'redis')
+    shutil.rmtree(redis_dir)
+    shutil.copytree(copy, redis_dir)
+    stack.daemon('start', 'redis')
+    assert promo(stack, sku)['held'] == 0, 'the copy is not older'
+    # No intent comes: the idle deductor must notice, fence, and the
+    # reconciler repair from the ledger.
+    wait_for(lambda: promo(stack, sku)['held'] == n, timeout=60, interval=0.2,
+             what='Redis repaired from the ledger with no traffic')
+    assert 'partition_fenced' in stack.log('deductor')
+    for i in range(n):
+        assert state_of(stack, 'q-%d' % i, 'quiet-%d' % i) == 'reserved'
+    assert_audit_clean(stack, wait_drain=60)
+    assert_invariants(stack, sku, stock)
+
+
 def buy(stack, sku, user, rid):
     code, body = stack.http('POST', '/v1/purchases',
                             {'sku': sku, 'qty': 1, 'request_id': rid}, user=user)
