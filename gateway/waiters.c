@@ -89,12 +89,27 @@ void waiters_remove(struct waiters *t, struct waiter *w)
 	t->n--;
 }
 
+/* Call fn on each waiter of a list detached from the table (through next). */
+static size_t waiters_call(struct waiter *list, void (*fn)(struct waiter *w, void *arg),
+			   void *arg)
+{
+	struct waiter *w, *next;
+	size_t n = 0;
+
+	for (w = list; w != NULL; w = next) {
+		next = w->next;
+		w->next = NULL;
+		fn(w, arg);
+		n++;
+	}
+	return n;
+}
+
 size_t waiters_wake(struct waiters *t, const char *id, void (*fn)(struct waiter *w, void *arg),
 		    void *arg)
 {
 	uint32_t h = waiters_hash(id);
 	struct waiter *w = t->bucket[h & t->mask], *next, *found = NULL;
-	size_t n = 0;
 
 	/* Unlink the matches first: fn may add a waiter back into this chain. */
 	for (; w != NULL; w = next) {
@@ -105,19 +120,12 @@ size_t waiters_wake(struct waiters *t, const char *id, void (*fn)(struct waiter 
 			found = w;
 		}
 	}
-	for (w = found; w != NULL; w = next) {
-		next = w->next;
-		w->next = NULL;
-		fn(w, arg);
-		n++;
-	}
-	return n;
+	return waiters_call(found, fn, arg);
 }
 
 size_t waiters_wake_all(struct waiters *t, void (*fn)(struct waiter *w, void *arg), void *arg)
 {
 	struct waiter *all = NULL, *w, *next;
-	size_t n = 0;
 
 	/* Take them all out first: fn may put each back, and the table may grow. */
 	for (size_t i = 0; t->bucket != NULL && i <= t->mask; i++)
@@ -127,11 +135,5 @@ size_t waiters_wake_all(struct waiters *t, void (*fn)(struct waiter *w, void *ar
 			w->next = all;
 			all = w;
 		}
-	for (w = all; w != NULL; w = next) {
-		next = w->next;
-		w->next = NULL;
-		fn(w, arg);
-		n++;
-	}
-	return n;
+	return waiters_call(all, fn, arg);
 }
