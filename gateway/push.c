@@ -44,11 +44,22 @@ bool push_parse(const char *msg, char *sku, size_t skulen, int64_t *remaining, i
 	return true;
 }
 
-/* "request_id state" on fs:st: wake the long polls waiting on that purchase. */
+/*
+ * "request_id state" on fs:st: wake the long polls waiting on that purchase.
+ * "* why" (the reconciler rewrote Redis from the ledger): anything may have
+ * moved, so every long poll looks again and the promotion cache is read now.
+ */
 static void push_moved(struct gw_push *p, const char *msg)
 {
 	char rid[FS_ID_MAX + 2];
 	size_t n = strcspn(msg, " ");
+
+	if (n == 1 && msg[0] == '*') {
+		log_info("push_wake_all", "msg=\"%s\"", msg + 1 + (msg[1] == ' '));
+		routes_wake_all(p->gw);
+		promo_refresh_now(p->gw);
+		return;
+	}
 
 	if (n == 0 || n >= sizeof(rid) || msg[n] != ' ') {
 		metric_add(&m_bad, 1);

@@ -36,7 +36,8 @@ static struct metric m_refusals[REF_N];
 static char m_refusal_labels[REF_N][48];
 static struct metric m_wakes = {
 	.name = "gateway_long_poll_wakes_total",
-	.help = "Long polls told by the deductor's push (fs:st) that their purchase moved",
+	.help = "Long polls woken to look again: their purchase moved (fs:st), or anything may "
+		"have (a resubscribe, a rebuild, the drain)",
 	.type = METRIC_COUNTER,
 };
 static struct metric m_replays = {
@@ -991,7 +992,7 @@ void routes_purchase_moved(struct gateway *gw, const char *request_id)
 
 void routes_wake_all(struct gateway *gw)
 {
-	(void)waiters_wake_all(&gw->waiters, routes_wake_one, gw);
+	metric_add(&m_wakes, (int64_t)waiters_wake_all(&gw->waiters, routes_wake_one, gw));
 }
 
 /* The answer of GET /v1/promotions/{sku} for a promotion p (req still open). */

@@ -14,6 +14,8 @@ if redis.call('DECRBY', KEYS[4], tonumber(r[2])) < 0 then
     redis.call('SET', KEYS[4], 0)
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
+-- A retry through another gateway may be waiting on it (push.c).
+redis.call('PUBLISH', 'fs:st', string.match(ARGV[1], ' (.*)$') .. ' gone')
 if redis.call('EXISTS', KEYS[1]) == 1 and
    redis.call('HINCRBY', KEYS[1], 'adm', -tonumber(r[2])) < 0 then
     redis.call('HSET', KEYS[1], 'adm', 0)

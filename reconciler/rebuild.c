@@ -901,6 +901,21 @@ static long long rebuild_new_epoch(struct rebuild *b)
 	return us;
 }
 
+/*
+ * Tell the gateways that Redis was rewritten (fs:st "* rebuilt"): their long
+ * polls look again and their promotion caches are read now. Best effort: a
+ * gateway that misses it catches up by its own periodic look.
+ */
+static void rebuild_tell(struct rebuild *b)
+{
+	redisReply *r = redisCommand(b->rc, "PUBLISH fs:st %s", "* rebuilt");
+
+	if (r == NULL || r->type == REDIS_REPLY_ERROR)
+		log_warn("rebuild_tell_failed", "msg=\"gateways will see it at their next look\"");
+	if (r != NULL)
+		freeReplyObject(r);
+}
+
 static int rebuild_write(struct rebuild *b, const struct fold_sku *skus)
 {
 	struct rpipe p;
@@ -1099,6 +1114,7 @@ int rebuild_run(const struct rc_config *cfg, const struct rebuild_opts *opt,
 		chosen = 1;
 		goto out;
 	}
+	rebuild_tell(&b);
 	rebuild_print(&b, skus, t0);
 	rc = 0;
 out:

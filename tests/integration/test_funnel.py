@@ -324,6 +324,38 @@ def test_long_poll_answers_when_the_state_moves(stack):
     assert_audit_clean(stack)
 
 
+def test_long_poll_looks_again_after_a_lost_subscription(stack):
+    """What moved while the gateway's subscription to fs:st was down was
+    never pushed: on subscribing again, every long poll looks at once (a
+    wake), instead of sleeping until its fallback look or its end."""
+    import threading
+    stack.create_promotion('fun-9', stock=5, per_user_limit=1, hold_seconds=60)
+    code, body = buy(stack, 'fun-9', 'lq', rid='lq-1')
+    assert code == 202, body
+    wait_for(lambda: stack.http('GET', '/v1/purchases/lq-1', user='lq')[1]['state'] ==
+             'reserved', timeout=30, what='lq-1 reserved')
+    wakes = 'flashsale_gateway_long_poll_wakes_total'
+    answers = []
+    poll = threading.Thread(target=lambda: answers.append(stack.http(
+        'GET', '/v1/purchases/lq-1?wait_ms=8000&from=reserved', user='lq', timeout=20)))
+    poll.start()
+    try:
+        time.sleep(0.5)             # the poll is registered and waiting
+        woken = stack.metrics('gateway')[wakes]
+        stack.redis('CLIENT', 'KILL', 'TYPE', 'pubsub')
+        wait_for(lambda: stack.metrics('gateway')[wakes] > woken, timeout=10,
+                 what='a wake on subscribing again')
+        # The reconciler's "anything may have moved" (a rebuild) wakes it too.
+        woken = stack.metrics('gateway')[wakes]
+        stack.redis('PUBLISH', 'fs:st', '* rebuilt')
+        wait_for(lambda: stack.metrics('gateway')[wakes] > woken, timeout=10,
+                 what='a wake on "* rebuilt"')
+    finally:
+        poll.join()
+    # Nothing moved: the poll ran its course and says so.
+    assert answers and answers[0][0] == 200 and answers[0][1]['state'] == 'reserved', answers
+
+
 @pytest.mark.stack_env(FLASHSALE_KAFKA_PRODUCE_TIMEOUT_MS='3000')
 def test_retry_of_undecided_purchase_is_sent_again(stack):
     """A 202 means "in Kafka". A buyer whose first send is still waiting for

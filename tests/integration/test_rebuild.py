@@ -4,6 +4,7 @@ import subprocess
 import time
 
 from sale import assert_sold_out_cleanly, finish, start_sale
+from stack import wait_for
 
 
 def rebuild(stack, *args):
@@ -25,6 +26,11 @@ def test_flushall_mid_sale_then_rebuild(stack):
     # one reproduces the same state.
     before = stack.redis('HGETALL', 'fs:promo:rb-1')
     assert rebuild(stack).returncode != 0
+    told = stack.log('gateway').count('event=push_wake_all')
     r = rebuild(stack, '--force')
     assert r.returncode == 0, r.stdout + r.stderr
     assert stack.redis('HGETALL', 'fs:promo:rb-1') == before
+    # The gateways are told (fs:st "* rebuilt"): their long polls look again
+    # and their promotion caches are read at once, not at the next refresh.
+    wait_for(lambda: stack.log('gateway').count('event=push_wake_all') > told, timeout=10,
+             what='the gateway told of the rebuild')

@@ -281,6 +281,7 @@ static void test_promotion_limits(void **state)
 static void test_global_cap_unknown_and_not_ready(void **state)
 {
 	struct verdict v[8];
+	redisContext *sub;
 	redisReply *r;
 	(void)state;
 
@@ -289,7 +290,17 @@ static void test_global_cap_unknown_and_not_ready(void **state)
 	assert_int_equal(count(v, 5, "inflight"), 2);
 	admit("nope", 10, 1, 1, 200, 0, v);
 	assert_string_equal(v[0].what, "unknown_sku");
-	/* unadmit.lua: Kafka refused rid-0: its place comes back once. */
+	/*
+	 * unadmit.lua: Kafka refused rid-0: its place comes back once, and a
+	 * long poll on it (a retry through another gateway) is told.
+	 */
+	sub = redisConnectUnix(test_redis_socket());
+	assert_non_null(sub);
+	assert_int_equal(sub->err, 0);
+	assert_int_equal(redisSetTimeout(sub, (struct timeval){ 5, 0 }), REDIS_OK);
+	r = redisCommand(sub, "SUBSCRIBE fs:st");
+	assert_non_null(r);
+	freeReplyObject(r);
 	for (int i = 0; i < 2; i++) {
 		const char *argv[] = { "EVAL", gw_unadmit_lua, "4", "fs:promo:s", "fs:req:rid-0",
 				       "fs:adm:all", "fs:adm:total", "s rid-0" };
@@ -302,6 +313,13 @@ static void test_global_cap_unknown_and_not_ready(void **state)
 	}
 	assert_int_equal(redis_int("HGET fs:promo:%s adm", "s"), 2);
 	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 2);
+	/* Told once: the second call gave nothing back. */
+	assert_int_equal(redisGetReply(sub, (void **)&r), REDIS_OK);
+	assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+	assert_int_equal(r->elements, 3);
+	assert_string_equal(r->element[2]->str, "rid-0 gone");
+	freeReplyObject(r);
+	redisFree(sub);
 	r = redisCommand(test_rc, "DEL fs:ready");
 	freeReplyObject(r);
 	admit("s", 20, 1, 1, 200, 0, v);
