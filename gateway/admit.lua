@@ -19,6 +19,8 @@
 --   - a purchase that never reaches the deductor (the gateway crashed
 --     between here and Kafka) is given back by the reconciler after
 --     reconciler.admission_heal_ms (heal.lua): the budget cannot leak.
+-- Every gateway is told the ids admitted (fs:st "+ rid rid ..."), so that
+-- it knows which ids Redis has records of without asking (gateway/known.h).
 --
 -- KEYS[1] fs:ready   KEYS[2] fs:adm:all   KEYS[3] fs:adm:total
 -- then per purchase i (3 keys from KEYS[3 i + 1]):
@@ -55,7 +57,7 @@ local ttl, default_k, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]
 local cap = tonumber(ARGV[4]) or 0
 local total = tonumber(redis.call('GET', KEYS[3])) or 0
 local added = 0
-local skus, order, members = {}, {}, {}
+local skus, order, members, told = {}, {}, {}, {'+'}
 local out = {}
 
 -- What this call knows of a SKU: read on its first purchase.
@@ -128,6 +130,7 @@ for i = 1, n do
                 redis.call('EXPIRE', kr, ttl)
                 members[#members + 1] = now
                 members[#members + 1] = sku .. ' ' .. rid
+                told[#told + 1] = rid
                 out[i] = {'admitted', 0, 0}
             end
         end
@@ -148,5 +151,10 @@ if added > 0 then
 end
 for i = 1, #members, 1000 do
     redis.call('ZADD', KEYS[2], unpack(members, i, math.min(i + 999, #members)))
+end
+-- Every gateway learns the ids that now have records (gateway/known.h), in
+-- one message per call.
+if #told > 1 then
+    redis.call('PUBLISH', 'fs:st', table.concat(told, ' '))
 end
 return out

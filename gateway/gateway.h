@@ -47,6 +47,7 @@
 #include "admit.h"
 #include "push.h"
 #include "waiters.h"
+#include "known.h"
 #include "hotkey.h"
 #include "adminpg.h"
 #include "call.h"
@@ -116,6 +117,7 @@ struct gateway {
 	struct admission adm;
 	struct gw_push push;
 	struct waiters waiters;     /* long polls, woken by push */
+	struct known known;         /* request ids Redis has records of (push.c) */
 	struct hotkeys *hot;        /* shared */
 	struct strmap degraded;     /* sku -> units admitted here while Redis' state is lost */
 	struct ratelimit *rl;       /* shared: per user */

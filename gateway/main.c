@@ -357,6 +357,8 @@ static void gw_loop_init(struct gateway *g)
 		die("bad_config", "what=jwt msg=\"%s\"", err);
 	if (gw_store_init(&g->store, g->base, g->cfg.redis_address) < 0)
 		die("startup_failed", "what=redis msg=\"out of memory\"");
+	if (known_init(&g->known, &g->store, KNOWN_IDS_MAX) < 0)
+		die("startup_failed", "what=known_ids msg=\"out of memory\"");
 	if (producer_init(&g->prod, g->base, &g->cfg.base.kafka, routes_on_delivery, g,
 			  err, sizeof(err)) < 0)
 		die("startup_failed", "what=kafka msg=\"%s\"", err);
@@ -414,6 +416,7 @@ static void gw_loop_free(struct gateway *g)
 	producer_close(&g->prod, 0);
 	gw_store_free(&g->store);
 	push_free(&g->push);
+	known_free(&g->known);
 	adminpg_free(&g->pg);
 	evhttp_free(g->http);
 	if (g->admin_http != NULL)
@@ -475,6 +478,7 @@ int main(int argc, char **argv)
 	routes_metrics_register();
 	admit_metrics_register();
 	push_metrics_register();
+	known_metrics_register();
 	if (ratelimit_init(&shared.rl, RL_SLOTS, (double)gw.cfg.user_rate_per_s,
 			   (double)gw.cfg.user_burst) < 0 ||
 	    ratelimit_init(&shared.ip_rl, RL_SLOTS, 1, 1) < 0 ||

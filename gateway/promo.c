@@ -427,6 +427,8 @@ static void promo_tick(evutil_socket_t fd, short what, void *arg)
 
 	metric_set(&gw_m_cache_age, c->refreshed_us ? promo_age_ms(c) : -1);
 	gateway_note_health(gw);
+	/* A sweep of the known ids that a lost connection cut short starts again. */
+	known_sweep(&gw->known);
 	/*
 	 * One refresh at a time: a slow Redis must not pile them up. One that
 	 * has waited past cache_max_age_ms means a Redis that stopped

@@ -45,17 +45,27 @@ bool push_parse(const char *msg, char *sku, size_t skulen, int64_t *remaining, i
 }
 
 /*
- * "request_id state" on fs:st: wake the long polls waiting on that purchase.
- * "* why" (the reconciler rewrote Redis from the ledger): anything may have
- * moved, so every long poll looks again and the promotion cache is read now.
+ * One message on fs:st (known.h has who sends what):
+ *   "request_id state"  a purchase moved: wake the long polls waiting on it;
+ *   "+ rid rid ..."     purchases admitted: ids Redis now has records of;
+ *   "* why"             the reconciler rewrote Redis from the ledger: anything
+ *                       may have moved, so every long poll looks again, the
+ *                       promotion cache is read now, and the known ids are
+ *                       swept again.
  */
 static void push_moved(struct gw_push *p, const char *msg)
 {
 	char rid[FS_ID_MAX + 2];
 	size_t n = strcspn(msg, " ");
 
+	if (n == 1 && msg[0] == '+' && msg[1] == ' ') {
+		known_note_list(&p->gw->known, msg + 2);
+		return;
+	}
 	if (n == 1 && msg[0] == '*') {
 		log_info("push_wake_all", "msg=\"%s\"", msg + 1 + (msg[1] == ' '));
+		known_lost(&p->gw->known, true);
+		known_sweep(&p->gw->known);
 		routes_wake_all(p->gw);
 		promo_refresh_now(p->gw);
 		return;
@@ -67,6 +77,7 @@ static void push_moved(struct gw_push *p, const char *msg)
 	}
 	memcpy(rid, msg, n);
 	rid[n] = '\0';
+	known_note(&p->gw->known, rid);
 	routes_purchase_moved(p->gw, rid);
 }
 
@@ -81,8 +92,9 @@ static void push_message_cb(redisAsyncContext *ac, void *reply, void *privdata)
 
 	(void)ac;
 	if (r == NULL) {
-		/* Lost: long polls look for themselves until the next subscribe. */
+		/* Lost: long polls look for themselves, refusals ask Redis, until the next subscribe. */
 		p->live = false;
+		known_lost(&p->gw->known, false);
 		return;
 	}
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
@@ -96,7 +108,8 @@ static void push_message_cb(redisAsyncContext *ac, void *reply, void *privdata)
 			promo_refresh_now(p->gw);
 		} else {
 			p->live = true;
-			/* What moved while it was down was not pushed: look once. */
+			/* What moved while it was down was not pushed: look once, sweep the ids. */
+			known_live(&p->gw->known);
 			routes_wake_all(p->gw);
 		}
 		return;

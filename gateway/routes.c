@@ -47,6 +47,13 @@ static struct metric m_replays = {
 	.type = METRIC_COUNTER,
 };
 
+static struct metric m_unlooked = {
+	.name = "gateway_refusals_unlooked_total",
+	.help = "Refusals of a client-chosen request id sent without asking Redis: the loop "
+		"knew it had no record of the id",
+	.type = METRIC_COUNTER,
+};
+
 static struct metric m_accepted = {
 	.name = "gateway_purchases_accepted_total",
 	.help = "Purchases acknowledged by Kafka and answered 202",
@@ -76,6 +83,7 @@ void routes_metrics_register(void)
 		metrics_register(&m_refusals[i]);
 	}
 	metrics_register(&m_replays);
+	metrics_register(&m_unlooked);
 	metrics_register(&m_wakes);
 	metrics_register(&m_accepted);
 	metrics_register(&gw_m_inflight);
@@ -265,11 +273,13 @@ static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
  * A refusal by one of the filters that change over a sale (sold out, ended,
  * rate limited) must not contradict an earlier answer to the same request
  * id: a buyer whose 202 got lost retries, and must not be told "sold out"
- * about the unit it holds. So when the client chose the request id, it is
- * looked up first (one HGET on the async connection): a known id gets what
- * its first send got, 202, with the purchase's current state. Without Redis,
- * or with the look-ups saturated, the plain refusal goes out, as before.
- * error and reason must be static strings.
+ * about the unit it holds. So when the client chose the request id and
+ * Redis may have a record of it (known.h: for most refused buyers the loop
+ * knows it has none), it is looked up first (one HGET on the async
+ * connection): a known id gets what its first send got, 202, with the
+ * purchase's current state. Without Redis, or with the look-ups saturated,
+ * the plain refusal goes out, as before. error and reason must be static
+ * strings.
  */
 static void refuse_unless_known_later(struct gateway *gw, struct evhttp_request *req,
 				      const struct purchase_req *pr, const char *rid,
@@ -280,7 +290,11 @@ static void refuse_unless_known_later(struct gateway *gw, struct evhttp_request 
 	const char *hget[] = { "HGET", key, "st" };
 	struct pending *pd;
 
-	if (pr->generated_id || !gw_store_ready(&gw->store) ||
+	bool unknown = !pr->generated_id && !known_may_exist(&gw->known, rid);
+
+	if (unknown)
+		metric_add(&m_unlooked, 1);
+	if (pr->generated_id || unknown || !gw_store_ready(&gw->store) ||
 	    gw->redis_pending >= gw->cfg.max_inflight ||
 	    (pd = calloc(1, sizeof(*pd))) == NULL) {
 		metric_add(&m_refusals[why], 1);

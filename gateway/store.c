@@ -131,20 +131,6 @@ bad:
 	return 0;
 }
 
-void gw_store_mark_queued(struct gw_store *s, const char *request_id, long long ttl_s)
-{
-	char key[128], ttl[32];
-	const char *hset[] = { "HSETNX", key, "st", "queued" };
-	const char *expire[] = { "EXPIRE", key, ttl, "NX" };
-
-	snprintf(key, sizeof(key), "fs:req:%s", request_id);
-	snprintf(ttl, sizeof(ttl), "%lld", ttl_s);
-	/* Best effort: the record only helps GET say "queued" early. */
-	if (gw_store_command_argv(s, NULL, NULL, 4, hset, NULL) < 0 ||
-	    gw_store_command_argv(s, NULL, NULL, 4, expire, NULL) < 0)
-		log_debug("queued_marker_skipped", "request_id=%s", request_id);
-}
-
 void gw_store_reset(struct gw_store *s)
 {
 	redisAsyncContext *ac = s->ac;

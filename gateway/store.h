@@ -54,13 +54,6 @@ int gw_store_command_argv(struct gw_store *s, redisCallbackFn *fn, void *privdat
 int64_t gw_store_reply_int(const redisReply *r, bool *ok);
 
 /*
- * Fire-and-forget "queued" marker for an accepted purchase: HSETNX st so the
- * deductor's own record (field o, st overwritten) always wins, EXPIRE NX so
- * the deductor's TTL is not shortened.
- */
-void gw_store_mark_queued(struct gw_store *s, const char *request_id, long long ttl_s);
-
-/*
  * Drop the connection now (Redis stopped answering without closing it):
  * pending callbacks run with reply NULL, and a reconnect is scheduled.
  */

@@ -30,11 +30,12 @@ class Gateway:
     """A second gateway instance on the same stack (as behind a load
     balancer): same Redis, Kafka and keys, its own port."""
 
-    def __init__(self, stack):
+    def __init__(self, stack, name='gateway-2'):
         self.stack = stack
         self.port = free_port()
         env = dict(stack.env, FLASHSALE_GATEWAY_ADMIN_PORT='0')
-        self.log = open(stack.path('logs', 'gateway-2.log'), 'w')
+        self.log_path = stack.path('logs', name + '.log')
+        self.log = open(self.log_path, 'w')
         self.proc = subprocess.Popen([stack.bin('flashsale-gateway'), '-s',
                                       'http.port=%d' % self.port], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -108,6 +109,38 @@ def test_two_gateways_share_one_budget(stack):
     assert (p['remaining'], p['held']) == (0, 10), p
     assert stack.redis('ZCARD', 'fs:adm:all') == '0'
     assert_audit_clean(stack)
+
+
+def test_retry_through_another_gateway_gets_the_first_answer(stack):
+    """A gateway refuses sold-out buyers without asking Redis about their
+    ids once it knows every id Redis has a record of (gateway/known.h). A
+    retry of a purchase admitted through another gateway must still get its
+    202, whether this gateway learned the id by push (it was up: admit.lua's
+    "+ rid") or by its sweep (it started later)."""
+    stack.create_promotion('fun-10', stock=1, per_user_limit=1, hold_seconds=600)
+    gws = [Gateway(stack, 'gateway-2')]
+    try:
+        def complete(g):
+            wait_for(lambda: 'event=known_ids_complete' in open(g.log_path).read(),
+                     timeout=20, what='%s knowing every id' % g.log_path)
+        complete(gws[0])
+        code, body = buy(stack, 'fun-10', 'carol', rid='c-1')
+        assert code == 202, body
+        wait_for(lambda: stack.http('GET', '/v1/purchases/c-1', user='carol')[1]['state'] ==
+                 'reserved', timeout=30, what='c-1 reserved')
+        gws.append(Gateway(stack, 'gateway-3'))
+        complete(gws[1])
+        for g in gws:
+            wait_for(lambda: g.buy('fun-10', 'dave')[0] == 409, timeout=20,
+                     what='%s saying sold out' % g.log_path)
+            code, body = g.buy('fun-10', 'carol', rid='c-1')
+            assert code == 202 and body == {'request_id': 'c-1', 'state': 'reserved'}, (
+                g.log_path, code, body)
+            code, body = g.buy('fun-10', 'erin', rid='c-1')
+            assert code == 409 and body['error'] == 'sold_out', body
+    finally:
+        for g in gws:
+            g.stop()
 
 
 def test_sold_out_for_now_then_reopened(stack):

@@ -326,6 +326,38 @@ static void test_global_cap_unknown_and_not_ready(void **state)
 	assert_string_equal(v[0].what, "not_ready");
 }
 
+/* Every gateway learns the ids admitted (gateway/known.h): one message per call. */
+static void test_admitted_ids_are_told(void **state)
+{
+	struct verdict v[8];
+	redisContext *sub = redisConnectUnix(test_redis_socket());
+	redisReply *r;
+
+	(void)state;
+	assert_non_null(sub);
+	assert_int_equal(sub->err, 0);
+	assert_int_equal(redisSetTimeout(sub, (struct timeval){ 5, 0 }), REDIS_OK);
+	r = redisCommand(sub, "SUBSCRIBE fs:st");
+	assert_non_null(r);
+	freeReplyObject(r);
+	admit("s", 0, 3, 1, 200, 0, v);
+	assert_int_equal(count(v, 3, "admitted"), 3);
+	assert_int_equal(redisGetReply(sub, (void **)&r), REDIS_OK);
+	assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+	assert_int_equal(r->elements, 3);
+	assert_string_equal(r->element[2]->str, "+ rid-0 rid-1 rid-2");
+	freeReplyObject(r);
+	/* Nothing admitted (all known now), nothing told: the next message is this one. */
+	admit("s", 0, 3, 1, 200, 0, v);
+	assert_int_equal(count(v, 3, "known"), 3);
+	r = redisCommand(test_rc, "PUBLISH fs:st marker");
+	freeReplyObject(r);
+	assert_int_equal(redisGetReply(sub, (void **)&r), REDIS_OK);
+	assert_string_equal(r->element[2]->str, "marker");
+	freeReplyObject(r);
+	redisFree(sub);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -333,6 +365,7 @@ int main(void)
 		cmocka_unit_test_setup(test_sold_out, setup),
 		cmocka_unit_test_setup(test_promotion_limits, setup),
 		cmocka_unit_test_setup(test_global_cap_unknown_and_not_ready, setup),
+		cmocka_unit_test_setup(test_admitted_ids_are_told, setup),
 	};
 
 	return cmocka_run_group_tests(tests, test_redis_group_setup, test_redis_group_teardown);

@@ -1,0 +1,207 @@
+/*
+ * gateway/known.c against a real Redis: a loop's set of the request ids
+ * Redis has records of says "no record" only once a sweep ended while
+ * subscribed, and never for an id that has one.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+
+#include "gateway.h"
+#include "redis_server.h"
+
+struct fixture {
+	struct event_base *base;
+	struct gw_store store;
+	struct known k;
+	char address[256];
+};
+
+/* Run the loop until *flag or 10 s; false on timeout. */
+static bool run_until(struct fixture *f, const bool *flag)
+{
+	for (int i = 0; i < 10000 && !*flag; i++) {
+		event_base_loop(f->base, EVLOOP_NONBLOCK);
+		if (!*flag)
+			usleep(1000);
+	}
+	return *flag;
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	redisReply *r;
+
+	assert_non_null(f);
+	r = redisCommand(test_rc, "FLUSHALL");
+	freeReplyObject(r);
+	f->base = event_base_new();
+	assert_non_null(f->base);
+	snprintf(f->address, sizeof(f->address), "unix:%s", test_redis_socket());
+	assert_int_equal(gw_store_init(&f->store, f->base, f->address), 0);
+	assert_true(run_until(f, &f->store.connected));
+	assert_int_equal(known_init(&f->k, &f->store, 10000), 0);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	gw_store_free(&f->store);
+	known_free(&f->k);
+	event_base_free(f->base);
+	free(f);
+	return 0;
+}
+
+static void records(const char *prefix, int n)
+{
+	for (int i = 0; i < n; i++) {
+		redisReply *r = redisCommand(test_rc, "HSET fs:req:%s%d st queued", prefix, i);
+
+		assert_non_null(r);
+		freeReplyObject(r);
+	}
+}
+
+static bool sweep_done(struct fixture *f)
+{
+	bool done = false;
+
+	for (int i = 0; i < 10000 && !done; i++) {
+		event_base_loop(f->base, EVLOOP_NONBLOCK);
+		done = !f->k.sweeping;
+		if (!done)
+			usleep(1000);
+	}
+	return done;
+}
+
+/* Before any sweep, and after every loss, each id may exist: ask Redis. */
+static void test_incomplete_says_ask(void **state)
+{
+	struct fixture *f = *state;
+
+	assert_true(known_may_exist(&f->k, "anything"));
+	known_note(&f->k, "a");
+	assert_true(known_may_exist(&f->k, "b"));
+	/* Not subscribed: no sweep starts, nothing is claimed. */
+	known_sweep(&f->k);
+	assert_false(f->k.sweeping);
+	assert_true(known_may_exist(&f->k, "b"));
+}
+
+/* A sweep while live finds every record; then only told ids are added. */
+static void test_sweep_then_told(void **state)
+{
+	struct fixture *f = *state;
+
+	records("rid-", 2500);           /* several SCAN pages */
+	known_live(&f->k);
+	assert_true(f->k.sweeping);
+	assert_true(sweep_done(f));
+	assert_true(f->k.complete);
+	for (int i = 0; i < 2500; i++) {
+		char rid[32];
+
+		snprintf(rid, sizeof(rid), "rid-%d", i);
+		assert_true(known_may_exist(&f->k, rid));
+	}
+	assert_false(known_may_exist(&f->k, "never-seen"));
+	assert_false(known_may_exist(&f->k, "rid-2500"));
+	/* What the pushes tell (deduct.lua "rid state", admit.lua "+ rid rid"). */
+	known_note(&f->k, "never-seen");
+	assert_true(known_may_exist(&f->k, "never-seen"));
+	known_note_list(&f->k, "x-1  x-2 x-3");
+	assert_true(known_may_exist(&f->k, "x-1"));
+	assert_true(known_may_exist(&f->k, "x-2"));
+	assert_true(known_may_exist(&f->k, "x-3"));
+	assert_false(known_may_exist(&f->k, "x-4"));
+	/* The subscription drops: what is written meanwhile is not told. */
+	known_lost(&f->k, false);
+	assert_true(known_may_exist(&f->k, "x-4"));
+	records("late-", 3);
+	known_live(&f->k);
+	assert_true(sweep_done(f));
+	assert_true(f->k.complete);
+	assert_true(known_may_exist(&f->k, "late-2"));
+	assert_false(known_may_exist(&f->k, "late-3"));
+}
+
+/* A loss while a sweep runs voids it: the sweep starts over and still ends complete. */
+static void test_loss_during_sweep(void **state)
+{
+	struct fixture *f = *state;
+
+	records("rid-", 900);
+	known_live(&f->k);
+	assert_true(f->k.sweeping);
+	known_lost(&f->k, true);         /* a rebuild rewrote Redis mid-sweep */
+	records("new-", 5);
+	assert_true(sweep_done(f));
+	assert_true(f->k.complete);
+	assert_true(known_may_exist(&f->k, "new-4"));
+	assert_true(known_may_exist(&f->k, "rid-899"));
+}
+
+/* More records than the cap: the set gives up (every refusal asks) instead of lying. */
+static void test_overflow_stays_incomplete(void **state)
+{
+	struct fixture *f = *state;
+
+	known_free(&f->k);
+	assert_int_equal(known_init(&f->k, &f->store, 100), 0);
+	records("rid-", 150);
+	known_live(&f->k);
+	assert_true(sweep_done(f));
+	assert_false(f->k.complete);
+	assert_true(known_may_exist(&f->k, "rid-149"));
+	assert_true(known_may_exist(&f->k, "not-a-record"));
+	/* No sweep again right away: it would overflow again. */
+	known_sweep(&f->k);
+	assert_false(f->k.sweeping);
+}
+
+/* The connection is lost mid-sweep: incomplete; the next tick sweeps again. */
+static void test_connection_lost_mid_sweep(void **state)
+{
+	struct fixture *f = *state;
+
+	records("rid-", 600);
+	known_live(&f->k);
+	assert_true(f->k.sweeping);
+	gw_store_reset(&f->store);       /* pending replies come back NULL */
+	assert_false(f->k.sweeping);
+	assert_false(f->k.complete);
+	assert_true(known_may_exist(&f->k, "rid-1"));
+	assert_true(run_until(f, &f->store.connected));
+	known_sweep(&f->k);              /* what the cache tick does */
+	assert_true(sweep_done(f));
+	assert_true(f->k.complete);
+	assert_true(known_may_exist(&f->k, "rid-599"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_incomplete_says_ask, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sweep_then_told, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_loss_during_sweep, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_overflow_stays_incomplete, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connection_lost_mid_sweep, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, test_redis_group_setup, test_redis_group_teardown);
+}
