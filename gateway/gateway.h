@@ -78,6 +78,7 @@ struct gw_config {
 	long long global_inflight;
 	long long ip_rate_per_s;
 	long long max_wait_ms;
+	bool known_ids;             /* refusals skip the look-up of ids Redis has no record of */
 	long long hot_sku_threshold;
 	long long user_rate_per_s;
 	long long user_burst;

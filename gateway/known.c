@@ -130,18 +130,24 @@ void known_note_list(struct known *k, const char *ids)
 	}
 }
 
-bool known_may_exist(const struct known *k, const char *rid)
+bool known_may_exist(const struct known *k, const char *rid, int64_t now_us)
 {
 	uint64_t h;
 	size_t i;
 
-	if (!k->complete)
+	if (!k->complete || now_us - k->caught_up_us > KNOWN_LAG_US)
 		return true;
 	h = known_hash(rid);
 	for (i = (size_t)h & k->mask; k->slot[i] != 0; i = (i + 1) & k->mask)
 		if (k->slot[i] == h)
 			return true;
 	return false;
+}
+
+void known_caught_up(struct known *k, int64_t t)
+{
+	if (t > k->caught_up_us)
+		k->caught_up_us = t;
 }
 
 void known_lost(struct known *k, bool still_live)
@@ -154,6 +160,8 @@ void known_lost(struct known *k, bool still_live)
 void known_live(struct known *k)
 {
 	known_lost(k, true);
+	/* From here every tell arrives; what came before, the sweep finds. */
+	known_caught_up(k, mono_us());
 	known_sweep(k);
 }
 

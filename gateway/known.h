@@ -14,12 +14,20 @@
  *     from the end of a sweep that ran entirely while subscribed;
  *   - a lost subscription, a rebuild, or more ids than the cap make it
  *     incomplete again: every refusal asks Redis, as before, until the next
- *     sweep ends.
+ *     sweep ends;
+ *   - a subscriber that lags (or whose socket died silently) is caught by
+ *     an echo: every 100 ms the loop publishes its clock on a channel of its
+ *     own, and Redis delivers a subscriber's messages in order, so an echo
+ *     back means every id told before it was sent has been noted. Refusals
+ *     trust the set only while the last echo back was sent less than
+ *     KNOWN_LAG_US ago; push.c drops a subscriber silent for seconds.
  * Ids are kept as 64-bit hashes: a collision, like an id whose record has
  * expired or was given back, only costs the look-up it would have cost.
- * What it cannot see: a retry that arrives at one gateway in the instant
- * between another gateway's admission and its push (microseconds; a buyer
- * retries after a timeout, not then). Event loop thread only.
+ * What it cannot see: a retry that arrives at one gateway within moments
+ * of another gateway's admission, before the push (microseconds, at most
+ * KNOWN_LAG_US with a lagging subscriber; the admitting gateway answers 202
+ * only after Kafka's acknowledgement, and a buyer retries after a timeout,
+ * not then). Event loop thread only.
  */
 #ifndef FLASHSALE_GATEWAY_KNOWN_H
 #define FLASHSALE_GATEWAY_KNOWN_H
@@ -34,6 +42,8 @@ struct gw_store;
 
 /* Ids a loop keeps at most: 16 MB of slots at most (half full, 8 bytes each). */
 #define KNOWN_IDS_MAX (1u << 20)
+/* Trust the set only while the subscriber is known caught up to this recently. */
+#define KNOWN_LAG_US (250 * 1000LL)
 
 struct known {
 	uint64_t *slot;             /* 0: empty */
@@ -46,6 +56,7 @@ struct known {
 	uint64_t gen;               /* bumped on every loss: a sweep of an older one is void */
 	uint64_t sweep_gen;
 	int64_t overflow_us;        /* mono time of the last overflow, 0: none */
+	int64_t caught_up_us;       /* every id told before this mono time is noted */
 	char cursor[24];            /* the running sweep's SCAN cursor */
 	struct gw_store *store;     /* the loop's commands connection, for sweeps */
 };
@@ -61,10 +72,14 @@ void known_note(struct known *k, const char *rid);
 void known_note_list(struct known *k, const char *ids);
 
 /*
- * false only when the set is complete and rid is not in it: Redis has no
- * record of rid. true means "ask Redis".
+ * false only when the set is complete, caught up to KNOWN_LAG_US before
+ * now_us (mono), and rid is not in it: Redis has no record of rid. true
+ * means "ask Redis".
  */
-bool known_may_exist(const struct known *k, const char *rid);
+bool known_may_exist(const struct known *k, const char *rid, int64_t now_us);
+
+/* The subscriber read everything published before mono time t (an echo, or its subscribe). */
+void known_caught_up(struct known *k, int64_t t);
 
 /* The subscription is up (again): sweep what was written before it. */
 void known_live(struct known *k);

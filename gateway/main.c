@@ -88,6 +88,11 @@ static struct cf_key keys[] = {
 	{ "gateway.max_wait_ms", CF_INT, &gw.cfg.max_wait_ms, "10000", 0, 60000,
 	  "Longest long poll: GET /v1/purchases/{id}?wait_ms=N answers once the state changes "
 	  "or after N ms, N at most this (0: no long polls)", true },
+	{ "gateway.known_ids", CF_BOOL, &gw.cfg.known_ids, "true", 0, 0,
+	  "Refuse a new client-chosen request id (sold out, ended, rate limited) without asking "
+	  "Redis whether it is a retry, when this loop knows Redis has no record of it "
+	  "(gateway/known.h). Off during a rolling upgrade from a build without it: older "
+	  "gateways and reconcilers do not announce the ids they write", true },
 	{ "gateway.hot_sku_threshold", CF_INT, &gw.cfg.hot_sku_threshold, "5000", 0, 100000000,
 	  "Purchase attempts per second at which a SKU is logged as hot (hot_sku; 0: never); "
 	  "the busiest SKUs are in /metrics whatever this is", true },

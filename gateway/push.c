@@ -2,7 +2,12 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <event2/event.h>
 
 #include "log.h"
 #include "metrics.h"
@@ -12,6 +17,9 @@ static struct metric m_pushes = { "gateway_pushes_total",
 	METRIC_COUNTER };
 static struct metric m_bad = { "gateway_pushes_malformed_total",
 	"fs:chg and fs:st messages that did not parse (ignored)", NULL, METRIC_COUNTER };
+static struct metric m_stalls = { "gateway_push_stalls_total",
+	"Subscribers dropped and connected again: no echo back for " "3000" " ms", NULL,
+	METRIC_COUNTER };
 static struct metric m_delay = { "gateway_push_delay_seconds",
 	"From a SKU running out (or getting units back) in Redis to this gateway knowing it",
 	NULL, METRIC_HISTOGRAM };
@@ -20,6 +28,7 @@ void push_metrics_register(void)
 {
 	metrics_register(&m_pushes);
 	metrics_register(&m_bad);
+	metrics_register(&m_stalls);
 	metrics_register(&m_delay);
 }
 
@@ -63,7 +72,9 @@ static void push_moved(struct gw_push *p, const char *msg)
 		return;
 	}
 	if (n == 1 && msg[0] == '*') {
-		log_info("push_wake_all", "msg=\"%s\"", msg + 1 + (msg[1] == ' '));
+		char q[128];
+
+		log_info("push_wake_all", "msg=\"%s\"", log_quote(q, sizeof(q), msg + 1 + (msg[1] == ' ')));
 		known_lost(&p->gw->known, true);
 		known_sweep(&p->gw->known);
 		routes_wake_all(p->gw);
@@ -77,7 +88,8 @@ static void push_moved(struct gw_push *p, const char *msg)
 	}
 	memcpy(rid, msg, n);
 	rid[n] = '\0';
-	known_note(&p->gw->known, rid);
+	if (strcmp(msg + n, " gone") != 0)      /* unadmit.lua deleted it */
+		known_note(&p->gw->known, rid);
 	routes_purchase_moved(p->gw, rid);
 }
 
@@ -102,12 +114,20 @@ static void push_message_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		return;
 	what = r->element[0]->str;
 	channel = r->element[1]->str;
+	if (strcmp(channel, p->echo) == 0) {
+		if (strcmp(what, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING) {
+			known_caught_up(&p->gw->known, strtoll(r->element[2]->str, NULL, 10));
+			p->unanswered_us = 0;
+		}
+		return;
+	}
 	if (strcmp(what, "subscribe") == 0) {
 		log_info("push_subscribed", "channel=%s", channel);
 		if (strcmp(channel, "fs:chg") == 0) {
 			promo_refresh_now(p->gw);
 		} else {
 			p->live = true;
+			p->unanswered_us = 0;
 			/* What moved while it was down was not pushed: look once, sweep the ids. */
 			known_live(&p->gw->known);
 			routes_wake_all(p->gw);
@@ -142,15 +162,55 @@ static void push_message_cb(redisAsyncContext *ac, void *reply, void *privdata)
 static void push_on_connect(void *arg)
 {
 	struct gw_push *p = arg;
-	const char *argv[] = { "SUBSCRIBE", "fs:chg", "fs:st" };
+	const char *argv[] = { "SUBSCRIBE", "fs:chg", "fs:st", p->echo };
 
-	if (gw_store_command_argv(&p->sub, push_message_cb, p, 3, argv, NULL) < 0)
+	if (gw_store_command_argv(&p->sub, push_message_cb, p, 4, argv, NULL) < 0)
 		log_warn("push_subscribe_failed", "msg=\"will retry at the next connect\"");
+}
+
+/*
+ * Every PUSH_ECHO_MS: publish this loop's clock on its echo channel, through
+ * the commands connection (push.h). A subscriber whose echoes stopped coming
+ * back while they were being sent is dropped: its callbacks run with NULL
+ * (live false, the known ids incomplete) and it connects again.
+ */
+static void push_echo_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct gw_push *p = arg;
+	struct gateway *gw = p->gw;
+	int64_t now = mono_us();
+	char t[24];
+	const char *argv[] = { "PUBLISH", p->echo, t };
+
+	(void)fd;
+	(void)what;
+	if (!p->live || !gw_store_ready(&gw->store))
+		return;
+	if (p->unanswered_us != 0 && now - p->unanswered_us > PUSH_STALL_MS * 1000LL) {
+		metric_add(&m_stalls, 1);
+		p->unanswered_us = 0;
+		gw_store_reset(&p->sub);
+		return;
+	}
+	snprintf(t, sizeof(t), "%" PRId64, now);
+	if (gw_store_command_argv(&gw->store, NULL, NULL, 3, argv, NULL) == 0 &&
+	    p->unanswered_us == 0)
+		p->unanswered_us = now;
 }
 
 int push_init(struct gw_push *p, struct gateway *gw, const char *address)
 {
+	struct timeval tv = { 0, PUSH_ECHO_MS * 1000 };
+	uint64_t nonce;
+
 	p->gw = gw;
+	/* Unique to this loop of this process on any host: nobody else's echo counts. */
+	if (getrandom(&nonce, sizeof(nonce), 0) != (ssize_t)sizeof(nonce))
+		nonce = (uint64_t)mono_us() ^ ((uint64_t)getpid() << 32);
+	snprintf(p->echo, sizeof(p->echo), "fs:echo:%016" PRIx64 ":%d", nonce, gw->loop);
+	p->echo_ev = event_new(gw->base, -1, EV_PERSIST, push_echo_tick, p);
+	if (p->echo_ev == NULL || event_add(p->echo_ev, &tv) < 0)
+		return -1;
 	if (gw_store_init(&p->sub, gw->base, address) < 0)
 		return -1;
 	/* The connect completes on the loop, after this. */
@@ -161,10 +221,15 @@ int push_init(struct gw_push *p, struct gateway *gw, const char *address)
 
 void push_close(struct gw_push *p)
 {
+	if (p->echo_ev != NULL)
+		event_del(p->echo_ev);
 	gw_store_close(&p->sub);
 }
 
 void push_free(struct gw_push *p)
 {
+	if (p->echo_ev != NULL)
+		event_free(p->echo_ev);
+	p->echo_ev = NULL;
 	gw_store_free(&p->sub);
 }

@@ -10,7 +10,13 @@
  *   fs:st   a purchase changed state ("request_id state"): the long polls
  *           waiting on it look now (routes_purchase_moved). While this
  *           subscription is down (live false) they look for themselves,
- *           more often.
+ *           more often. Also the ids Redis has records of (known.h).
+ *   fs:echo:<nonce>  this loop's own: every PUSH_ECHO_MS it publishes its
+ *           clock there through its commands connection; the echo back
+ *           proves the subscriber has read everything published before
+ *           (known.h). A subscriber with no echo back for PUSH_STALL_MS
+ *           is dropped and connects again: a socket that died silently
+ *           never errors on its own.
  * Event loop thread only.
  */
 #ifndef FLASHSALE_GATEWAY_PUSH_H
@@ -21,10 +27,18 @@
 
 struct gateway;
 
+#define PUSH_ECHO_MS 100
+#define PUSH_STALL_MS 3000
+
+struct event;
+
 struct gw_push {
 	struct gateway *gw;
 	struct gw_store sub;
 	bool live;                  /* fs:st subscribed: long polls are woken */
+	char echo[48];              /* fs:echo:<nonce>, this loop's */
+	struct event *echo_ev;
+	int64_t unanswered_us;      /* mono time of the oldest echo not back, 0: none */
 };
 
 /* Start-up: connect and subscribe (never blocks). -1 on allocation failure. */

@@ -290,7 +290,8 @@ static void refuse_unless_known_later(struct gateway *gw, struct evhttp_request 
 	const char *hget[] = { "HGET", key, "st" };
 	struct pending *pd;
 
-	bool unknown = !pr->generated_id && !known_may_exist(&gw->known, rid);
+	bool unknown = !pr->generated_id && gw->cfg.known_ids &&
+		       !known_may_exist(&gw->known, rid, mono_us());
 
 	if (unknown)
 		metric_add(&m_unlooked, 1);

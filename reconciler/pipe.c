@@ -31,6 +31,10 @@ int rpipe_flush(struct rpipe *p)
 		}
 		if (r->type == REDIS_REPLY_ERROR)
 			rpipe_fail(p, "redis command", r->str);
+		/* EXEC: its commands' errors are inside (nothing else here answers arrays). */
+		for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++)
+			if (r->element[i]->type == REDIS_REPLY_ERROR)
+				rpipe_fail(p, "redis command", r->element[i]->str);
 		freeReplyObject(r);
 		p->pending--;
 		p->sent++;

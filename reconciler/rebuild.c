@@ -867,6 +867,61 @@ static int rebuild_write_req(struct rpipe *p, const struct fold_req *r, const ch
 	return 0;
 }
 
+/* Records per transaction (rebuild_write_reqs): one tell each. */
+#define REBUILD_TELL_BATCH 256
+
+/*
+ * The owned requests' records, in transactions that also tell the gateways
+ * their ids (fs:st "+ rid rid ...", gateway/known.h). Telling in the same
+ * transaction as the write is what lets a gateway trust its set of known
+ * ids: subscribed before it, the gateway is told; subscribing after, its
+ * sweep finds the records. A tell before or after the write would leave a
+ * gateway that subscribes in between, mid-sweep, with neither.
+ */
+static int rebuild_write_reqs(struct rebuild *b, struct rpipe *p, const char *ttl)
+{
+	const char *multi[] = { "MULTI" }, *exec[] = { "EXEC" };
+	const char *publish[] = { "PUBLISH", "fs:st", NULL };
+	size_t n = fold_count(b->fold), i = 0, j;
+	char *msg = malloc(1 + REBUILD_TELL_BATCH * (FS_ID_MAX + 2));
+	int rc = -1;
+
+	if (msg == NULL) {
+		snprintf(p->err, sizeof(p->err), "out of memory");
+		return -1;
+	}
+	publish[2] = msg;
+	for (; i < n; i = j) {
+		size_t len = 1, taken = 0;
+
+		msg[0] = '+';
+		for (j = i; j < n && taken < REBUILD_TELL_BATCH; j++) {
+			const struct fold_req *req = fold_get(b->fold, j);
+
+			if (!rebuild_owns(b, req->sku))
+				continue;
+			len += (size_t)sprintf(msg + len, " %.*s", FS_ID_MAX, req->rid);
+			taken++;
+		}
+		if (taken == 0)
+			continue;
+		if (pipe_argv(p, 1, multi) < 0 || pipe_argv(p, 3, publish) < 0)
+			goto out;
+		for (size_t k = i; k < j; k++) {
+			const struct fold_req *req = fold_get(b->fold, k);
+
+			if (rebuild_owns(b, req->sku) && rebuild_write_req(p, req, ttl) < 0)
+				goto out;
+		}
+		if (pipe_argv(p, 1, exec) < 0)
+			goto out;
+	}
+	rc = 0;
+out:
+	free(msg);
+	return rc;
+}
+
 /* The partitions' watermarks as the fold found them (none: no key). */
 static int rebuild_write_wm(struct rebuild *b, struct rpipe *p)
 {
@@ -904,7 +959,8 @@ static long long rebuild_new_epoch(struct rebuild *b)
 /*
  * Tell the gateways that Redis was rewritten (fs:st "* rebuilt"): their long
  * polls look again and their promotion caches are read now. Best effort: a
- * gateway that misses it catches up by its own periodic look.
+ * gateway that misses it catches up by its own periodic look (the ids of
+ * the records were told as they were written: rebuild_write_reqs).
  */
 static void rebuild_tell(struct rebuild *b)
 {
@@ -937,12 +993,8 @@ static int rebuild_write(struct rebuild *b, const struct fold_sku *skus)
 	for (size_t i = 0; i < b->npromos; i++)
 		if (rebuild_write_sku(&p, &skus[i]) < 0)
 			goto fail;
-	for (size_t i = 0; i < fold_count(b->fold); i++) {
-		const struct fold_req *req = fold_get(b->fold, i);
-
-		if (rebuild_owns(b, req->sku) && rebuild_write_req(&p, req, ttl) < 0)
-			goto fail;
-	}
+	if (rebuild_write_reqs(b, &p, ttl) < 0)
+		goto fail;
 	if (rebuild_write_wm(b, &p) < 0 || rpipe_flush(&p) < 0)
 		goto fail;
 	if (!b->full)

@@ -27,8 +27,26 @@ def test_flushall_mid_sale_then_rebuild(stack):
     before = stack.redis('HGETALL', 'fs:promo:rb-1')
     assert rebuild(stack).returncode != 0
     told = stack.log('gateway').count('event=push_wake_all')
-    r = rebuild(stack, '--force')
+    def listeners():
+        return int(stack.redis('PUBSUB', 'NUMSUB', 'fs:st').split()[1])
+    gateways = listeners()
+    listen = subprocess.Popen(['redis-cli', '-s', stack.path('redis.sock'), 'SUBSCRIBE', 'fs:st'],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: listeners() > gateways, timeout=10, what='our listener on fs:st')
+        r = rebuild(stack, '--force')
+    finally:
+        listen.terminate()
+    out = listen.communicate(timeout=10)[0]
     assert r.returncode == 0, r.stdout + r.stderr
+    # Every record written was told, "+ rid rid ..." (gateway/known.h): a
+    # gateway never refuses a retry of it without asking Redis.
+    told_ids = set()
+    for line in out.splitlines():
+        if line.startswith('+ '):
+            told_ids.update(line.split()[1:])
+    records = {k[len('fs:req:'):] for k in stack.redis('KEYS', 'fs:req:*').split()}
+    assert records and records <= told_ids, sorted(records - told_ids)[:5]
     assert stack.redis('HGETALL', 'fs:promo:rb-1') == before
     # The gateways are told (fs:st "* rebuilt"): their long polls look again
     # and their promotion caches are read at once, not at the next refresh.
