@@ -242,6 +242,13 @@ def markdown(res, made):
               "Answers by status: accept %s, sold out %s." % (
                   acc.get("wrk", {}).get("status"),
                   (s.get("soldout") or {}).get("wrk", {}).get("status"))]
+        for name, w in (("accept", acc.get("wrk", {})),
+                        ("sold out", (s.get("soldout") or {}).get("wrk", {}))):
+            cpu = w.get("cpu_us_per_request")
+            if cpu:
+                L += ["", "CPU per request, %s (us, by process): %s." % (
+                    name, ", ".join("%s %s" % kv for kv in
+                                    sorted(cpu.items(), key=lambda kv: -kv[1])))]
         op = s.get("accept_open")
         if op:
             L += ["", "Open loop (flashsale-loadgen, buyers arriving at %s/s = %sx the "
