@@ -90,10 +90,86 @@ void call_reply_now(struct evhttp_request *req, enum gw_route route, int code,
 	evhttp_send_reply(req, code, NULL, NULL);
 }
 
+size_t call_json_string(char *out, size_t n, const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t len = 0;
+
+	if (n < 3)
+		return 0;
+	out[len++] = '"';
+	for (; *s != '\0'; s++) {
+		unsigned char c = (unsigned char)*s;
+		char esc = c == '"' ? '"' : c == '\\' ? '\\' : c == '\b' ? 'b' : c == '\f' ? 'f' :
+			   c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' : 0;
+
+		/* This character, then the closing quote and the NUL must fit. */
+		if (len + (esc != 0 ? 2 : c < 0x20 ? 6 : 1) + 2 > n)
+			return 0;
+		if (esc != 0) {
+			out[len++] = '\\';
+			out[len++] = esc;
+		} else if (c < 0x20) {
+			memcpy(out + len, "\\u00", 4);
+			out[len + 4] = hex[c >> 4];
+			out[len + 5] = hex[c & 15];
+			len += 6;
+		} else {
+			out[len++] = (char)c;
+		}
+	}
+	out[len++] = '"';
+	out[len] = '\0';
+	return len;
+}
+
+void call_refusal_now(struct evhttp_request *req, enum gw_route route, int code,
+		      const char *error, const char *reason, int64_t retry_ms, int may_return,
+		      bool close)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	char e[128], r[512], body[768], secs[24];
+	int len;
+
+	if (call_json_string(e, sizeof(e), error) == 0 ||
+	    call_json_string(r, sizeof(r), reason) == 0) {
+		/* Longer than any refusal of ours: the general path copes. */
+		cJSON *o = call_error_body(error, reason);
+
+		if (retry_ms >= 0)
+			cJSON_AddNumberToObject(o, "retry_after_ms", (double)retry_ms);
+		if (may_return >= 0)
+			cJSON_AddBoolToObject(o, "may_return", may_return != 0);
+		if (retry_ms >= 0) {
+			snprintf(secs, sizeof(secs), "%lld", (long long)((retry_ms + 999) / 1000));
+			evhttp_add_header(h, "Retry-After", secs);
+		}
+		call_reply_now(req, route, code, o, close);
+		return;
+	}
+	len = snprintf(body, sizeof(body), "{\"error\":%s,\"reason\":%s", e, r);
+	if (retry_ms >= 0) {
+		len += snprintf(body + len, sizeof(body) - (size_t)len, ",\"retry_after_ms\":%lld",
+				(long long)retry_ms);
+		snprintf(secs, sizeof(secs), "%lld", (long long)((retry_ms + 999) / 1000));
+		evhttp_add_header(h, "Retry-After", secs);
+	}
+	if (may_return >= 0)
+		len += snprintf(body + len, sizeof(body) - (size_t)len, ",\"may_return\":%s",
+				may_return ? "true" : "false");
+	len += snprintf(body + len, sizeof(body) - (size_t)len, "}\n");
+	evhttp_add_header(h, "Content-Type", "application/json");
+	if (close)
+		evhttp_add_header(h, "Connection", "close");
+	evbuffer_add(evhttp_request_get_output_buffer(req), body, (size_t)len);
+	call_count(route, code);
+	evhttp_send_reply(req, code, NULL, NULL);
+}
+
 void call_error_now(struct evhttp_request *req, enum gw_route route, int code,
 		    const char *error, const char *reason, bool close)
 {
-	call_reply_now(req, route, code, call_error_body(error, reason), close);
+	call_refusal_now(req, route, code, error, reason, -1, -1, close);
 }
 
 /*

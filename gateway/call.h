@@ -13,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct gateway;
 struct evhttp_request;
@@ -53,6 +54,22 @@ void call_reply_now(struct evhttp_request *req, enum gw_route route, int code,
 		    struct cJSON *body, bool close);
 void call_error_now(struct evhttp_request *req, enum gw_route route, int code,
 		    const char *error, const char *reason, bool close);
+
+/*
+ * The refusal a buyer gets most (sold out, throttled), written without
+ * building a cJSON tree: {"error", "reason"[, "retry_after_ms" and a
+ * Retry-After header in whole seconds, when retry_ms >= 0][, "may_return",
+ * when may_return >= 0]}. The same JSON call_error_body would give.
+ */
+void call_refusal_now(struct evhttp_request *req, enum gw_route route, int code,
+		      const char *error, const char *reason, int64_t retry_ms, int may_return,
+		      bool close);
+
+/*
+ * s as a JSON string, quotes included, into out (n bytes, NUL-terminated),
+ * escaped as cJSON escapes. Its length, or 0 when it does not fit.
+ */
+size_t call_json_string(char *out, size_t n, const char *s);
 
 /* Start a deferred answer for req (registers the close callback). */
 void call_init(struct gw_call *c, struct gateway *gw, struct evhttp_request *req,

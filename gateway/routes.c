@@ -299,8 +299,8 @@ static void refuse_unless_known_later(struct gateway *gw, struct evhttp_request 
 	    gw->redis_pending >= gw->cfg.max_inflight ||
 	    (pd = calloc(1, sizeof(*pd))) == NULL) {
 		metric_add(&m_refusals[why], 1);
-		call_reply_now(req, ROUTE_PURCHASE, code,
-			       refusal_body(req, error, reason, retry_ms, may_return), false);
+		call_refusal_now(req, ROUTE_PURCHASE, code, error, reason, retry_ms, may_return,
+				 false);
 		return;
 	}
 	strcpy(pd->request_id, rid);
