@@ -42,6 +42,24 @@ const char *test_redis_socket(void)
 	return sock;
 }
 
+redisContext *test_redis_subscribe(const char *channel)
+{
+	redisContext *c = redisConnectUnix(sock);
+	redisReply *r = NULL;
+
+	if (c == NULL || c->err != 0 || redisSetTimeout(c, (struct timeval){ 5, 0 }) != REDIS_OK ||
+	    (r = redisCommand(c, "SUBSCRIBE %s", channel)) == NULL ||
+	    r->type != REDIS_REPLY_ARRAY) {
+		if (r != NULL)
+			freeReplyObject(r);
+		if (c != NULL)
+			redisFree(c);
+		return NULL;
+	}
+	freeReplyObject(r);
+	return c;
+}
+
 redisContext *test_redis_start(const char *server)
 {
 	snprintf(dir, sizeof(dir), "/tmp/fs-unit-redis-XXXXXX");

@@ -18,6 +18,13 @@ redisContext *test_redis_start(const char *server);
 /* The server's Unix socket, for a second connection (a subscriber). */
 const char *test_redis_socket(void);
 
+/*
+ * A second connection subscribed to channel, for a test that reads what a
+ * script publishes (redisGetReply); a message that never comes fails the
+ * read after 5 s instead of hanging the test. NULL when it cannot.
+ */
+redisContext *test_redis_subscribe(const char *channel);
+
 /* Kill the server, free the context, remove the directory. Safe to repeat. */
 void test_redis_stop(void);
 

@@ -294,13 +294,8 @@ static void test_global_cap_unknown_and_not_ready(void **state)
 	 * unadmit.lua: Kafka refused rid-0: its place comes back once, and a
 	 * long poll on it (a retry through another gateway) is told.
 	 */
-	sub = redisConnectUnix(test_redis_socket());
+	sub = test_redis_subscribe("fs:st");
 	assert_non_null(sub);
-	assert_int_equal(sub->err, 0);
-	assert_int_equal(redisSetTimeout(sub, (struct timeval){ 5, 0 }), REDIS_OK);
-	r = redisCommand(sub, "SUBSCRIBE fs:st");
-	assert_non_null(r);
-	freeReplyObject(r);
 	for (int i = 0; i < 2; i++) {
 		const char *argv[] = { "EVAL", gw_unadmit_lua, "4", "fs:promo:s", "fs:req:rid-0",
 				       "fs:adm:all", "fs:adm:total", "s rid-0" };
@@ -330,16 +325,11 @@ static void test_global_cap_unknown_and_not_ready(void **state)
 static void test_admitted_ids_are_told(void **state)
 {
 	struct verdict v[8];
-	redisContext *sub = redisConnectUnix(test_redis_socket());
+	redisContext *sub = test_redis_subscribe("fs:st");
 	redisReply *r;
 
 	(void)state;
 	assert_non_null(sub);
-	assert_int_equal(sub->err, 0);
-	assert_int_equal(redisSetTimeout(sub, (struct timeval){ 5, 0 }), REDIS_OK);
-	r = redisCommand(sub, "SUBSCRIBE fs:st");
-	assert_non_null(r);
-	freeReplyObject(r);
 	admit("s", 0, 3, 1, 200, 0, v);
 	assert_int_equal(count(v, 3, "admitted"), 3);
 	assert_int_equal(redisGetReply(sub, (void **)&r), REDIS_OK);
