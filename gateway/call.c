@@ -200,19 +200,40 @@ void call_init(struct gw_call *c, struct gateway *gw, struct evhttp_request *req
 		evhttp_connection_set_closecb(c->evcon, call_closecb, c);
 }
 
-void call_reply(struct gw_call *c, int code, cJSON *body)
+/* The request to answer now, detached from the call; NULL (counted) when the client left. */
+static struct evhttp_request *call_take(struct gw_call *c, int code)
 {
-	if (c->req == NULL) {
-		/* the client left: count what it would have got */
+	struct evhttp_request *req = c->req;
+
+	if (req == NULL) {
 		call_count(c->route, code);
-		cJSON_Delete(body);
-		return;
+		return NULL;
 	}
 	if (c->evcon != NULL)
 		evhttp_connection_set_closecb(c->evcon, NULL, NULL);
-	call_reply_now(c->req, c->route, code, body, c->gw->draining);
 	c->req = NULL;
 	c->evcon = NULL;
+	return req;
+}
+
+void call_reply(struct gw_call *c, int code, cJSON *body)
+{
+	struct evhttp_request *req = call_take(c, code);
+
+	if (req == NULL)
+		cJSON_Delete(body);
+	else
+		call_reply_now(req, c->route, code, body, c->gw->draining);
+}
+
+void call_refusal(struct gw_call *c, int code, const char *error, const char *reason,
+		  int64_t retry_ms, int may_return)
+{
+	struct evhttp_request *req = call_take(c, code);
+
+	if (req != NULL)
+		call_refusal_now(req, c->route, code, error, reason, retry_ms, may_return,
+				 c->gw->draining);
 }
 
 void call_error(struct gw_call *c, int code, const char *error, const char *reason)

@@ -78,5 +78,8 @@ void call_init(struct gw_call *c, struct gateway *gw, struct evhttp_request *req
 /* Answer a call (takes body); a dead call is only counted. */
 void call_reply(struct gw_call *c, int code, struct cJSON *body);
 void call_error(struct gw_call *c, int code, const char *error, const char *reason);
+/* call_refusal_now for a call; a dead call is only counted. */
+void call_refusal(struct gw_call *c, int code, const char *error, const char *reason,
+		  int64_t retry_ms, int may_return);
 
 #endif

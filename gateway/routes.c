@@ -187,28 +187,6 @@ static void refuse(struct evhttp_request *req, enum refusal why, int code,
 	call_error_now(req, ROUTE_PURCHASE, code, error, reason, close);
 }
 
-/*
- * The body of a refusal that may lift: retry_after_ms (>= 0: and a
- * Retry-After header, in whole seconds) and may_return (>= 0).
- */
-static cJSON *refusal_body(struct evhttp_request *req, const char *error, const char *reason,
-			   int64_t retry_ms, int may_return)
-{
-	cJSON *o = call_error_body(error, reason);
-	char secs[24];
-
-	if (retry_ms >= 0) {
-		cJSON_AddNumberToObject(o, "retry_after_ms", (double)retry_ms);
-		if (req != NULL) {
-			snprintf(secs, sizeof(secs), "%lld", (long long)((retry_ms + 999) / 1000));
-			evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", secs);
-		}
-	}
-	if (may_return >= 0)
-		cJSON_AddBoolToObject(o, "may_return", may_return != 0);
-	return o;
-}
-
 static void purchase_produce(struct gateway *gw, struct pending *pd);
 
 /*
@@ -262,9 +240,8 @@ static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		call_reply(&pd->call, 202, o);
 	} else {
 		metric_add(&m_refusals[pd->refusal], 1);
-		call_reply(&pd->call, pd->refusal_code,
-			   refusal_body(pd->call.req, pd->refusal_error, pd->refusal_reason,
-					pd->retry_ms, pd->may_return));
+		call_refusal(&pd->call, pd->refusal_code, pd->refusal_error, pd->refusal_reason,
+			     pd->retry_ms, pd->may_return);
 	}
 	free(pd);
 }
@@ -495,8 +472,7 @@ static void refuse_later(struct pending *pd, enum refusal why, int code, const c
 			 const char *reason, int64_t retry_ms, int may_return)
 {
 	metric_add(&m_refusals[why], 1);
-	call_reply(&pd->call, code, refusal_body(pd->call.req, error, reason,
-						 retry_ms < 0 ? 0 : retry_ms, may_return));
+	call_refusal(&pd->call, code, error, reason, retry_ms < 0 ? 0 : retry_ms, may_return);
 }
 
 /* Degraded admission while the Redis state is rebuilt (see routes_on_admitted). */
