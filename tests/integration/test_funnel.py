@@ -143,6 +143,20 @@ def test_retry_through_another_gateway_gets_the_first_answer(stack):
             g.stop()
 
 
+@pytest.mark.stack_env(FLASHSALE_GATEWAY_KNOWN_IDS='false')
+def test_known_ids_off_every_refusal_asks_redis(stack):
+    """gateway.known_ids off (a rolling upgrade from a build whose writers do
+    not announce ids): every refusal of a client-chosen id is looked up in
+    Redis, none goes out on the loop's set alone."""
+    stack.create_promotion('fun-11', stock=0, per_user_limit=1, hold_seconds=60)
+    wait_for(lambda: buy(stack, 'fun-11', 'ko', rid='ko-0')[0] == 409, timeout=20,
+             what='sold-out refusals')
+    for i in range(1, 6):
+        code, body = buy(stack, 'fun-11', 'ko', rid='ko-%d' % i)
+        assert code == 409 and body['error'] == 'sold_out', body
+    assert stack.metrics('gateway')['flashsale_gateway_refusals_unlooked_total'] == 0
+
+
 def test_sold_out_for_now_then_reopened(stack):
     """Sold out while units are held: the answer says they may come back and
     when; once the holds expire, admission reopens, pushed to the gateway."""
