@@ -11,8 +11,13 @@
 #define KNOWN_MIN_SLOTS 4096
 #define KNOWN_PREFIX "fs:req:"
 #define KNOWN_SWEEP_COUNT "1000"
-/* An overflowing set would overflow again at once: sweep again this much later. */
+/*
+ * An overflowing set would overflow again at once: sweep again this much
+ * later, twice as late after each overflow in a row (a sweep of a million
+ * keys, per loop of every gateway, is not free), until a sweep completes.
+ */
 #define KNOWN_OVERFLOW_PAUSE_US (60 * 1000000LL)
+#define KNOWN_OVERFLOW_PAUSE_MAX_US (16 * KNOWN_OVERFLOW_PAUSE_US)
 
 static struct metric m_sweeps = { "gateway_known_sweeps_total",
 	"Sweeps of fs:req:* that left a loop's set of known request ids complete", NULL,
@@ -75,9 +80,13 @@ static void known_overflow(struct known *k)
 	k->complete = false;
 	k->gen++;
 	k->overflow_us = mono_us();
+	k->overflow_pause_us = k->overflow_pause_us == 0 ? KNOWN_OVERFLOW_PAUSE_US :
+		2 * k->overflow_pause_us > KNOWN_OVERFLOW_PAUSE_MAX_US ?
+		KNOWN_OVERFLOW_PAUSE_MAX_US : 2 * k->overflow_pause_us;
 	metric_add(&m_overflows, 1);
-	log_warn("known_ids_overflow", "max=%zu msg=\"more request ids on record than a loop "
-		 "keeps: refusals ask Redis until the next sweep\"", k->max);
+	log_warn("known_ids_overflow", "max=%zu next_sweep_s=%lld msg=\"more request ids on "
+		 "record than a loop keeps: refusals ask Redis until the next sweep\"", k->max,
+		 (long long)(k->overflow_pause_us / 1000000));
 }
 
 void known_note(struct known *k, const char *rid)
@@ -182,7 +191,7 @@ void known_sweep(struct known *k)
 {
 	if (k->sweeping || !k->live || k->complete || !gw_store_ready(k->store))
 		return;
-	if (k->overflow_us != 0 && mono_us() - k->overflow_us < KNOWN_OVERFLOW_PAUSE_US)
+	if (k->overflow_us != 0 && mono_us() - k->overflow_us < k->overflow_pause_us)
 		return;
 	k->sweep_gen = k->gen;
 	snprintf(k->cursor, sizeof(k->cursor), "0");
@@ -213,7 +222,7 @@ static void known_sweep_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		return;
 	}
 	keys = r->element[1];
-	for (size_t i = 0; i < keys->elements; i++) {
+	for (size_t i = 0; i < keys->elements && k->gen == k->sweep_gen; i++) {
 		const redisReply *e = keys->element[i];
 
 		if (e->type == REDIS_REPLY_STRING && e->len > plen &&
@@ -225,6 +234,7 @@ static void known_sweep_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	if (strcmp(r->element[0]->str, "0") == 0) {
 		k->complete = k->live;
 		if (k->complete) {
+			k->overflow_pause_us = 0;
 			metric_add(&m_sweeps, 1);
 			log_info("known_ids_complete", "ids=%zu", k->n);
 		}

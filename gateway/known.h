@@ -56,6 +56,7 @@ struct known {
 	uint64_t gen;               /* bumped on every loss: a sweep of an older one is void */
 	uint64_t sweep_gen;
 	int64_t overflow_us;        /* mono time of the last overflow, 0: none */
+	int64_t overflow_pause_us;  /* no sweep this long after it; doubles, 0 once complete */
 	int64_t caught_up_us;       /* every id told before this mono time is noted */
 	char cursor[24];            /* the running sweep's SCAN cursor */
 	struct gw_store *store;     /* the loop's commands connection, for sweeps */
@@ -89,7 +90,8 @@ void known_lost(struct known *k, bool still_live);
 
 /*
  * Start a sweep if one is due and none runs (live, incomplete, the store
- * connected; after an overflow, at most once a minute). Called on subscribe
+ * connected; after an overflow, not before a pause of a minute that doubles
+ * with each overflow in a row, up to 16). Called on subscribe
  * and by the cache tick, which retries a sweep a lost connection cut short.
  */
 void known_sweep(struct known *k);

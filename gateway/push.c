@@ -188,6 +188,9 @@ static void push_echo_tick(evutil_socket_t fd, short what, void *arg)
 		return;
 	if (p->unanswered_us != 0 && now - p->unanswered_us > PUSH_STALL_MS * 1000LL) {
 		metric_add(&m_stalls, 1);
+		log_warn("push_stalled", "waited_ms=%lld msg=\"no echo back: dropping the "
+			 "subscriber, refusals ask Redis until it is back\"",
+			 (long long)((now - p->unanswered_us) / 1000));
 		p->unanswered_us = 0;
 		gw_store_reset(&p->sub);
 		return;

@@ -30,14 +30,16 @@ class Gateway:
     """A second gateway instance on the same stack (as behind a load
     balancer): same Redis, Kafka and keys, its own port."""
 
-    def __init__(self, stack, name='gateway-2'):
+    def __init__(self, stack, name='gateway-2', settings=()):
         self.stack = stack
         self.port = free_port()
         env = dict(stack.env, FLASHSALE_GATEWAY_ADMIN_PORT='0')
         self.log_path = stack.path('logs', name + '.log')
         self.log = open(self.log_path, 'w')
-        self.proc = subprocess.Popen([stack.bin('flashsale-gateway'), '-s',
-                                      'http.port=%d' % self.port], env=env,
+        argv = [stack.bin('flashsale-gateway'), '-s', 'http.port=%d' % self.port]
+        for kv in settings:
+            argv += ['-s', kv]
+        self.proc = subprocess.Popen(argv, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.url = 'http://127.0.0.1:%d' % self.port
         wait_for(lambda: self.get('/healthz')[0] == 200, timeout=20, what='gateway 2')
@@ -401,6 +403,130 @@ def test_long_poll_looks_again_after_a_lost_subscription(stack):
         poll.join()
     # Nothing moved: the poll ran its course and says so.
     assert answers and answers[0][0] == 200 and answers[0][1]['state'] == 'reserved', answers
+
+
+class SilencingProxy:
+    """A Unix-socket relay in front of Redis that can make every
+    subscriber connection open at the time go silent: the sockets stay
+    open, what either side sends is swallowed. That is what a dead network
+    path or a half-open TCP connection looks like to hiredis, which only
+    learns of a closed socket."""
+
+    def __init__(self, target, path):
+        import selectors
+        import threading
+        self.target, self.path = target, path
+        self.sel = selectors.DefaultSelector()
+        self.lock = threading.Lock()
+        self.pairs = {}             # socket -> [peer, is_subscriber, silenced]
+        self.silence_now = False
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path)
+        self.srv.listen(64)
+        self.srv.setblocking(False)
+        self.sel.register(self.srv, selectors.EVENT_READ)
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def silence_subscribers(self):
+        with self.lock:
+            self.silence_now = True
+
+    def close_pair(self, s):
+        peer = self.pairs.pop(s)[0]
+        self.pairs.pop(peer, None)
+        for x in (s, peer):
+            try:
+                self.sel.unregister(x)
+            except (KeyError, ValueError):
+                pass
+            x.close()
+
+    def run(self):
+        import selectors
+        while not self.stopping:
+            for key, _ in self.sel.select(0.1):
+                s = key.fileobj
+                with self.lock:
+                    if self.silence_now:
+                        for st in self.pairs.values():
+                            if st[1]:
+                                st[2] = True
+                        self.silence_now = False
+                    if s is self.srv:
+                        c, _ = self.srv.accept()
+                        u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                        u.connect(self.target)
+                        self.pairs[c] = [u, False, False]
+                        self.pairs[u] = [c, False, False]
+                        self.sel.register(c, selectors.EVENT_READ)
+                        self.sel.register(u, selectors.EVENT_READ)
+                        continue
+                    if s not in self.pairs:
+                        continue
+                    try:
+                        data = s.recv(65536)
+                    except OSError:
+                        data = b''
+                    if not data:
+                        self.close_pair(s)
+                        continue
+                    st = self.pairs[s]
+                    if b'SUBSCRIBE' in data:
+                        st[1] = self.pairs[st[0]][1] = True
+                    if not st[2]:
+                        st[0].sendall(data)
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join()
+        with self.lock:
+            for s in list(self.pairs):
+                if s in self.pairs:
+                    self.close_pair(s)
+        self.srv.close()
+
+
+def test_a_silent_subscriber_is_dropped_and_replaced(stack):
+    """A subscriber whose socket went silent without closing (gateway/push.h)
+    is caught by its echoes: within PUSH_STALL_MS the gateway drops it,
+    subscribes again and sweeps. Without that it would keep a stale set of
+    known ids forever: refusals would ask Redis for good, long polls would
+    wake only on their fallback looks, and a sold-out SKU would reopen
+    nowhere."""
+    stack.create_promotion('fun-12', stock=1, per_user_limit=1, hold_seconds=600)
+    proxy = SilencingProxy(stack.path('redis.sock'), stack.path('redis-proxy.sock'))
+    try:
+        g2 = Gateway(stack, settings=['redis.address=unix:' + proxy.path, 'gateway.loops=1'])
+    except BaseException:
+        proxy.stop()
+        raise
+    try:
+        def count(what):
+            return open(g2.log_path).read().count('event=' + what)
+        wait_for(lambda: count('known_ids_complete') == 1, timeout=20,
+                 what='gateway 2 knowing every id')
+        assert count('push_stalled') == 0
+        proxy.silence_subscribers()
+        # Told while gateway 2 hears nothing: admitted through the first gateway.
+        code, body = buy(stack, 'fun-12', 'sam', rid='s-1')
+        assert code == 202, body
+        wait_for(lambda: count('push_stalled') == 1, timeout=15,
+                 what='gateway 2 dropping its silent subscriber')
+        wait_for(lambda: count('known_ids_complete') == 2, timeout=20,
+                 what='gateway 2 subscribed again and swept')
+        # Its set is trusted again and holds the id told while it was deaf;
+        # pushes arrive again (it learns the SKU sold out and refuses at once).
+        wait_for(lambda: stack.http('GET', '/v1/purchases/s-1', user='sam')[1]['state'] ==
+                 'reserved', timeout=30, what='s-1 reserved')
+        wait_for(lambda: g2.buy('fun-12', 'dan', rid='d-1')[0] == 409, timeout=10,
+                 what='gateway 2 saying sold out')
+        code, body = g2.buy('fun-12', 'sam', rid='s-1')
+        assert code == 202 and body == {'request_id': 's-1', 'state': 'reserved'}, body
+    finally:
+        g2.stop()
+        proxy.stop()
 
 
 @pytest.mark.stack_env(FLASHSALE_KAFKA_PRODUCE_TIMEOUT_MS='3000')

@@ -181,6 +181,51 @@ static void test_overflow_stays_incomplete(void **state)
 	/* No sweep again right away: it would overflow again. */
 	known_sweep(&f->k);
 	assert_false(f->k.sweeping);
+	assert_true(f->k.overflow_pause_us == 60 * 1000000LL);
+}
+
+/*
+ * Overflows in a row push the next sweep further out (a minute, two, four...
+ * up to 16), so that a loop that cannot hold Redis's ids does not SCAN them
+ * all every minute; a sweep that completes starts the count again.
+ */
+static void test_overflow_backs_off(void **state)
+{
+	struct fixture *f = *state;
+	const int64_t minute = 60 * 1000000LL;
+	redisReply *r;
+
+	known_free(&f->k);
+	assert_int_equal(known_init(&f->k, &f->store, 100), 0);
+	records("rid-", 150);
+	known_live(&f->k);
+	assert_true(sweep_done(f));
+	for (int64_t pause = minute, i = 0; i < 6; i++) {
+		assert_true(f->k.overflow_pause_us == pause);
+		/* Just short of the pause: not yet. */
+		f->k.overflow_us = mono_us() - pause + minute / 2;
+		known_sweep(&f->k);
+		assert_false(f->k.sweeping);
+		/* Past it: a sweep, which overflows again. */
+		f->k.overflow_us = mono_us() - pause - 1;
+		known_sweep(&f->k);
+		assert_true(f->k.sweeping);
+		assert_true(sweep_done(f));
+		assert_false(f->k.complete);
+		pause = 2 * pause > 16 * minute ? 16 * minute : 2 * pause;
+	}
+	assert_true(f->k.overflow_pause_us == 16 * minute);
+	/* Fewer records than the cap: the next sweep completes, the pause is forgotten. */
+	r = redisCommand(test_rc, "FLUSHALL");
+	freeReplyObject(r);
+	records("rid-", 50);
+	f->k.overflow_us = mono_us() - 16 * minute - 1;
+	known_sweep(&f->k);
+	assert_true(sweep_done(f));
+	assert_true(f->k.complete);
+	assert_true(f->k.overflow_pause_us == 0);
+	assert_false(may(f, "rid-60"));
+	assert_true(may(f, "rid-49"));
 }
 
 /* The connection is lost mid-sweep: incomplete; the next tick sweeps again. */
@@ -209,6 +254,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_sweep_then_told, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_loss_during_sweep, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_overflow_stays_incomplete, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_overflow_backs_off, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connection_lost_mid_sweep, setup, teardown),
 	};
 
