@@ -249,6 +249,18 @@ def markdown(res, made):
                 L += ["", "CPU per request, %s (us, by process): %s." % (
                     name, ", ".join("%s %s" % kv for kv in
                                     sorted(cpu.items(), key=lambda kv: -kv[1])))]
+        ceil_cpu = [c.get("cpu_us_per_request", {}).get("ceiling")
+                    for c in acc.get("ceiling_runs", [])]
+        if all(ceil_cpu) and ceil_cpu:
+            L += ["", "CPU per request of the HTTP ceiling: %s us; over the gateway's per "
+                  "sold-out refusal: %sx (the sold-out ratio in CPU, steadier than rates "
+                  "on a shared machine)." % (
+                      " and ".join(fmt(c) for c in ceil_cpu),
+                      fmt(res.get("ratios", {}).get("soldout_cpu_vs_ceiling")))]
+        if acc.get("warmup_s"):
+            L += ["", "The accept run follows %s s of untimed accept-path load that warms "
+                  "the broker up (a JVM compiles its produce path in the first seconds)."
+                  % acc["warmup_s"]]
         op = s.get("accept_open")
         if op:
             L += ["", "Open loop (flashsale-loadgen, buyers arriving at %s/s = %sx the "

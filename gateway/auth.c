@@ -432,14 +432,27 @@ static cJSON *auth_segment_json(const char *seg, size_t n)
 	return o;
 }
 
-/* The token's header: its alg and kid (kid "" when absent, has_kid false). -1 if malformed. */
-static int auth_header(const char *token, size_t n, jwt_alg_t *alg, char *kid, size_t kidlen,
-		       bool *has_kid)
+/*
+ * The token's header (its first n bytes): its alg and kid (kid "" when
+ * absent, has_kid false). -1 if malformed. The same bytes as the last
+ * header parsed give the same answer without parsing (a valid one only).
+ */
+static int auth_header(struct auth *au, const char *token, size_t n, jwt_alg_t *alg,
+		       char *kid, size_t kidlen, bool *has_kid)
 {
-	cJSON *h = auth_segment_json(token, n);
-	const char *a = jwk_str(h, "alg"), *k = jwk_str(h, "kid");
+	cJSON *h;
+	const char *a, *k;
 	int rc = -1;
 
+	if (n > 0 && n == au->memo_len && memcmp(token, au->memo_seg, n) == 0) {
+		*alg = (jwt_alg_t)au->memo_alg;
+		*has_kid = au->memo_has_kid;
+		snprintf(kid, kidlen, "%s", au->memo_kid);
+		return 0;
+	}
+	h = auth_segment_json(token, n);
+	a = jwk_str(h, "alg");
+	k = jwk_str(h, "kid");
 	if (a != NULL) {
 		*alg = jwt_str_alg(a);
 		*has_kid = k != NULL;
@@ -447,6 +460,14 @@ static int auth_header(const char *token, size_t n, jwt_alg_t *alg, char *kid, s
 		rc = *alg == JWT_ALG_INVAL ? -1 : 0;
 	}
 	cJSON_Delete(h);
+	if (rc == 0 && n <= sizeof(au->memo_seg) && strlen(kid) < sizeof(au->memo_kid) &&
+	    strlen(kid) + 1 < kidlen) {
+		memcpy(au->memo_seg, token, n);
+		au->memo_len = n;
+		au->memo_alg = (int)*alg;
+		au->memo_has_kid = *has_kid;
+		memcpy(au->memo_kid, kid, strlen(kid) + 1);
+	}
 	return rc;
 }
 
@@ -481,7 +502,7 @@ static bool auth_hs256_ok(const struct auth_key *k, const char *token, size_t si
  * else each key of its algorithm. Its claims (the payload, parsed) once
  * one does; NULL with err when none verifies it.
  */
-static cJSON *auth_check_signature(const struct auth *a, const char *token, char *err,
+static cJSON *auth_check_signature(struct auth *a, const char *token, char *err,
 				   size_t errlen)
 {
 	const char *dot1 = strchr(token, '.'), *dot2 = dot1 != NULL ? strchr(dot1 + 1, '.') : NULL;
@@ -491,7 +512,7 @@ static cJSON *auth_check_signature(const struct auth *a, const char *token, char
 	cJSON *claims;
 
 	if (dot2 == NULL || strchr(dot2 + 1, '.') != NULL ||
-	    auth_header(token, (size_t)(dot1 - token), &alg, kid, sizeof(kid), &has_kid) < 0) {
+	    auth_header(a, token, (size_t)(dot1 - token), &alg, kid, sizeof(kid), &has_kid) < 0) {
 		snprintf(err, errlen, "malformed token header");
 		return NULL;
 	}

@@ -123,6 +123,27 @@ size_t call_json_string(char *out, size_t n, const char *s)
 	return len;
 }
 
+size_t call_json_object(char *out, size_t n, const char *const *kv, size_t pairs)
+{
+	size_t len = 0, w;
+
+	if (n < 3)
+		return 0;
+	out[len++] = '{';
+	for (size_t i = 0; i < 2 * pairs; i++) {
+		/* Key or value, then ':' or ',' or the closing brace, then the NUL. */
+		if (i > 0)
+			out[len++] = i % 2 ? ':' : ',';
+		w = call_json_string(out + len, n - len, kv[i]);
+		if (w == 0 || len + w + 2 > n)
+			return 0;
+		len += w;
+	}
+	out[len++] = '}';
+	out[len] = '\0';
+	return len;
+}
+
 void call_refusal_now(struct evhttp_request *req, enum gw_route route, int code,
 		      const char *error, const char *reason, int64_t retry_ms, int may_return,
 		      bool close)
@@ -224,6 +245,35 @@ void call_reply(struct gw_call *c, int code, cJSON *body)
 		cJSON_Delete(body);
 	else
 		call_reply_now(req, c->route, code, body, c->gw->draining);
+}
+
+void call_reply_strings(struct gw_call *c, int code, const char *const *kv, size_t pairs)
+{
+	struct evhttp_request *req = call_take(c, code);
+	struct evkeyvalq *h;
+	char body[1024];
+	size_t len;
+
+	if (req == NULL)
+		return;
+	len = call_json_object(body, sizeof(body) - 1, kv, pairs);
+	if (len == 0) {
+		/* Longer than any answer of ours: the general path copes. */
+		cJSON *o = cJSON_CreateObject();
+
+		for (size_t i = 0; i < pairs; i++)
+			cJSON_AddStringToObject(o, kv[2 * i], kv[2 * i + 1]);
+		call_reply_now(req, c->route, code, o, c->gw->draining);
+		return;
+	}
+	body[len++] = '\n';
+	h = evhttp_request_get_output_headers(req);
+	evhttp_add_header(h, "Content-Type", "application/json");
+	if (c->gw->draining)
+		evhttp_add_header(h, "Connection", "close");
+	evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
+	call_count(c->route, code);
+	evhttp_send_reply(req, code, NULL, NULL);
 }
 
 void call_refusal(struct gw_call *c, int code, const char *error, const char *reason,

@@ -71,6 +71,13 @@ void call_refusal_now(struct evhttp_request *req, enum gw_route route, int code,
  */
 size_t call_json_string(char *out, size_t n, const char *s);
 
+/*
+ * {"k1":"v1","k2":"v2",...} from kv (pairs key, value: 2 x pairs strings)
+ * into out (n bytes, NUL-terminated), as cJSON prints an object of those
+ * strings. Its length, or 0 when it does not fit.
+ */
+size_t call_json_object(char *out, size_t n, const char *const *kv, size_t pairs);
+
 /* Start a deferred answer for req (registers the close callback). */
 void call_init(struct gw_call *c, struct gateway *gw, struct evhttp_request *req,
 	       enum gw_route route);
@@ -78,6 +85,11 @@ void call_init(struct gw_call *c, struct gateway *gw, struct evhttp_request *req
 /* Answer a call (takes body); a dead call is only counted. */
 void call_reply(struct gw_call *c, int code, struct cJSON *body);
 void call_error(struct gw_call *c, int code, const char *error, const char *reason);
+/*
+ * Answer a call with an object of strings (call_json_object), the 202 every
+ * accepted purchase gets, without a cJSON tree; a dead call is only counted.
+ */
+void call_reply_strings(struct gw_call *c, int code, const char *const *kv, size_t pairs);
 /* call_refusal_now for a call; a dead call is only counted. */
 void call_refusal(struct gw_call *c, int code, const char *error, const char *reason,
 		  int64_t retry_ms, int may_return);

@@ -584,7 +584,6 @@ void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 {
 	struct gateway *gw = arg;
 	struct pending *pd = msg_opaque;
-	cJSON *o;
 
 	metric_observe_us(&m_produce_latency, (uint64_t)(mono_us() - pd->produced_us));
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -609,20 +608,20 @@ void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 		free(pd);
 		return;
 	}
-	o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "request_id", pd->client_id);
 	if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE) {
+		const char *kv[] = { "request_id", pd->client_id, "state", "queued" };
+
 		/* The purchase is in Kafka: it will be decided whether or not the
 		 * client stays. Its "queued" marker came with its admission. */
 		metric_add(&m_accepted, 1);
 		routes_recent_note(gw, pd->request_id);
-		cJSON_AddStringToObject(o, "state", "queued");
+		call_reply_strings(&pd->call, 202, kv, 2);
 	} else {
-		cJSON_AddStringToObject(o, "state", pd->state);
-		cJSON_AddStringToObject(o, "requested",
-					pd->kind == FLASHSALE__INTENT__KIND__PAY ? "pay" : "cancel");
+		const char *kv[] = { "request_id", pd->client_id, "state", pd->state, "requested",
+				     pd->kind == FLASHSALE__INTENT__KIND__PAY ? "pay" : "cancel" };
+
+		call_reply_strings(&pd->call, 202, kv, 3);
 	}
-	call_reply(&pd->call, 202, o);
 	free(pd);
 }
 

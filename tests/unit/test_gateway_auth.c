@@ -380,6 +380,53 @@ static void test_hs256_edges(void **state)
 	auth_free(&a);
 }
 
+/*
+ * The header memo (auth.h): a header byte for byte the last one parsed is
+ * not parsed again, and any other header is judged on its own bytes, so a
+ * valid header remembered never lends its alg or kid to another token.
+ */
+static void test_header_memo(void **state)
+{
+	struct auth a;
+	char err[256], user[FS_ID_MAX + 1], claims[256], *t;
+	const char *hdr = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+	size_t memo;
+
+	(void)state;
+	assert_int_equal(auth_init(&a, SECRET, NULL, "", "", 30, err, sizeof(err)), 0);
+	assert_int_equal(a.memo_len, 0);
+	snprintf(claims, sizeof(claims), "{\"sub\":\"alice\",\"exp\":%lld}", NOW + 60);
+	t = hs_raw(SECRET, hdr, claims);
+	assert_int_equal(verify(&a, t, user), 0);
+	free(t);
+	memo = a.memo_len;
+	assert_true(memo > 0);
+	/* Another buyer, the same header: remembered, and the claims are the token's own. */
+	snprintf(claims, sizeof(claims), "{\"sub\":\"bob\",\"exp\":%lld}", NOW + 60);
+	t = hs_raw(SECRET, hdr, claims);
+	assert_int_equal(verify(&a, t, user), 0);
+	assert_string_equal(user, "bob");
+	free(t);
+	/* Other headers, with our MAC: judged on their own bytes. */
+	t = hs_raw(SECRET, "{\"alg\":\"none\",\"typ\":\"JWT\"}", claims);
+	assert_int_equal(verify(&a, t, user), -1);
+	free(t);
+	t = hs_raw(SECRET, "{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"other\"}", claims);
+	assert_int_equal(verify(&a, t, user), -1);
+	free(t);
+	t = hs_raw(SECRET, "{\"alg\":\"HS256\",", claims);          /* not JSON */
+	assert_int_equal(verify(&a, t, user), -1);
+	free(t);
+	/* And the first header still verifies, as itself. */
+	snprintf(claims, sizeof(claims), "{\"sub\":\"carol\",\"exp\":%lld}", NOW + 60);
+	t = hs_raw(SECRET, hdr, claims);
+	assert_int_equal(verify(&a, t, user), 0);
+	assert_string_equal(user, "carol");
+	assert_int_equal(a.memo_len, memo);
+	free(t);
+	auth_free(&a);
+}
+
 /* A buyer's own request id becomes one no other buyer can name. */
 static void test_scoped_ids(void **state)
 {
@@ -405,6 +452,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_hs256),
 		cmocka_unit_test(test_hs256_edges),
+		cmocka_unit_test(test_header_memo),
 		cmocka_unit_test(test_issuer_audience_and_sign),
 		cmocka_unit_test(test_jwks),
 		cmocka_unit_test(test_scoped_ids),
