@@ -70,24 +70,32 @@ cJSON *call_error_body(const char *error, const char *reason)
 	return o;
 }
 
-void call_reply_now(struct evhttp_request *req, enum gw_route route, int code,
-		    cJSON *body, bool close)
+/* Send code with a JSON body of len bytes (the newline included, if any); count it. */
+static void call_send_json(struct evhttp_request *req, enum gw_route route, int code,
+			   const char *body, size_t len, bool close)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-	struct evbuffer *buf = evhttp_request_get_output_buffer(req);
-	char *text = body ? cJSON_PrintUnformatted(body) : NULL;
 
 	evhttp_add_header(h, "Content-Type", "application/json");
 	if (close)
 		evhttp_add_header(h, "Connection", "close");
-	if (text != NULL) {
-		evbuffer_add(buf, text, strlen(text));
-		evbuffer_add(buf, "\n", 1);
-	}
-	free(text);
-	cJSON_Delete(body);
+	if (len > 0)
+		evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
 	call_count(route, code);
 	evhttp_send_reply(req, code, NULL, NULL);
+}
+
+void call_reply_now(struct evhttp_request *req, enum gw_route route, int code,
+		    cJSON *body, bool close)
+{
+	char *text = body ? cJSON_PrintUnformatted(body) : NULL;
+	size_t len = text != NULL ? strlen(text) : 0;
+
+	if (text != NULL)
+		evbuffer_add(evhttp_request_get_output_buffer(req), text, len);
+	call_send_json(req, route, code, "\n", text != NULL ? 1 : 0, close);
+	free(text);
+	cJSON_Delete(body);
 }
 
 size_t call_json_string(char *out, size_t n, const char *s)
@@ -179,12 +187,7 @@ void call_refusal_now(struct evhttp_request *req, enum gw_route route, int code,
 		len += snprintf(body + len, sizeof(body) - (size_t)len, ",\"may_return\":%s",
 				may_return ? "true" : "false");
 	len += snprintf(body + len, sizeof(body) - (size_t)len, "}\n");
-	evhttp_add_header(h, "Content-Type", "application/json");
-	if (close)
-		evhttp_add_header(h, "Connection", "close");
-	evbuffer_add(evhttp_request_get_output_buffer(req), body, (size_t)len);
-	call_count(route, code);
-	evhttp_send_reply(req, code, NULL, NULL);
+	call_send_json(req, route, code, body, (size_t)len, close);
 }
 
 void call_error_now(struct evhttp_request *req, enum gw_route route, int code,
@@ -250,7 +253,6 @@ void call_reply(struct gw_call *c, int code, cJSON *body)
 void call_reply_strings(struct gw_call *c, int code, const char *const *kv, size_t pairs)
 {
 	struct evhttp_request *req = call_take(c, code);
-	struct evkeyvalq *h;
 	char body[1024];
 	size_t len;
 
@@ -267,13 +269,7 @@ void call_reply_strings(struct gw_call *c, int code, const char *const *kv, size
 		return;
 	}
 	body[len++] = '\n';
-	h = evhttp_request_get_output_headers(req);
-	evhttp_add_header(h, "Content-Type", "application/json");
-	if (c->gw->draining)
-		evhttp_add_header(h, "Connection", "close");
-	evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
-	call_count(c->route, code);
-	evhttp_send_reply(req, code, NULL, NULL);
+	call_send_json(req, c->route, code, body, len, c->gw->draining);
 }
 
 void call_refusal(struct gw_call *c, int code, const char *error, const char *reason,

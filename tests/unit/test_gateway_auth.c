@@ -308,6 +308,16 @@ static char *hs_raw(const char *secret, const char *header, const char *claims)
  * HS256 is checked by the gateway's own use of OpenSSL's HMAC, not by
  * libjwt: the edges a verifier of its own must get right.
  */
+/* Sign header and claims with SECRET (hs_raw), verify, free: auth_verify's answer. */
+static int verify_raw(struct auth *a, const char *header, const char *claims, char *user)
+{
+	char *t = hs_raw(SECRET, header, claims);
+	int rc = verify(a, t, user);
+
+	free(t);
+	return rc;
+}
+
 static void test_hs256_edges(void **state)
 {
 	struct auth a;
@@ -367,16 +377,10 @@ static void test_hs256_edges(void **state)
 	}
 	/* A fractional NumericDate is a date (RFC 7519). */
 	snprintf(claims, sizeof(claims), "{\"sub\":\"alice\",\"exp\":%lld.5}", NOW + 60);
-	t = hs_raw(SECRET, hdr, claims);
-	assert_int_equal(verify(&a, t, user), 0);
-	free(t);
+	assert_int_equal(verify_raw(&a, hdr, claims, user), 0);
 	/* The header decides the algorithm: HS512 or none with our secret's MAC is refused. */
-	t = hs_raw(SECRET, "{\"alg\":\"HS512\"}", claims);
-	assert_int_equal(verify(&a, t, user), -1);
-	free(t);
-	t = hs_raw(SECRET, "{\"alg\":\"none\"}", claims);
-	assert_int_equal(verify(&a, t, user), -1);
-	free(t);
+	assert_int_equal(verify_raw(&a, "{\"alg\":\"HS512\"}", claims, user), -1);
+	assert_int_equal(verify_raw(&a, "{\"alg\":\"none\"}", claims, user), -1);
 	auth_free(&a);
 }
 
@@ -388,7 +392,7 @@ static void test_hs256_edges(void **state)
 static void test_header_memo(void **state)
 {
 	struct auth a;
-	char err[256], user[FS_ID_MAX + 1], claims[256], *t;
+	char err[256], user[FS_ID_MAX + 1], claims[256];
 	const char *hdr = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
 	size_t memo;
 
@@ -396,34 +400,23 @@ static void test_header_memo(void **state)
 	assert_int_equal(auth_init(&a, SECRET, NULL, "", "", 30, err, sizeof(err)), 0);
 	assert_int_equal(a.memo_len, 0);
 	snprintf(claims, sizeof(claims), "{\"sub\":\"alice\",\"exp\":%lld}", NOW + 60);
-	t = hs_raw(SECRET, hdr, claims);
-	assert_int_equal(verify(&a, t, user), 0);
-	free(t);
+	assert_int_equal(verify_raw(&a, hdr, claims, user), 0);
 	memo = a.memo_len;
 	assert_true(memo > 0);
 	/* Another buyer, the same header: remembered, and the claims are the token's own. */
 	snprintf(claims, sizeof(claims), "{\"sub\":\"bob\",\"exp\":%lld}", NOW + 60);
-	t = hs_raw(SECRET, hdr, claims);
-	assert_int_equal(verify(&a, t, user), 0);
+	assert_int_equal(verify_raw(&a, hdr, claims, user), 0);
 	assert_string_equal(user, "bob");
-	free(t);
 	/* Other headers, with our MAC: judged on their own bytes. */
-	t = hs_raw(SECRET, "{\"alg\":\"none\",\"typ\":\"JWT\"}", claims);
-	assert_int_equal(verify(&a, t, user), -1);
-	free(t);
-	t = hs_raw(SECRET, "{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"other\"}", claims);
-	assert_int_equal(verify(&a, t, user), -1);
-	free(t);
-	t = hs_raw(SECRET, "{\"alg\":\"HS256\",", claims);          /* not JSON */
-	assert_int_equal(verify(&a, t, user), -1);
-	free(t);
+	assert_int_equal(verify_raw(&a, "{\"alg\":\"none\",\"typ\":\"JWT\"}", claims, user), -1);
+	assert_int_equal(verify_raw(&a, "{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"other\"}",
+				    claims, user), -1);
+	assert_int_equal(verify_raw(&a, "{\"alg\":\"HS256\",", claims, user), -1);   /* not JSON */
 	/* And the first header still verifies, as itself. */
 	snprintf(claims, sizeof(claims), "{\"sub\":\"carol\",\"exp\":%lld}", NOW + 60);
-	t = hs_raw(SECRET, hdr, claims);
-	assert_int_equal(verify(&a, t, user), 0);
+	assert_int_equal(verify_raw(&a, hdr, claims, user), 0);
 	assert_string_equal(user, "carol");
 	assert_int_equal(a.memo_len, memo);
-	free(t);
 	auth_free(&a);
 }
 
