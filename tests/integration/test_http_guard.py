@@ -132,15 +132,22 @@ def test_slowloris_is_cut_at_the_header_deadline(stack):
 
 
 @pytest.mark.stack_env(FLASHSALE_GATEWAY_MAX_CONNECTIONS_PER_IP='5',
-                       FLASHSALE_GATEWAY_TRUSTED_PROXIES='127.0.0.2')
+                       FLASHSALE_GATEWAY_TRUSTED_PROXIES='127.0.0.2',
+                       FLASHSALE_GATEWAY_HEADER_TIMEOUT_MS='60000')
 def test_connection_caps_and_the_trusted_proxy_rule(stack):
     """A per-IP cap, with the client's address taken from the PROXY line
     or X-Forwarded-For only when the peer is a configured proxy."""
     idle = [connect(stack) for _ in range(5)]
     # Each loop counts the connections it accepted on its own turn: on a
-    # busy machine with several loops a sixth connection can be counted
-    # before one of the five (CI saw a 200), so wait for the cap to bite.
-    wait_for(lambda: status(exchange(stack, b'GET /v1/time HTTP/1.1\r\nHost: x\r\n\r\n')[0])
+    # busy machine a sixth connection can be counted before one of the
+    # five (CI saw a 200), so wait until all five are. The idle five must
+    # outlive the wait (the header deadline, 5 s by default, cut them
+    # while a keep-alive 200 held the check for its 5 s read timeout: CI
+    # timed out waiting for the 503), and the check asks for a close.
+    wait_for(lambda: stack.metrics('gateway')['flashsale_gateway_connections'] >= 5,
+             timeout=10, what='the five idle connections counted')
+    wait_for(lambda: status(exchange(stack, b'GET /v1/time HTTP/1.1\r\nHost: x\r\n'
+                                            b'Connection: close\r\n\r\n')[0])
              == 503, timeout=10, what='a sixth connection from one address to be refused')
     assert refused(stack, 'too_many') >= 1
     for s in idle:
