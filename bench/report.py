@@ -257,10 +257,18 @@ def markdown(res, made):
                   "on a shared machine)." % (
                       " and ".join(fmt(c) for c in ceil_cpu),
                       fmt(res.get("ratios", {}).get("soldout_cpu_vs_ceiling")))]
+        if all(ceil_cpu) and ceil_cpu and res.get("ratios", {}).get("accept_cpu_vs_ceiling"):
+            L += ["", "The same over the gateway's CPU per accepted purchase: %sx (what the "
+                  "gateway alone would reach with Redis and the broker on other cores)."
+                  % fmt(res["ratios"]["accept_cpu_vs_ceiling"])]
         if acc.get("warmup_s"):
+            curve = ", ".join("%s" % w.get("cpu_us_per_request", {}).get("kafka", "-")
+                              for w in acc.get("warmup_runs", []))
             L += ["", "The accept run follows %s s of untimed accept-path load that warms "
-                  "the broker up (a JVM compiles its produce path in the first seconds)."
-                  % acc["warmup_s"]]
+                  "the broker up (a JVM compiles its produce path in the first seconds)%s."
+                  % (acc["warmup_s"],
+                     "; the broker's CPU per intent over its runs: %s us" % curve
+                     if curve else "")]
         op = s.get("accept_open")
         if op:
             L += ["", "Open loop (flashsale-loadgen, buyers arriving at %s/s = %sx the "

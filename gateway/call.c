@@ -250,26 +250,45 @@ void call_reply(struct gw_call *c, int code, cJSON *body)
 		call_reply_now(req, c->route, code, body, c->gw->draining);
 }
 
+size_t call_strings_body(char *buf, size_t n, const char *const *kv, size_t pairs,
+			 char **heap)
+{
+	/* Every byte escapes to at most 6 ("\u00XX"), plus quotes and separators. */
+	size_t need = 4, len;
+
+	*heap = NULL;
+	if (n > 1 && (len = call_json_object(buf, n - 1, kv, pairs)) > 0) {
+		buf[len++] = '\n';
+		return len;
+	}
+	for (size_t i = 0; i < 2 * pairs; i++)
+		need += 6 * strlen(kv[i]) + 3;
+	*heap = malloc(need + 1);
+	if (*heap == NULL || (len = call_json_object(*heap, need, kv, pairs)) == 0) {
+		free(*heap);
+		*heap = NULL;
+		return 0;
+	}
+	(*heap)[len++] = '\n';
+	return len;
+}
+
 void call_reply_strings(struct gw_call *c, int code, const char *const *kv, size_t pairs)
 {
 	struct evhttp_request *req = call_take(c, code);
-	char body[1024];
+	char body[1024], *heap;
 	size_t len;
 
 	if (req == NULL)
 		return;
-	len = call_json_object(body, sizeof(body) - 1, kv, pairs);
+	/* Longer than 1 KiB only if a caller ever answers with long strings. */
+	len = call_strings_body(body, sizeof(body), kv, pairs, &heap);
 	if (len == 0) {
-		/* Longer than any answer of ours: the general path copes. */
-		cJSON *o = cJSON_CreateObject();
-
-		for (size_t i = 0; i < pairs; i++)
-			cJSON_AddStringToObject(o, kv[2 * i], kv[2 * i + 1]);
-		call_reply_now(req, c->route, code, o, c->gw->draining);
+		call_error_now(req, c->route, 500, "internal", "out of memory", c->gw->draining);
 		return;
 	}
-	body[len++] = '\n';
-	call_send_json(req, c->route, code, body, len, c->gw->draining);
+	call_send_json(req, c->route, code, heap != NULL ? heap : body, len, c->gw->draining);
+	free(heap);
 }
 
 void call_refusal(struct gw_call *c, int code, const char *error, const char *reason,

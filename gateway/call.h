@@ -78,6 +78,14 @@ size_t call_json_string(char *out, size_t n, const char *s);
  */
 size_t call_json_object(char *out, size_t n, const char *const *kv, size_t pairs);
 
+/*
+ * call_json_object's text and a newline, the body of an answer: in buf (n
+ * bytes) when it fits, else in memory put in *heap for the caller to free
+ * (*heap is NULL otherwise). Its length; 0 only when memory ran out.
+ */
+size_t call_strings_body(char *buf, size_t n, const char *const *kv, size_t pairs,
+			 char **heap);
+
 /* Start a deferred answer for req (registers the close callback). */
 void call_init(struct gw_call *c, struct gateway *gw, struct evhttp_request *req,
 	       enum gw_route route);

@@ -17,7 +17,8 @@
  *   ratelimit  per-user token buckets
  *   store      the Redis connection (struct gw_store)
  *   promo      the promotion cache and its refresh, the Redis clock
- *   producer   the Kafka producer; delivery reports go to a callback
+ *   producer   the process's Kafka producer; each loop's delivery reports
+ *              come to it through its port
  *   admit      the shared admission budget per SKU, one Redis call per loop turn
  *   push       the deductor's pushes (Redis pub/sub): counters into the cache,
  *              purchases that moved to their long polls
@@ -97,6 +98,7 @@ struct gw_shared {
 	struct hotkeys hot;         /* ticked by loop 0 */
 	pthread_mutex_t recent_mu;
 	struct strmap recent;       /* purchases accepted lately (routes_recent_*) */
+	struct producer prod;       /* one Kafka producer; each loop has a port */
 };
 
 struct gateway {
@@ -114,7 +116,7 @@ struct gateway {
 	struct gw_config cfg;
 	struct gw_store store;
 	struct promo_cache promo;
-	struct producer prod;
+	struct producer_port *port; /* its end of the shared producer */
 	struct admission adm;
 	struct gw_push push;
 	struct waiters waiters;     /* long polls, woken by push */
@@ -136,7 +138,7 @@ struct gateway {
 
 /*
  * Record, for loop 0's /healthz, whether this loop can take purchases: its
- * Redis connection, a fresh cache and its Kafka producer (called by the
+ * Redis connection, a fresh cache and the Kafka producer (called by the
  * loop itself at every cache tick and refresh).
  */
 void gateway_note_health(struct gateway *gw);

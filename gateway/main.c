@@ -168,7 +168,7 @@ static enum daemon_health gw_health(void *arg, char *detail, size_t n)
 	 * All-brokers-down is reported, not fatal to health: it is cleared
 	 * only by a delivery, which an instance taken out of traffic never gets.
 	 */
-	bool kafka = !g->prod.fatal;
+	bool kafka = !producer_fatal(&g->sh->prod);
 	int64_t age = promo_age_ms(&g->promo);
 	bool serving = true;
 
@@ -182,8 +182,8 @@ static enum daemon_health gw_health(void *arg, char *detail, size_t n)
 		 "\"loops_serving\":%s}",
 		 redis ? "true" : "false", cache ? "true" : "false",
 		 age == INT64_MAX ? -1 : age, kafka ? "true" : "false",
-		 g->prod.all_brokers_down ? "true" : "false",
-		 adminpg_ready(&g->pg) ? "true" : "false", g->prod.inflight,
+		 producer_brokers_down(&g->sh->prod) ? "true" : "false",
+		 adminpg_ready(&g->pg) ? "true" : "false", producer_inflight(&g->sh->prod),
 		 g->draining ? "true" : "false", g->nloops, serving ? "true" : "false");
 	return redis && cache && kafka && serving && !g->draining ? HEALTH_OK : HEALTH_FAILED;
 }
@@ -203,7 +203,7 @@ static void gw_drain_finish(struct gateway *g)
 
 	event_free(g->drain_ev);
 	g->drain_ev = NULL;
-	producer_close(&g->prod, 1000);
+	producer_port_close(g->port, 1000);
 	gw_store_close(&g->store);
 	push_close(&g->push);
 	adminpg_free(&g->pg);
@@ -217,12 +217,14 @@ static void gw_drain_tick(evutil_socket_t fd, short what, void *arg)
 	int64_t waited = (mono_us() - g->drain_start_us) / 1000;
 
 	/* Purchases still in admission become produces or answers first. */
-	if ((g->prod.inflight > 0 || g->adm.n > 0 || g->adm.batches_in_flight > 0) &&
+	if ((g->port->inflight > 0 || g->adm.n > 0 || g->adm.batches_in_flight > 0) &&
 	    waited < g->cfg.drain_timeout_ms)
 		return;
-	if (g->prod.inflight > 0) {
-		log_warn("drain_timeout", "inflight=%lld waited_ms=%" PRId64, g->prod.inflight, waited);
-		producer_purge(&g->prod);
+	if (g->port->inflight > 0) {
+		log_warn("drain_timeout", "inflight=%lld waited_ms=%" PRId64, g->port->inflight,
+			 waited);
+		/* The whole process's producer: every loop is draining too. */
+		producer_purge(g->port);
 	}
 	gw_drain_finish(g);
 }
@@ -238,7 +240,7 @@ static void gw_drain_loop(struct gateway *g)
 	g->drain_start_us = mono_us();
 	/* Long polls answer now, with the state as it is, not at their next look. */
 	routes_wake_all(g);
-	log_info("draining", "loop=%d inflight=%lld timeout_ms=%lld", g->loop, g->prod.inflight,
+	log_info("draining", "loop=%d inflight=%lld timeout_ms=%lld", g->loop, g->port->inflight,
 		 g->cfg.drain_timeout_ms);
 	g->drain_ev = event_new(g->base, -1, EV_PERSIST, gw_drain_tick, g);
 	if (g->drain_ev == NULL || event_add(g->drain_ev, &tv) < 0)
@@ -364,8 +366,8 @@ static void gw_loop_init(struct gateway *g)
 		die("startup_failed", "what=redis msg=\"out of memory\"");
 	if (known_init(&g->known, &g->store, KNOWN_IDS_MAX) < 0)
 		die("startup_failed", "what=known_ids msg=\"out of memory\"");
-	if (producer_init(&g->prod, g->base, &g->cfg.base.kafka, routes_on_delivery, g,
-			  err, sizeof(err)) < 0)
+	if ((g->port = producer_port_new(&shared.prod, g->base, routes_on_delivery, g,
+					 err, sizeof(err))) == NULL)
 		die("startup_failed", "what=kafka msg=\"%s\"", err);
 	if (promo_init(g) < 0)
 		die("startup_failed", "what=promo_cache msg=\"out of memory\"");
@@ -418,7 +420,7 @@ static void gw_loop_free(struct gateway *g)
 	/* Late Redis/PostgreSQL callbacks answer while the requests still exist. */
 	admit_free(&g->adm);
 	strmap_free(&g->degraded);
-	producer_close(&g->prod, 0);
+	producer_port_close(g->port, 0);
 	gw_store_free(&g->store);
 	push_free(&g->push);
 	known_free(&g->known);
@@ -474,8 +476,8 @@ int main(int argc, char **argv)
 	if (evthread_use_pthreads() < 0)
 		die("startup_failed", "what=event_loop msg=\"evthread_use_pthreads\"");
 	cores = sysconf(_SC_NPROCESSORS_ONLN);
-	/* Each loop has its own Kafka producer and Redis connections: by default
-	 * no more than 16, however many cores. */
+	/* Each loop has its own Redis connections: by default no more than 16,
+	 * however many cores. The Kafka producer is the process's. */
 	gw.nloops = gw.cfg.loops > 0 ? (int)gw.cfg.loops :
 		    cores > 16 ? 16 : cores > 0 ? (int)cores : 1;
 	gw.loop0 = &gw;
@@ -493,6 +495,8 @@ int main(int argc, char **argv)
 	strmap_init(&shared.recent);
 	if (gw.nloops > 1 && (others = calloc((size_t)gw.nloops - 1, sizeof(*others))) == NULL)
 		die("startup_failed", "what=event_loop msg=\"out of memory\"");
+	if (producer_init(&shared.prod, &gw.cfg.base.kafka, err, sizeof(err)) < 0)
+		die("startup_failed", "what=kafka msg=\"%s\"", err);
 	gw_loop_init(&gw);
 	if (hotkeys_init(&shared.hot, gw.base, gw.cfg.hot_sku_threshold) < 0)
 		die("startup_failed", "what=hotkeys msg=\"out of memory\"");
@@ -533,6 +537,8 @@ int main(int argc, char **argv)
 	for (int i = 1; i < gw.nloops; i++)
 		gw_loop_free(&others[i - 1]);
 	gw_loop_free(&gw);
+	/* Every port closed with its loop: nothing is answered from here on. */
+	producer_free(&shared.prod, 1000);
 	free(others);
 	gw_conn_counts_free(&shared.counts);
 	strmap_free(&shared.recent);

@@ -34,7 +34,7 @@ struct metric gw_m_cache_age = {
 
 void gateway_note_health(struct gateway *gw)
 {
-	bool ok = gw_store_ready(&gw->store) && promo_fresh(&gw->promo) && !gw->prod.fatal;
+	bool ok = gw_store_ready(&gw->store) && promo_fresh(&gw->promo) && !producer_fatal(&gw->sh->prod);
 
 	__atomic_store_n(&gw->serving, ok, __ATOMIC_RELAXED);
 }

@@ -421,7 +421,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 					  1000, -1);
 		return;
 	}
-	if (gw->prod.inflight >= gw->cfg.max_inflight) {
+	if (gw->port->inflight >= gw->cfg.max_inflight) {
 		refuse(req, REF_BUSY, 503, "busy", FRIENDLY, false);
 		return;
 	}
@@ -457,7 +457,7 @@ static void purchase_produce(struct gateway *gw, struct pending *pd)
 	in.sent_at_ms = now_ms();
 	in.source = (char *)"gateway";
 	pd->produced_us = mono_us();
-	if (producer_send(&gw->prod, &in, pd, err, sizeof(err)) < 0) {
+	if (producer_send(gw->port, &in, pd, err, sizeof(err)) < 0) {
 		log_warn("produce_failed", "request_id=%s err=\"%s\"", pd->request_id, err);
 		if (!pd->resend)
 			admit_release(&gw->adm, pd->sku, pd->request_id);
@@ -787,7 +787,7 @@ static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		free(pd);
 		return;
 	}
-	if (gw->draining || gw->prod.inflight >= gw->cfg.max_inflight) {
+	if (gw->draining || gw->port->inflight >= gw->cfg.max_inflight) {
 		call_error(&pd->call, 503, "busy", "busy; retry shortly");
 		free(pd);
 		return;
@@ -831,7 +831,7 @@ static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	in.sent_at_ms = now_ms();
 	in.source = (char *)"gateway";
 	pd->produced_us = mono_us();
-	if (producer_send(&gw->prod, &in, pd, err, sizeof(err)) < 0) {
+	if (producer_send(gw->port, &in, pd, err, sizeof(err)) < 0) {
 		log_warn("produce_failed", "request_id=%s err=\"%s\"", pd->request_id, err);
 		call_reply(&pd->call, 503, queue_unavailable_body(pd->client_id));
 		free(pd);

@@ -446,14 +446,17 @@ class SilencingProxy:
     def run(self):
         import selectors
         while not self.stopping:
+            # At the top of every turn, not at the next socket event: the
+            # silence starts when asked, even on a quiet relay.
+            with self.lock:
+                if self.silence_now:
+                    for st in self.pairs.values():
+                        if st[1]:
+                            st[2] = True
+                    self.silence_now = False
             for key, _ in self.sel.select(0.1):
                 s = key.fileobj
                 with self.lock:
-                    if self.silence_now:
-                        for st in self.pairs.values():
-                            if st[1]:
-                                st[2] = True
-                        self.silence_now = False
                     if s is self.srv:
                         c, _ = self.srv.accept()
                         u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -91,12 +91,46 @@ static void test_object_as_cjson(void **state)
 	assert_object_as_cjson(NULL, 0);
 }
 
+/* A body past the stack buffer: the same bytes, in memory of its own. */
+static void test_long_body_on_the_heap(void **state)
+{
+	char big[3000], small[64], *heap, want[64];
+	const char *kv[] = { "request_id", big, "state", "queued" };
+	const char *few[] = { "request_id", "r-1" };
+	size_t len;
+	cJSON *o = cJSON_CreateObject();
+	char *cj;
+
+	(void)state;
+	memset(big, '\x01', sizeof(big) - 1);   /* escapes to \u0001: 6 bytes each */
+	big[sizeof(big) - 1] = '\0';
+	cJSON_AddStringToObject(o, "request_id", big);
+	cJSON_AddStringToObject(o, "state", "queued");
+	cj = cJSON_PrintUnformatted(o);
+	len = call_strings_body(small, sizeof(small), kv, 2, &heap);
+	assert_non_null(heap);
+	assert_int_equal(len, strlen(cj) + 1);
+	assert_memory_equal(heap, cj, strlen(cj));
+	assert_int_equal(heap[len - 1], '\n');
+	free(heap);
+	free(cj);
+	cJSON_Delete(o);
+
+	/* One that fits stays in buf, newline included. */
+	len = call_strings_body(small, sizeof(small), few, 1, &heap);
+	assert_null(heap);
+	snprintf(want, sizeof(want), "{\"request_id\":\"r-1\"}\n");
+	assert_int_equal(len, strlen(want));
+	assert_memory_equal(small, want, len);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_every_byte_as_cjson),
 		cmocka_unit_test(test_too_long_is_refused),
 		cmocka_unit_test(test_object_as_cjson),
+		cmocka_unit_test(test_long_body_on_the_heap),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
