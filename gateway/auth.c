@@ -448,6 +448,7 @@ static int auth_header(struct auth *au, const char *token, size_t n, jwt_alg_t *
 		*alg = (jwt_alg_t)au->memo_alg;
 		*has_kid = au->memo_has_kid;
 		snprintf(kid, kidlen, "%s", au->memo_kid);
+		au->memo_hits++;
 		return 0;
 	}
 	h = auth_segment_json(token, n);

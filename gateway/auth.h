@@ -48,6 +48,7 @@ struct auth {
 	int memo_alg;                    /* jwt_alg_t */
 	bool memo_has_kid;
 	char memo_kid[128];
+	uint64_t memo_hits;              /* headers answered from the memo */
 };
 
 /*

@@ -72,7 +72,12 @@ static void known_put(uint64_t *slot, size_t mask, uint64_t h)
 	slot[i] = h;
 }
 
-/* Too many ids: forget them all, incomplete until a sweep (not before a pause). */
+/*
+ * Too many ids: forget them all, incomplete until a sweep (not before a
+ * pause). The pause doubles only when a sweep was tried since the last
+ * overflow and overflowed too: the SCANs are what the back-off spares.
+ * Tells overflowing the set again between sweeps leave it as it is.
+ */
 static void known_overflow(struct known *k)
 {
 	memset(k->slot, 0, (k->mask + 1) * sizeof(*k->slot));
@@ -80,9 +85,12 @@ static void known_overflow(struct known *k)
 	k->complete = false;
 	k->gen++;
 	k->overflow_us = mono_us();
-	k->overflow_pause_us = k->overflow_pause_us == 0 ? KNOWN_OVERFLOW_PAUSE_US :
-		2 * k->overflow_pause_us > KNOWN_OVERFLOW_PAUSE_MAX_US ?
-		KNOWN_OVERFLOW_PAUSE_MAX_US : 2 * k->overflow_pause_us;
+	if (k->overflow_pause_us == 0)
+		k->overflow_pause_us = KNOWN_OVERFLOW_PAUSE_US;
+	else if (k->swept_since_overflow)
+		k->overflow_pause_us = 2 * k->overflow_pause_us > KNOWN_OVERFLOW_PAUSE_MAX_US ?
+			KNOWN_OVERFLOW_PAUSE_MAX_US : 2 * k->overflow_pause_us;
+	k->swept_since_overflow = false;
 	metric_add(&m_overflows, 1);
 	log_warn("known_ids_overflow", "max=%zu next_sweep_s=%lld msg=\"more request ids on "
 		 "record than a loop keeps: refusals ask Redis until the next sweep\"", k->max,
@@ -197,6 +205,7 @@ void known_sweep(struct known *k)
 	snprintf(k->cursor, sizeof(k->cursor), "0");
 	if (known_scan(k) < 0)
 		return;
+	k->swept_since_overflow = true;
 	log_debug("known_sweep_started", "ids=%zu", k->n);
 }
 

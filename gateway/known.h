@@ -57,6 +57,7 @@ struct known {
 	uint64_t sweep_gen;
 	int64_t overflow_us;        /* mono time of the last overflow, 0: none */
 	int64_t overflow_pause_us;  /* no sweep this long after it; doubles, 0 once complete */
+	bool swept_since_overflow;  /* a sweep began after the last overflow */
 	int64_t caught_up_us;       /* every id told before this mono time is noted */
 	char cursor[24];            /* the running sweep's SCAN cursor */
 	struct gw_store *store;     /* the loop's commands connection, for sweeps */

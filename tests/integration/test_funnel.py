@@ -508,16 +508,17 @@ def test_a_silent_subscriber_is_dropped_and_replaced(stack):
     try:
         def count(what):
             return open(g2.log_path).read().count('event=' + what)
-        wait_for(lambda: count('known_ids_complete') == 1, timeout=20,
+        wait_for(lambda: count('known_ids_complete') >= 1, timeout=20,
                  what='gateway 2 knowing every id')
         assert count('push_stalled') == 0
         proxy.silence_subscribers()
         # Told while gateway 2 hears nothing: admitted through the first gateway.
         code, body = buy(stack, 'fun-12', 'sam', rid='s-1')
         assert code == 202, body
-        wait_for(lambda: count('push_stalled') == 1, timeout=15,
+        wait_for(lambda: count('push_stalled') >= 1, timeout=15,
                  what='gateway 2 dropping its silent subscriber')
-        wait_for(lambda: count('known_ids_complete') == 2, timeout=20,
+        # At least: a second drop and resubscribe may pass between two looks.
+        wait_for(lambda: count('known_ids_complete') >= 2, timeout=20,
                  what='gateway 2 subscribed again and swept')
         # Its set is trusted again and holds the id told while it was deaf;
         # pushes arrive again (it learns the SKU sold out and refuses at once).

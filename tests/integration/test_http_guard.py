@@ -140,7 +140,9 @@ def test_connection_caps_and_the_trusted_proxy_rule(stack):
     idle = [connect(stack) for _ in range(5)]
     # Each loop counts the connections it accepted on its own turn: on a
     # busy machine a sixth connection can be counted before one of the
-    # five (CI saw a 200), so wait until all five are. The idle five must
+    # five (CI saw a 200). The gauge below counts them as accepted, a
+    # moment before their address is counted, so it only shortens the
+    # wait: the check that follows retries until the 503. The idle five must
     # outlive the wait (the header deadline, 5 s by default, cut them
     # while a keep-alive 200 held the check for its 5 s read timeout: CI
     # timed out waiting for the 503), and the check asks for a close.

@@ -407,7 +407,11 @@ static void test_header_memo(void **state)
 	snprintf(claims, sizeof(claims), "{\"sub\":\"bob\",\"exp\":%lld}", NOW + 60);
 	assert_int_equal(verify_raw(&a, hdr, claims, user), 0);
 	assert_string_equal(user, "bob");
-	/* Other headers, with our MAC: judged on their own bytes. */
+	assert_int_equal(a.memo_hits, 1);
+	/* Other headers, with our MAC: judged on their own bytes. First one of
+	 * the remembered header's length (the memo still holds it). */
+	assert_int_equal(strlen("{\"alg\":\"HS384\",\"typ\":\"JWT\"}"), strlen(hdr));
+	assert_int_equal(verify_raw(&a, "{\"alg\":\"HS384\",\"typ\":\"JWT\"}", claims, user), -1);
 	assert_int_equal(verify_raw(&a, "{\"alg\":\"none\",\"typ\":\"JWT\"}", claims, user), -1);
 	assert_int_equal(verify_raw(&a, "{\"alg\":\"HS256\",\"typ\":\"JWT\",\"kid\":\"other\"}",
 				    claims, user), -1);
@@ -417,6 +421,7 @@ static void test_header_memo(void **state)
 	assert_int_equal(verify_raw(&a, hdr, claims, user), 0);
 	assert_string_equal(user, "carol");
 	assert_int_equal(a.memo_len, memo);
+	assert_int_equal(a.memo_hits, 1);
 	auth_free(&a);
 }
 

@@ -228,6 +228,43 @@ static void test_overflow_backs_off(void **state)
 	assert_true(may(f, "rid-49"));
 }
 
+/*
+ * Overflows from live tells alone, no sweep in between (a busy sale): the
+ * pause stays at its first minute. Only a sweep that overflows again
+ * doubles it (review of 517c4d6: 505 tells took it to the 16-minute cap).
+ */
+static void test_live_overflows_keep_the_pause(void **state)
+{
+	struct fixture *f = *state;
+	const int64_t minute = 60 * 1000000LL;
+	char rid[32];
+
+	known_free(&f->k);
+	assert_int_equal(known_init(&f->k, &f->store, 100), 0);
+	known_live(&f->k);
+	assert_true(sweep_done(f));
+	assert_true(f->k.complete);
+	for (int i = 0; i < 505; i++) {
+		snprintf(rid, sizeof(rid), "told-%d", i);
+		known_note(&f->k, rid);
+	}
+	assert_false(f->k.complete);
+	assert_true(f->k.overflow_pause_us == minute);
+	/* A sweep past the pause that overflows too: now it doubles. */
+	records("rid-", 150);
+	f->k.overflow_us = mono_us() - minute - 1;
+	known_sweep(&f->k);
+	assert_true(f->k.sweeping);
+	assert_true(sweep_done(f));
+	assert_true(f->k.overflow_pause_us == 2 * minute);
+	/* Tells overflowing again before the next sweep leave it there. */
+	for (int i = 0; i < 505; i++) {
+		snprintf(rid, sizeof(rid), "again-%d", i);
+		known_note(&f->k, rid);
+	}
+	assert_true(f->k.overflow_pause_us == 2 * minute);
+}
+
 /* The connection is lost mid-sweep: incomplete; the next tick sweeps again. */
 static void test_connection_lost_mid_sweep(void **state)
 {
@@ -255,6 +292,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_loss_during_sweep, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_overflow_stays_incomplete, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_overflow_backs_off, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_live_overflows_keep_the_pause, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connection_lost_mid_sweep, setup, teardown),
 	};
 
