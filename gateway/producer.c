@@ -273,10 +273,12 @@ static void producer_port_wait(struct producer_port *port, int64_t until_us)
 {
 	producer_port_serve(port);
 	while (port->inflight > 0) {
-		int64_t left_ms = (until_us - mono_us()) / 1000;
+		int64_t left_us = until_us - mono_us();
+		/* Rounded up: the whole timeout, not a millisecond short of it. */
+		int64_t left_ms = (left_us + 999) / 1000;
 		struct pollfd pfd = { .fd = port->wakefd, .events = POLLIN };
 
-		if (left_ms <= 0)
+		if (left_us <= 0)
 			return;
 		if (poll(&pfd, 1, left_ms > 100 ? 100 : (int)left_ms) < 0 && errno != EINTR)
 			return;
