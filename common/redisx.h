@@ -48,9 +48,13 @@ struct event_base;
 redisContext *redisx_connect(const char *address, int timeout_ms,
 			     char *err, size_t errlen) FS_MUSTCHECK;
 
-/* Same address syntax, non-blocking, attached to base (libevent adapter). */
+/*
+ * Same address syntax, non-blocking, attached to base: hiredis's libevent
+ * adapter, except that a readable socket is read until it is empty, and
+ * the events get priority (-1: the base's default).
+ */
 redisAsyncContext *redisx_connect_async(struct event_base *base, const char *address,
-					char *err, size_t errlen) FS_MUSTCHECK;
+					int priority, char *err, size_t errlen) FS_MUSTCHECK;
 
 /* SCRIPT LOAD src and write its 40-hex sha1 plus NUL into sha. */
 int redisx_script_load(redisContext *c, const char *src, char sha[41],

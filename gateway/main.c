@@ -362,7 +362,7 @@ static void gw_loop_init(struct gateway *g)
 	    auth_init(&g->auth, g->cfg.jwt_secret, g->cfg.jwt_jwks_file, g->cfg.jwt_issuer,
 		      g->cfg.jwt_audience, g->cfg.jwt_leeway_s, err, sizeof(err)) < 0)
 		die("bad_config", "what=jwt msg=\"%s\"", err);
-	if (gw_store_init(&g->store, g->base, g->cfg.redis_address) < 0)
+	if (gw_store_init(&g->store, g->base, g->cfg.redis_address, -1) < 0)
 		die("startup_failed", "what=redis msg=\"out of memory\"");
 	if (known_init(&g->known, &g->store, KNOWN_IDS_MAX) < 0)
 		die("startup_failed", "what=known_ids msg=\"out of memory\"");

@@ -40,10 +40,24 @@ struct promo_cache {
 	int64_t refreshed_us;       /* mono time of the last complete refresh, 0 = never */
 	int64_t refreshed_redis_ms; /* Redis time at which that refresh began */
 	struct event *timer;
+	struct event *catchup_ev;   /* the next slice of a catch-up, at once */
 	struct promo_refresh *cur;  /* the refresh under way, if any */
 	long long refresh_ms;
 	long long max_age_ms;
+	uint64_t slice;             /* refreshes begun: which slice of a large catalogue is read */
+	uint64_t catchup;           /* slices still to read back to back (promo_refresh_now) */
 };
+
+/*
+ * SKUs whose hashes one refresh reads at most, beyond new ones. Reading
+ * 10,000 SKUs' hashes (30,000 pipelined commands) stalled a loop for about
+ * 100 ms every refresh_ms; a catalogue that large is read a slice per
+ * refresh, each SKU once every ceil(SKUs / PROMO_SLICE_SKUS) refreshes.
+ * Pushes (fs:chg) carry what cannot wait: running out and coming back. A
+ * catch-up (promo_refresh_now) reads the slices back to back, so that it
+ * never stalls a loop longer than one slice does either.
+ */
+#define PROMO_SLICE_SKUS 1000
 
 /* Age of the cache, set by the refresh timer; routes_metrics_register registers it. */
 extern struct metric gw_m_cache_age;
@@ -92,8 +106,21 @@ void promo_note_sold_out(struct promo_cache *c, const char *sku, int64_t at_ms);
 void promo_note_counts(struct promo_cache *c, const char *sku, int64_t remaining, int64_t held,
 		       int64_t earliest_ms, const char *via);
 
-/* Refresh now (a reconnect may have missed pushes); no-op if one runs. */
+/*
+ * Read every SKU again now, a slice after another (a reconnect may have
+ * missed pushes, an admin call changed a promotion); if a refresh runs,
+ * the catch-up starts when it ends.
+ */
 void promo_refresh_now(struct gateway *gw);
+
+/*
+ * Whether the refresh numbered slice reads sku's hashes when the set holds
+ * members SKUs: always for a full refresh (the first), a catalogue of at
+ * most PROMO_SLICE_SKUS and a SKU c does not know; otherwise when the
+ * SKU's hash falls in this refresh's slice.
+ */
+bool promo_slice_reads(const struct promo_cache *c, const char *sku, size_t members,
+		       uint64_t slice, bool full);
 
 /*
  * A refresh's items, compacted in place: an item whose hash was missing

@@ -74,7 +74,7 @@ static void gw_store_connect(struct gw_store *s)
 
 	if (s->stopping || s->ac != NULL)
 		return;
-	ac = redisx_connect_async(s->base, s->address, err, sizeof(err));
+	ac = redisx_connect_async(s->base, s->address, s->priority, err, sizeof(err));
 	if (ac == NULL) {
 		log_warn("redis_connect_failed", "address=%s err=\"%s\" retry_ms=%d",
 			 s->address, err, s->backoff_ms);
@@ -88,12 +88,14 @@ static void gw_store_connect(struct gw_store *s)
 	s->connected = false;
 }
 
-int gw_store_init(struct gw_store *s, struct event_base *base, const char *address)
+int gw_store_init(struct gw_store *s, struct event_base *base, const char *address,
+		  int priority)
 {
 	memset(s, 0, sizeof(*s));
 	s->base = base;
 	s->address = address;
 	s->backoff_ms = GW_STORE_BACKOFF_MIN_MS;
+	s->priority = priority;
 	s->retry_ev = evtimer_new(base, gw_store_retry_cb, s);
 	if (s->retry_ev == NULL)
 		return -1;

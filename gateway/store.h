@@ -28,11 +28,15 @@ struct gw_store {
 	long long connects;         /* successful connects, for logs */
 	void (*on_connect)(void *arg); /* after every successful connect, if set */
 	void *on_connect_arg;
+	int priority;               /* of its events; -1: the loop's default */
 };
 
-/* Start connecting (never blocks). Start-up only: -1 on allocation failure. */
-int gw_store_init(struct gw_store *s, struct event_base *base, const char *address)
-	FS_MUSTCHECK;
+/*
+ * Start connecting (never blocks); its events get priority (-1: the loop's
+ * default). Start-up only: -1 on allocation failure.
+ */
+int gw_store_init(struct gw_store *s, struct event_base *base, const char *address,
+		  int priority) FS_MUSTCHECK;
 
 static inline bool gw_store_ready(const struct gw_store *s)
 {

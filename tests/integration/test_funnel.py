@@ -534,6 +534,57 @@ def test_a_silent_subscriber_is_dropped_and_replaced(stack):
 
 
 @pytest.mark.stack_env(FLASHSALE_KAFKA_PRODUCE_TIMEOUT_MS='3000')
+def test_admin_calls_never_stop_the_other_loops_refreshing(stack):
+    """Every admin call on loop 0 asks the other loops to read their
+    promotions again. Those catch-ups once activated the refresh timer
+    itself, and activating a persistent libevent timer moves its next run
+    a whole period past the one due: a few dozen admin calls left loop 1
+    without a refresh for longer than its cache may age, and it refused
+    every buyer as "busy" (bench/run, 10,000 SKUs created before a sale:
+    122,489 stale-cache refusals)."""
+    # A catalogue of three slices (gateway/promo.h: PROMO_SLICE_SKUS), so
+    # that each catch-up reads several slices back to back.
+    stack.redis('EVAL', "for i = 1, tonumber(ARGV[1]) do "
+                "local s = 'bulk-' .. i "
+                "redis.call('HSET', 'fs:promo:' .. s, 'initial', 10, 'remaining', 10, "
+                "'held', 0, 'sold', 0, 'limit', 1, 'start_ms', 0, "
+                "'end_ms', 99999999999999, 'hold_ms', 600000) "
+                "redis.call('SADD', 'fs:promos', s) end", 0, 2500)
+    admin_port = free_port()
+    g = Gateway(stack, name='gateway-loops', settings=[
+        'gateway.loops=2', 'gateway.admin_port=%d' % admin_port,
+        'gateway.refresh_ms=200', 'gateway.cache_max_age_ms=1000'])
+    try:
+        conn = http.client.HTTPConnection('127.0.0.1', admin_port, timeout=10)
+        for i in range(80):
+            body = json.dumps({'sku': 'cat-%d' % i, 'stock': 1000, 'per_user_limit': 1,
+                               'hold_seconds': 600})
+            conn.request('POST', '/admin/promotions', body=body, headers={
+                'Authorization': 'Bearer ' + stack.admin_token,
+                'Content-Type': 'application/json'})
+            r = conn.getresponse()
+            r.read()
+            assert r.status in (200, 201), r.status
+        conn.close()
+        # Buyers for 4 s, each on a fresh connection (SO_REUSEPORT spreads
+        # them over both loops): a loop whose refreshes stopped turns stale
+        # 1 s after its last one.
+        codes, end, i = [], time.monotonic() + 4, 0
+        while time.monotonic() < end:
+            codes.append(g.buy('cat-%d' % (i % 80), 'loop-buyer-%d' % i)[0])
+            i += 1
+            time.sleep(0.05)
+        assert codes.count(503) == 0, codes
+        with urllib.request.urlopen('http://127.0.0.1:%d/metrics' % admin_port,
+                                    timeout=5) as r:
+            text = r.read().decode()
+        stale = [line for line in text.splitlines()
+                 if line.startswith('flashsale_gateway_refusals_total{reason="stale_cache"}')]
+        assert stale and float(stale[0].rsplit(' ', 1)[1]) == 0, stale
+    finally:
+        g.stop()
+
+
 def test_retry_of_undecided_purchase_is_sent_again(stack):
     """A 202 means "in Kafka". A buyer whose first send is still waiting for
     Kafka (or failed) retries with the same id: the retry must not be

@@ -48,7 +48,7 @@ static int setup(void **state)
 	f->base = event_base_new();
 	assert_non_null(f->base);
 	snprintf(f->address, sizeof(f->address), "unix:%s", test_redis_socket());
-	assert_int_equal(gw_store_init(&f->store, f->base, f->address), 0);
+	assert_int_equal(gw_store_init(&f->store, f->base, f->address, -1), 0);
 	assert_true(run_until(f, &f->store.connected));
 	assert_int_equal(known_init(&f->k, &f->store, 10000), 0);
 	*state = f;

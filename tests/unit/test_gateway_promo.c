@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -139,6 +140,54 @@ static void test_refresh_keeps_known_skus(void **state)
 	free(c.items);
 }
 
+/*
+ * A large catalogue is read a slice per refresh: over ceil(members / 1000)
+ * refreshes every known SKU is read exactly once, none of them reads much
+ * more than 1000, and a SKU the cache does not know is read every time.
+ * Small catalogues and full refreshes read everything.
+ */
+static void test_refresh_slices(void **state)
+{
+	enum { N = 10000 };
+	struct promo_cache c;
+	static int reads[N];
+	char sku[32];
+	const uint64_t slices = (N + PROMO_SLICE_SKUS - 1) / PROMO_SLICE_SKUS;
+
+	(void)state;
+	memset(&c, 0, sizeof(c));
+	memset(reads, 0, sizeof(reads));
+	/* Sorted, as the cache keeps them. */
+	c.items = calloc(N, sizeof(*c.items));
+	assert_non_null(c.items);
+	for (int i = 0; i < N; i++) {
+		snprintf(sku, sizeof(sku), "sku-%05d", i);
+		c.items[c.n++] = make(sku, 1);
+	}
+	for (uint64_t slice = 7; slice < 7 + slices; slice++) {
+		int in_slice = 0;
+
+		for (int i = 0; i < N; i++) {
+			snprintf(sku, sizeof(sku), "sku-%05d", i);
+			if (promo_slice_reads(&c, sku, N, slice, false)) {
+				reads[i]++;
+				in_slice++;
+			}
+		}
+		assert_true(in_slice > PROMO_SLICE_SKUS / 2 && in_slice < 3 * PROMO_SLICE_SKUS / 2);
+	}
+	for (int i = 0; i < N; i++)
+		assert_int_equal(reads[i], 1);
+	/* Unknown, full, or a catalogue of one slice: always read. */
+	for (uint64_t slice = 0; slice < slices; slice++)
+		assert_true(promo_slice_reads(&c, "brand-new", N, slice, false));
+	for (uint64_t slice = 0; slice < slices; slice++) {
+		assert_true(promo_slice_reads(&c, "sku-00042", N, slice, true));
+		assert_true(promo_slice_reads(&c, "sku-00042", PROMO_SLICE_SKUS, slice, false));
+	}
+	free(c.items);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -147,6 +196,7 @@ int main(void)
 		cmocka_unit_test(test_note_sold_out),
 		cmocka_unit_test(test_push_parse),
 		cmocka_unit_test(test_refresh_keeps_known_skus),
+		cmocka_unit_test(test_refresh_slices),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
