@@ -2,9 +2,9 @@
  * The Kafka producer: one per process, shared by every event loop, as
  * librdkafka intends: one batch per partition per linger goes to the broker
  * instead of one per loop, and the process runs one set of librdkafka
- * threads instead of one per loop (bench/run, two loops on the real broker:
- * the gateway's CPU per accepted purchase 68-76 us instead of 82, the
- * accept path 7.2-8.4k/s instead of 6.6-6.8k/s).
+ * threads instead of one per loop (bench/run, two loops on the real broker,
+ * three pairs of runs: the gateway's CPU per accepted purchase 76, 68 and
+ * 81 us against 82, 82 and 82 with a producer per loop).
  *
  * A thread of the producer's own serves librdkafka's events (rd_kafka_poll)
  * and hands each delivery report to the loop that produced the message: its
