@@ -3,10 +3,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <sys/random.h>
 
 #include <event2/event.h>
 #include <openssl/sha.h>
 
+#include "array.h"
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
@@ -15,7 +19,11 @@ extern const char gw_admit_lua[];
 extern const char gw_unadmit_lua[];
 
 #define KEYS_PER_ITEM 3
-#define ARGS_PER_ITEM 3
+#define ARGS_PER_ITEM 4
+#define ARGS_PER_OP 4
+/* Purchases admitted the slow way before a SKU's lease is asked for: a
+ * catalogue's one-off purchases never hold budget idle. */
+#define LEASE_ASK_AFTER 4
 
 static const char *const verdict_names[] = {
 	[ADMIT_OK] = "admitted", [ADMIT_KNOWN] = "known", [ADMIT_SOLD_OUT] = "sold_out",
@@ -29,6 +37,13 @@ static struct metric m_verdicts[N_VERDICTS];
 static char m_verdict_labels[N_VERDICTS][40];
 static struct metric m_calls = { "gateway_admission_calls_total",
 	"Admission calls to Redis (one per loop turn with purchases)", NULL, METRIC_COUNTER };
+static struct metric m_call_latency = { "gateway_admission_call_seconds",
+	"Admission calls, from sending to Redis to the reply's callback", NULL, METRIC_HISTOGRAM };
+static struct metric m_leased = { "gateway_admission_leased_total",
+	"Purchases produced at once under their loop's lease of the SKU's budget", NULL,
+	METRIC_COUNTER };
+static struct metric m_grants = { "gateway_admission_lease_units_total",
+	"Units of budget leased to this gateway's loops", NULL, METRIC_COUNTER };
 
 const char *admit_verdict_name(enum admit_verdict v)
 {
@@ -47,6 +62,9 @@ void admit_metrics_register(void)
 		metrics_register(&m_verdicts[i]);
 	}
 	metrics_register(&m_calls);
+	metrics_register(&m_call_latency);
+	metrics_register(&m_leased);
+	metrics_register(&m_grants);
 }
 
 /* One admission call in flight: its purchases, waiting for the reply. */
@@ -54,8 +72,156 @@ struct admit_batch {
 	struct admission *a;
 	struct admit_item *items;
 	size_t n;
+	struct admit_lease_op *ops; /* grants asked and returns, after the items */
+	size_t nops;
 	bool retried;               /* EVAL after EVALSHA's NOSCRIPT */
+	int64_t sent_us;
 };
+
+static void admit_batch_free(struct admit_batch *b)
+{
+	free(b->items);
+	free(b->ops);
+	free(b);
+}
+
+static struct admit_lease *lease_find(struct admission *a, const char *sku)
+{
+	for (size_t i = 0; i < a->nleases; i++)
+		if (strcmp(a->leases[i].sku, sku) == 0)
+			return &a->leases[i];
+	return NULL;
+}
+
+/* Queue a lease operation for the next call; false when out of memory. */
+static bool lease_op(struct admission *a, bool grant, const char *sku, const char *id,
+		     int64_t units)
+{
+	struct admit_lease_op *op;
+
+	if (ARRAY_GROW(a->ops, a->ops_cap, a->nops + 1) < 0)
+		return false;
+	op = &a->ops[a->nops++];
+	op->grant = grant;
+	snprintf(op->sku, sizeof(op->sku), "%s", sku);
+	snprintf(op->id, sizeof(op->id), "%s", id);
+	op->units = units;
+	event_active(a->flush_ev, EV_TIMEOUT, 1);
+	return true;
+}
+
+static void lease_ask(struct admission *a, struct admit_lease *l)
+{
+	char id[ADMIT_LEASE_ID_MAX];
+
+	snprintf(id, sizeof(id), "%s.%llu", a->lease_prefix, ++a->lease_seq);
+	l->asked = lease_op(a, true, l->sku, id, a->lease_units);
+}
+
+/* The lease held stops being given; Redis gets back what it has left. */
+static void lease_give_back(struct admission *a, struct admit_lease *l)
+{
+	if (l->id[0] != '\0')
+		(void)lease_op(a, false, l->sku, l->id, 0);   /* lost: the heal's */
+	l->id[0] = '\0';
+	l->left = 0;
+}
+
+/*
+ * The answer to the grants of a call: granted[j] units for ops[j] (NULL:
+ * the call failed; a grant may have been made, the heal gives it back).
+ */
+static void lease_granted(struct admission *a, const struct admit_lease_op *ops, size_t nops,
+			  const redisReply *granted)
+{
+	int64_t now = mono_us();
+
+	for (size_t j = 0; j < nops; j++) {
+		struct admit_lease *l;
+		int64_t g = 0;
+
+		if (!ops[j].grant)
+			continue;
+		if (granted != NULL && j < granted->elements &&
+		    granted->element[j]->type == REDIS_REPLY_INTEGER)
+			g = granted->element[j]->integer;
+		l = lease_find(a, ops[j].sku);
+		if (l == NULL || a->lease_units == 0) {
+			if (g > 0)
+				(void)lease_op(a, false, ops[j].sku, ops[j].id, 0);
+			continue;
+		}
+		l->asked = false;
+		l->misses = 0;
+		if (g <= 0)
+			continue;
+		metric_add(&m_grants, (uint64_t)g);
+		/* The old one's marks went out before this return: it follows them. */
+		lease_give_back(a, l);
+		snprintf(l->id, sizeof(l->id), "%s", ops[j].id);
+		l->left = g;
+		l->expires_us = now + a->lease_ms * 1000;
+	}
+}
+
+bool admit_lease_take(struct admission *a, const char *sku, int64_t qty, int64_t now_us,
+		      char id[ADMIT_LEASE_ID_MAX])
+{
+	struct admit_lease *l;
+
+	if (a->lease_units <= 0 || !gw_store_ready(a->store))
+		return false;
+	l = lease_find(a, sku);
+	if (l == NULL) {
+		if (a->nleases == ADMIT_LEASES_MAX)
+			return false;
+		l = &a->leases[a->nleases++];
+		memset(l, 0, sizeof(*l));
+		snprintf(l->sku, sizeof(l->sku), "%s", sku);
+	}
+	l->seen_us = now_us;
+	if (l->id[0] != '\0' && now_us >= l->expires_us)
+		lease_give_back(a, l);
+	if (l->id[0] != '\0' && l->left >= qty) {
+		l->left -= qty;
+		strcpy(id, l->id);
+		if (l->left * 2 < a->lease_units && !l->asked)
+			lease_ask(a, l);
+		metric_add(&m_leased, 1);
+		return true;
+	}
+	if (!l->asked && ++l->misses >= LEASE_ASK_AFTER)
+		lease_ask(a, l);
+	return false;
+}
+
+/* Expired leases go back; SKUs no longer bought leave the table. */
+static void lease_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct admission *a = arg;
+	int64_t now = mono_us();
+
+	(void)fd;
+	(void)what;
+	for (size_t i = 0; i < a->nleases; ) {
+		struct admit_lease *l = &a->leases[i];
+
+		if (l->id[0] != '\0' && now >= l->expires_us)
+			lease_give_back(a, l);
+		if (l->id[0] == '\0' && !l->asked && now - l->seen_us > a->lease_ms * 1000) {
+			a->leases[i] = a->leases[--a->nleases];
+			continue;
+		}
+		i++;
+	}
+}
+
+void admit_leases_return(struct admission *a)
+{
+	a->lease_units = 0;
+	for (size_t i = 0; i < a->nleases; i++)
+		lease_give_back(a, &a->leases[i]);
+}
 
 static void admit_finish(struct admission *a, const struct admit_item *it,
 			 const struct admit_result *r)
@@ -124,6 +290,7 @@ static void admit_reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
 
 	(void)ac;
 	a->batches_in_flight--;
+	metric_observe_us(&m_call_latency, (uint64_t)(mono_us() - b->sent_us));
 	if (r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 &&
 	    !b->retried) {
 		/* Redis restarted or flushed its scripts: send the text once. */
@@ -135,13 +302,18 @@ static void admit_reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	    r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "not_ready") == 0) {
 		struct admit_result res = { .verdict = ADMIT_NOT_READY };
 
+		lease_granted(a, b->ops, b->nops, NULL);
 		for (size_t i = 0; i < b->n; i++)
 			admit_finish(a, &b->items[i], &res);
-	} else if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != b->n) {
+	} else if (r == NULL || r->type != REDIS_REPLY_ARRAY ||
+		   r->elements != b->n + (b->nops > 0) ||
+		   (b->nops > 0 && r->element[b->n]->type != REDIS_REPLY_ARRAY)) {
 		if (r != NULL && r->type == REDIS_REPLY_ERROR)
 			log_warn("admission_failed", "err=\"%s\"", r->str);
+		lease_granted(a, b->ops, b->nops, NULL);
 		admit_fail_all(a, b->items, b->n);
 	} else {
+		lease_granted(a, b->ops, b->nops, b->nops > 0 ? r->element[b->n] : NULL);
 		for (size_t i = 0; i < b->n; i++) {
 			struct admit_result res;
 
@@ -149,8 +321,7 @@ static void admit_reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
 			admit_finish(a, &b->items[i], &res);
 		}
 	}
-	free(b->items);
-	free(b);
+	admit_batch_free(b);
 }
 
 /*
@@ -161,10 +332,11 @@ static int admit_send(struct admit_batch *b, bool eval)
 {
 	struct admission *a = b->a;
 	size_t nkeys = 3 + KEYS_PER_ITEM * b->n;
-	size_t argc = 3 + nkeys + 4 + ARGS_PER_ITEM * b->n;
+	size_t argc = 3 + nkeys + 6 + ARGS_PER_ITEM * b->n + ARGS_PER_OP * b->nops;
 	const char **argv = calloc(argc, sizeof(*argv));
 	char *keys = malloc(b->n * KEYS_PER_ITEM * (FS_ID_MAX + 16));
-	char *nums = malloc((b->n + 5) * 24);   /* numkeys, ttl, k, count, cap, qtys */
+	/* numkeys, ttl, k, count, cap, min free, qtys, op count, op units */
+	char *nums = malloc((b->n + b->nops + 7) * 24);
 	char *kp, *np;
 	size_t k = 0;
 	int rc = -1;
@@ -205,13 +377,29 @@ static int admit_send(struct admit_batch *b, bool eval)
 	snprintf(np, 24, "%lld", a->global_cap);
 	argv[k++] = np;
 	np += 24;
+	snprintf(np, 24, "%lld", a->lease_min_free);
+	argv[k++] = np;
+	np += 24;
 	for (size_t i = 0; i < b->n; i++) {
 		argv[k++] = b->items[i].sku;
 		argv[k++] = b->items[i].rid;
 		snprintf(np, 24, "%lld", (long long)b->items[i].qty);
 		argv[k++] = np;
 		np += 24;
+		argv[k++] = b->items[i].lease;
 	}
+	snprintf(np, 24, "%zu", b->nops);
+	argv[k++] = np;
+	np += 24;
+	for (size_t j = 0; j < b->nops; j++) {
+		argv[k++] = b->ops[j].grant ? "grant" : "return";
+		argv[k++] = b->ops[j].sku;
+		argv[k++] = b->ops[j].id;
+		snprintf(np, 24, "%lld", (long long)b->ops[j].units);
+		argv[k++] = np;
+		np += 24;
+	}
+	b->sent_us = mono_us();
 	if (gw_store_command_argv(a->store, admit_reply_cb, b, (int)k, argv, NULL) == 0) {
 		a->batches_in_flight++;
 		rc = 0;
@@ -227,13 +415,15 @@ static void admit_flush(struct admission *a)
 {
 	struct admit_batch *b;
 
-	if (a->n == 0)
+	if (a->n == 0 && a->nops == 0)
 		return;
 	metric_add(&m_calls, 1);
 	b = calloc(1, sizeof(*b));
 	if (b == NULL) {
 		admit_fail_all(a, a->items, a->n);
 		a->n = 0;
+		lease_granted(a, a->ops, a->nops, NULL);
+		a->nops = 0;
 		return;
 	}
 	b->a = a;
@@ -242,10 +432,15 @@ static void admit_flush(struct admission *a)
 	a->items = NULL;
 	a->n = 0;
 	a->cap = 0;
+	b->ops = a->ops;
+	b->nops = a->nops;
+	a->ops = NULL;
+	a->nops = 0;
+	a->ops_cap = 0;
 	if (admit_send(b, false) < 0) {
+		lease_granted(a, b->ops, b->nops, NULL);
 		admit_fail_all(a, b->items, b->n);
-		free(b->items);
-		free(b);
+		admit_batch_free(b);
 	}
 }
 
@@ -255,6 +450,20 @@ static void admit_flush_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	admit_flush(arg);
 }
+
+/* Lease ids differ between the admissions of a process (and, by the random
+ * part, between processes). */
+static unsigned long admissions;
+
+static unsigned int random_u32(void)
+{
+	unsigned int v = 0;
+
+	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v))
+		v = (unsigned int)mono_us() ^ (unsigned int)getpid();
+	return v;
+}
+static const struct timeval sweep_every = { 0, 100 * 1000 };
 
 int admit_init(struct admission *a, struct event_base *base, struct gw_store *store,
 	       long long record_ttl_s, long long default_k_pct, long long global_cap,
@@ -270,12 +479,19 @@ int admit_init(struct admission *a, struct event_base *base, struct gw_store *st
 	a->done = done;
 	a->arg = arg;
 	a->max_batch = 512;
+	a->lease_ms = 1000;
+	a->lease_min_free = 1000;
+	snprintf(a->lease_prefix, sizeof(a->lease_prefix), "~%08x.%lu", random_u32(),
+		 __atomic_add_fetch(&admissions, 1, __ATOMIC_RELAXED));
 	SHA1((const unsigned char *)gw_admit_lua, strlen(gw_admit_lua), md);
 	for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
 		snprintf(a->sha + 2 * i, 3, "%02x", md[i]);
 	/* Lowest priority: it runs after every request this turn has read. */
 	a->flush_ev = event_new(base, -1, 0, admit_flush_cb, a);
 	if (a->flush_ev == NULL || event_priority_set(a->flush_ev, 2) < 0)
+		return -1;
+	a->lease_ev = event_new(base, -1, EV_PERSIST, lease_sweep_cb, a);
+	if (a->lease_ev == NULL || event_add(a->lease_ev, &sweep_every) < 0)
 		return -1;
 	return 0;
 }
@@ -284,13 +500,16 @@ void admit_free(struct admission *a)
 {
 	if (a->flush_ev != NULL)
 		event_free(a->flush_ev);
+	if (a->lease_ev != NULL)
+		event_free(a->lease_ev);
 	admit_fail_all(a, a->items, a->n);
 	free(a->items);
+	free(a->ops);
 	memset(a, 0, sizeof(*a));
 }
 
-void admit_submit(struct admission *a, const char *sku, const char *rid, int64_t qty,
-		  void *opaque)
+static void admit_queue(struct admission *a, const char *sku, const char *rid, int64_t qty,
+			const char *lease, void *opaque)
 {
 	struct admit_item *it;
 
@@ -318,12 +537,25 @@ void admit_submit(struct admission *a, const char *sku, const char *rid, int64_t
 	it = &a->items[a->n++];
 	snprintf(it->sku, sizeof(it->sku), "%s", sku);
 	snprintf(it->rid, sizeof(it->rid), "%s", rid);
+	snprintf(it->lease, sizeof(it->lease), "%s", lease);
 	it->qty = qty;
 	it->opaque = opaque;
 	if (a->n >= a->max_batch)
 		admit_flush(a);
 	else if (a->n == 1)
 		event_active(a->flush_ev, EV_TIMEOUT, 1);
+}
+
+void admit_submit(struct admission *a, const char *sku, const char *rid, int64_t qty,
+		  void *opaque)
+{
+	admit_queue(a, sku, rid, qty, "", opaque);
+}
+
+void admit_mark(struct admission *a, const char *sku, const char *rid, int64_t qty,
+		const char *lease, void *opaque)
+{
+	admit_queue(a, sku, rid, qty, lease, opaque);
 }
 
 static void unadmit_cb(redisAsyncContext *ac, void *reply, void *privdata)

@@ -9,6 +9,14 @@
  * The same call writes each admitted purchase's "queued" marker and answers
  * a request id seen before with its state, so a retry is never admitted
  * twice and never contradicted. admit.lua says how the budget heals.
+ *
+ * While a SKU's budget is large, the loop holds a lease of it (at most
+ * lease_units, for lease_ms): a purchase with a new request id takes a
+ * unit of the lease (admit_lease_take), goes to Kafka at once, and its
+ * marker is written by the next call (admit_mark), in parallel with
+ * Kafka's acknowledgement instead of before it. Grants and returns ride
+ * on the same calls; proto/README.md ("Leases") argues why the budget
+ * stays within k x remaining and cannot leak.
  * Event loop thread only.
  */
 #ifndef FLASHSALE_GATEWAY_ADMIT_H
@@ -46,11 +54,35 @@ struct admit_result {
 /* Called once per submitted purchase, on the loop, with what Redis said. */
 typedef void (*admit_done_cb)(void *arg, void *opaque, const struct admit_result *r);
 
+/* "~" 8 hex digits "." admission "." sequence: never a buyer's (scoped) id. */
+#define ADMIT_LEASE_ID_MAX 48
+#define ADMIT_LEASES_MAX 64     /* SKUs one loop holds or asks leases of */
+
 struct admit_item {
 	char sku[FS_ID_MAX + 1];
 	char rid[FS_ID_MAX + 1];
+	char lease[ADMIT_LEASE_ID_MAX];   /* a mark: produced under this lease */
 	int64_t qty;
 	void *opaque;
+};
+
+/* One SKU's lease as this loop sees it. */
+struct admit_lease {
+	char sku[FS_ID_MAX + 1];
+	char id[ADMIT_LEASE_ID_MAX];    /* "": none held */
+	int64_t left;                   /* units this loop may still give */
+	int64_t expires_us;             /* mono: given no more after this, returned */
+	int64_t seen_us;                /* mono: this SKU's last purchase here */
+	int misses;                     /* purchases admitted the slow way since */
+	bool asked;                     /* a grant is on its way */
+};
+
+/* A grant asked or a return, for the next call. */
+struct admit_lease_op {
+	bool grant;
+	char sku[FS_ID_MAX + 1];
+	char id[ADMIT_LEASE_ID_MAX];
+	int64_t units;
 };
 
 struct admission {
@@ -66,6 +98,17 @@ struct admission {
 	void *arg;
 	char sha[41];               /* of admit.lua: EVALSHA, EVAL after NOSCRIPT */
 	long long batches_in_flight;
+	/* leases: lease_units 0 turns them off */
+	long long lease_units;      /* asked per grant */
+	long long lease_ms;         /* a lease's life here */
+	long long lease_min_free;   /* a SKU's smallest free budget leases come from */
+	struct admit_lease leases[ADMIT_LEASES_MAX];
+	size_t nleases;
+	struct admit_lease_op *ops; /* for the next call */
+	size_t nops, ops_cap;
+	char lease_prefix[24];
+	unsigned long long lease_seq;
+	struct event *lease_ev;     /* returns expired leases */
 };
 
 /* Start-up: -1 on allocation failure. */
@@ -80,6 +123,26 @@ void admit_free(struct admission *a);
  */
 void admit_submit(struct admission *a, const char *sku, const char *rid, int64_t qty,
 		  void *opaque);
+
+/*
+ * A unit of this loop's lease of sku for a purchase of a new request id:
+ * true with the lease's id in id (the caller produces it now and calls
+ * admit_mark), false when there is none to give (admit_submit instead).
+ * Asks for a lease, or the next one, on the way.
+ */
+bool admit_lease_take(struct admission *a, const char *sku, int64_t qty, int64_t now_us,
+		      char id[ADMIT_LEASE_ID_MAX]) FS_MUSTCHECK;
+
+/*
+ * Record a purchase produced under lease (admit_lease_take) with this
+ * turn's call: done runs once, ADMIT_OK when its marker is written,
+ * ADMIT_KNOWN when its id had a record already.
+ */
+void admit_mark(struct admission *a, const char *sku, const char *rid, int64_t qty,
+		const char *lease, void *opaque);
+
+/* Give every lease back (drain, shutdown) and ask for none any more. */
+void admit_leases_return(struct admission *a);
 
 /*
  * Kafka definitely refused an admitted purchase: give its place back and

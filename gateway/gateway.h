@@ -76,6 +76,9 @@ struct gw_config {
 	long long loops;            /* event loops; 0 = one per core */
 	long long max_inflight;
 	long long admission_k_pct;
+	long long admission_lease;
+	long long admission_lease_ms;
+	long long admission_lease_min_free;
 	long long global_inflight;
 	long long ip_rate_per_s;
 	long long max_wait_ms;

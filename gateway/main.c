@@ -78,6 +78,15 @@ static struct cf_key keys[] = {
 	{ "gateway.admission_k_pct", CF_INT, &gw.cfg.admission_k_pct, "200", 100, 100000,
 	  "Purchases admitted to Kafka per SKU, in percent of its remaining units: admitted but "
 	  "undecided units stay below k x remaining (a promotion's own k wins)", true },
+	{ "gateway.admission_lease", CF_INT, &gw.cfg.admission_lease, "64", 0, 100000,
+	  "Units of a SKU's admission budget an event loop leases at a time, to send new "
+	  "purchases to Kafka without waiting for Redis first (0: no leases; proto/README.md, "
+	  "Leases)", true },
+	{ "gateway.admission_lease_ms", CF_INT, &gw.cfg.admission_lease_ms, "1000", 50, 60000,
+	  "How long a loop gives units of one lease before it returns what is left", true },
+	{ "gateway.admission_lease_min_free", CF_INT, &gw.cfg.admission_lease_min_free, "1000",
+	  0, 1000000000, "Smallest free admission budget of a SKU (k x remaining, less the "
+	  "undecided units) that leases are granted from", true },
 	{ "gateway.global_inflight", CF_INT, &gw.cfg.global_inflight, "0", 0, 100000000,
 	  "Admitted but undecided units over every SKU and gateway before purchases get 503 "
 	  "busy (0: no cap)", true },
@@ -217,7 +226,8 @@ static void gw_drain_tick(evutil_socket_t fd, short what, void *arg)
 	int64_t waited = (mono_us() - g->drain_start_us) / 1000;
 
 	/* Purchases still in admission become produces or answers first. */
-	if ((g->port->inflight > 0 || g->adm.n > 0 || g->adm.batches_in_flight > 0) &&
+	if ((g->port->inflight > 0 || g->adm.n > 0 || g->adm.nops > 0 ||
+	     g->adm.batches_in_flight > 0) &&
 	    waited < g->cfg.drain_timeout_ms)
 		return;
 	if (g->port->inflight > 0) {
@@ -240,6 +250,8 @@ static void gw_drain_loop(struct gateway *g)
 	g->drain_start_us = mono_us();
 	/* Long polls answer now, with the state as it is, not at their next look. */
 	routes_wake_all(g);
+	/* After the marks of the purchases under them, in the same calls. */
+	admit_leases_return(&g->adm);
 	log_info("draining", "loop=%d inflight=%lld timeout_ms=%lld", g->loop, g->port->inflight,
 		 g->cfg.drain_timeout_ms);
 	g->drain_ev = event_new(g->base, -1, EV_PERSIST, gw_drain_tick, g);
@@ -285,6 +297,10 @@ static void gw_loop_apply(struct gateway *g)
 {
 	g->adm.default_k_pct = g->cfg.admission_k_pct;
 	g->adm.global_cap = g->cfg.global_inflight;
+	if (!g->draining)
+		g->adm.lease_units = g->cfg.admission_lease;
+	g->adm.lease_ms = g->cfg.admission_lease_ms;
+	g->adm.lease_min_free = g->cfg.admission_lease_min_free;
 }
 
 /* The keys again; false (and the old ones kept) when they do not load. */

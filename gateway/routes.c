@@ -64,6 +64,16 @@ static struct metric m_produce_latency = {
 	.help = "Time from produce to delivery report",
 	.type = METRIC_HISTOGRAM,
 };
+static struct metric m_admission_latency = {
+	.name = "gateway_admission_seconds",
+	.help = "Time a purchase waits for its admission verdict (the loop turn's Redis call)",
+	.type = METRIC_HISTOGRAM,
+};
+static struct metric m_accept_latency = {
+	.name = "gateway_accept_seconds",
+	.help = "Time from a purchase's request to its 202 (admission, Kafka's ack, the hand-offs)",
+	.type = METRIC_HISTOGRAM,
+};
 static struct metric m_auth_failed = {
 	.name = "gateway_auth_failures_total",
 	.help = "Buyer requests refused 401: no, malformed, expired or wrongly signed token",
@@ -88,6 +98,8 @@ void routes_metrics_register(void)
 	metrics_register(&m_accepted);
 	metrics_register(&gw_m_inflight);
 	metrics_register(&m_produce_latency);
+	metrics_register(&m_admission_latency);
+	metrics_register(&m_accept_latency);
 	metrics_register(&gw_m_cache_age);
 	metrics_register(&m_auth_failed);
 }
@@ -104,8 +116,16 @@ struct pending {
 	char owner[FS_ID_MAX + 1];         /* the buyer, from the token */
 	char ip[GW_IP_MAX];                /* purchase: the client's address */
 	int64_t qty;                       /* purchase */
+	int64_t received_us;               /* purchase: mono time its handler ran */
 	int64_t produced_us;               /* mono time of the produce call */
 	bool resend;                       /* a retry of a purchase still undecided */
+	/* purchase under its loop's lease: produced before its marker, answered
+	 * once both the delivery report and the marker's verdict are in */
+	bool leased;
+	int waits;                         /* of those two, still to come */
+	enum admit_verdict mark;           /* the marker's verdict */
+	rd_kafka_resp_err_t dr_err;        /* the delivery report, kept */
+	bool dr_maybe_stored;
 	/* purchase refused by a filter, pending the request id's look-up */
 	enum refusal refusal;
 	int refusal_code;
@@ -187,7 +207,9 @@ static void refuse(struct evhttp_request *req, enum refusal why, int code,
 	call_error_now(req, ROUTE_PURCHASE, code, error, reason, close);
 }
 
-static void purchase_produce(struct gateway *gw, struct pending *pd);
+static bool purchase_produce(struct gateway *gw, struct pending *pd);
+static void purchase_delivered(struct gateway *gw, struct pending *pd, rd_kafka_resp_err_t err,
+			       bool maybe_stored);
 
 /*
  * Purchases this gateway answered 202 lately (request id -> 1), so that a
@@ -359,6 +381,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	struct pending *pd;
 	const char *body, *code = NULL;
 	char err[256], user[FS_ID_MAX + 1], rid[27], ip[GW_IP_MAX] = "";
+	char lease[ADMIT_LEASE_ID_MAX];
 	size_t len;
 	int64_t rate, mono = mono_us();
 
@@ -436,14 +459,32 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	strcpy(pd->sku, pr.sku);
 	strcpy(pd->user_id, pr.user_id);
 	pd->qty = pr.qty;
+	pd->received_us = mono;
 	(void)gw_conns_client_ip(&gw->conns, req, pd->ip);
 	call_init(&pd->call, gw, req, ROUTE_PURCHASE);
+	/*
+	 * A new request id (Redis has no record of it) with budget this loop
+	 * holds goes to Kafka now; its marker is written meanwhile. A client
+	 * id Redis may know is a retry: admission answers it with its state.
+	 */
+	if (p != NULL && (pr.generated_id || (gw->cfg.known_ids &&
+					      !known_may_exist(&gw->known, rid, mono))) &&
+	    admit_lease_take(&gw->adm, pd->sku, pd->qty, mono, lease)) {
+		pd->leased = true;
+		pd->waits = 2;
+		if (purchase_produce(gw, pd))
+			admit_mark(&gw->adm, pd->sku, pd->request_id, pd->qty, lease, pd);
+		return;
+	}
 	/* The shared budget decides, with this turn's other purchases. */
 	admit_submit(&gw->adm, pd->sku, pd->request_id, pd->qty, pd);
 }
 
-/* Produce an admitted purchase; answered from the delivery report. */
-static void purchase_produce(struct gateway *gw, struct pending *pd)
+/*
+ * Produce an admitted purchase; answered from the delivery report. false
+ * when it could not be: answered 503 and freed.
+ */
+static bool purchase_produce(struct gateway *gw, struct pending *pd)
 {
 	char err[256];
 	fs_intent in = FLASHSALE__INTENT__INIT;
@@ -459,12 +500,15 @@ static void purchase_produce(struct gateway *gw, struct pending *pd)
 	pd->produced_us = mono_us();
 	if (producer_send(gw->port, &in, pd, err, sizeof(err)) < 0) {
 		log_warn("produce_failed", "request_id=%s err=\"%s\"", pd->request_id, err);
-		if (!pd->resend)
+		/* (A leased unit not produced stays in its lease, returned with it.) */
+		if (!pd->resend && !pd->leased)
 			admit_release(&gw->adm, pd->sku, pd->request_id);
 		metric_add(&m_refusals[REF_QUEUE_UNAVAILABLE], 1);
 		call_reply(&pd->call, 503, queue_unavailable_body(pd->client_id));
 		free(pd);
+		return false;
 	}
+	return true;
 }
 
 /* An admission's refusal that may lift. */
@@ -495,11 +539,21 @@ void routes_on_admitted(void *arg, void *opaque, const struct admit_result *r)
 	struct pending *pd = opaque;
 	cJSON *o;
 
+	if (pd->leased) {
+		/* Its marker: the purchase is in Kafka, or on its way. */
+		pd->mark = r->verdict;
+		if (r->verdict == ADMIT_KNOWN)
+			snprintf(pd->state, sizeof(pd->state), "%s", r->state);
+		if (--pd->waits == 0)
+			purchase_delivered(gw, pd, pd->dr_err, pd->dr_maybe_stored);
+		return;
+	}
+	metric_observe_us(&m_admission_latency, (uint64_t)(mono_us() - pd->received_us));
 	if (r->verdict != ADMIT_NOT_READY && strmap_count(&gw->degraded) > 0)
 		strmap_clear(&gw->degraded);    /* the state is back */
 	switch (r->verdict) {
 	case ADMIT_OK:
-		purchase_produce(gw, pd);
+		(void)purchase_produce(gw, pd);
 		return;       /* pd lives on until the delivery report */
 	case ADMIT_NOT_READY:
 		/*
@@ -511,7 +565,7 @@ void routes_on_admitted(void *arg, void *opaque, const struct admit_result *r)
 		 * rebuilt state starts at 0): more buyers, never more sales.
 		 */
 		if (purchase_admit_degraded(gw, pd)) {
-			purchase_produce(gw, pd);
+			(void)purchase_produce(gw, pd);
 			return;
 		}
 		refuse_later(pd, REF_CLAIMED, 429, "try_later",
@@ -528,7 +582,7 @@ void routes_on_admitted(void *arg, void *opaque, const struct admit_result *r)
 			 */
 			metric_add(&m_replays, 1);
 			pd->resend = true;
-			purchase_produce(gw, pd);
+			(void)purchase_produce(gw, pd);
 			return;
 		}
 		/* A retry of a decided purchase: 202 with its current state. */
@@ -586,13 +640,27 @@ void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 	struct pending *pd = msg_opaque;
 
 	metric_observe_us(&m_produce_latency, (uint64_t)(mono_us() - pd->produced_us));
+	if (pd->leased) {
+		pd->dr_err = err;
+		pd->dr_maybe_stored = maybe_stored;
+		if (--pd->waits > 0)
+			return;    /* its marker's verdict answers it */
+	}
+	purchase_delivered(gw, pd, err, maybe_stored);
+}
+
+/* What Kafka said of a produced intent, answered (and pd freed). */
+static void purchase_delivered(struct gateway *gw, struct pending *pd, rd_kafka_resp_err_t err,
+			       bool maybe_stored)
+{
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
 		log_warn("delivery_failed", "request_id=%s kind=%s err=%s", pd->request_id,
 			 intent_kind_name(pd->kind), rd_kafka_err2name(err));
 		if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE)
 			metric_add(&m_refusals[REF_QUEUE_UNAVAILABLE], 1);
 		/* A resend's first send may be in Kafka: its budget is the heal's. */
-		if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE && !maybe_stored && !pd->resend)
+		if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE && !maybe_stored && !pd->resend &&
+		    (!pd->leased || pd->mark == ADMIT_OK))
 			admit_release(&gw->adm, pd->sku, pd->request_id);
 		if (maybe_stored) {
 			/* Retrying with the same id is safe: the deductor applies it once. */
@@ -609,11 +677,14 @@ void routes_on_delivery(void *arg, void *msg_opaque, rd_kafka_resp_err_t err,
 		return;
 	}
 	if (pd->kind == FLASHSALE__INTENT__KIND__PURCHASE) {
-		const char *kv[] = { "request_id", pd->client_id, "state", "queued" };
+		/* A leased purchase whose id had a record: that record's state. */
+		const char *kv[] = { "request_id", pd->client_id, "state",
+				     pd->leased && pd->mark == ADMIT_KNOWN ? pd->state : "queued" };
 
 		/* The purchase is in Kafka: it will be decided whether or not the
 		 * client stays. Its "queued" marker came with its admission. */
 		metric_add(&m_accepted, 1);
+		metric_observe_us(&m_accept_latency, (uint64_t)(mono_us() - pd->received_us));
 		routes_recent_note(gw, pd->request_id);
 		call_reply_strings(&pd->call, 202, kv, 2);
 	} else {

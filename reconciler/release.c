@@ -517,7 +517,8 @@ static void release_repair(struct release *r)
 /*
  * Give back the admission budget of purchases admitted before cutoff that
  * no deductor decided (gateway/admit.lua): their gateway died between the
- * admission and Kafka. A decision that comes later finds no adm on the
+ * admission and Kafka. The same for a gateway's lease of budget that it
+ * never returned (it died, or lost Redis): its units left go back. A decision that comes later finds no adm on the
  * marker and gives nothing twice. Only stale entries are looked at.
  * KEYS: fs:adm:all fs:adm:total   ARGV: cutoff_ms limit
  * Returns how many were healed.
@@ -529,13 +530,17 @@ static const char heal_lua[] =
 	"  local sku, rid = string.match(m, '^(%S+) (%S+)$')\n"
 	"  if sku then\n"
 	"    local key, promo = 'fs:req:' .. rid, 'fs:promo:' .. sku\n"
-	"    local r = redis.call('HMGET', key, 'o', 'adm')\n"
+	"    local r = redis.call('HMGET', key, 'o', 'adm', 'st')\n"
 	"    local adm = tonumber(r[2])\n"
 	"    if adm and not r[1] then\n"
-	"      redis.call('HDEL', key, 'adm')\n"
-	"      if redis.call('EXISTS', promo) == 1 and\n"
-	"         redis.call('HINCRBY', promo, 'adm', -adm) < 0 then\n"
-	"        redis.call('HSET', promo, 'adm', 0)\n"
+	"      if r[3] == 'lease' then redis.call('DEL', key) else redis.call('HDEL', key, 'adm') end\n"
+	"      if redis.call('EXISTS', promo) == 1 then\n"
+	"        if redis.call('HINCRBY', promo, 'adm', -adm) < 0 then\n"
+	"          redis.call('HSET', promo, 'adm', 0)\n"
+	"        end\n"
+	"        if r[3] == 'lease' and redis.call('HINCRBY', promo, 'lease', -adm) < 0 then\n"
+	"          redis.call('HSET', promo, 'lease', 0)\n"
+	"        end\n"
 	"      end\n"
 	"      if redis.call('DECRBY', KEYS[2], adm) < 0 then redis.call('SET', KEYS[2], 0) end\n"
 	"      healed = healed + 1\n"

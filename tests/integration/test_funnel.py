@@ -224,10 +224,11 @@ def admit_directly(stack, sku, rids):
     """What a gateway does before producing (gateway/admit.lua), then dies:
     the purchases are admitted, their budget taken, and never reach Kafka."""
     keys = ['fs:ready', 'fs:adm:all', 'fs:adm:total']
-    args = ['604800', '200', str(len(rids)), '0']
+    args = ['604800', '200', str(len(rids)), '0', '1000']
     for rid in rids:
         keys += ['fs:promo:' + sku, 'fs:cfg:' + sku, 'fs:req:' + rid]
-        args += [sku, rid, '1']
+        args += [sku, rid, '1', '']
+    args += ['0']      # no lease operations
     script = open(ADMIT_LUA).read()
     return stack.redis('EVAL', script, str(len(keys)), *(keys + args))
 
@@ -253,6 +254,71 @@ def test_budget_heals_when_a_gateway_dies_holding_it(stack):
     wait_for(lambda: stack.psql("SELECT count(*) FROM orders WHERE sku = 'fun-3'") == [['1']],
              timeout=20, what='the order in PostgreSQL')
     assert_invariants(stack, 'fun-3', 2)
+
+
+def lease_keys(stack):
+    return [k for k in stack.redis('KEYS', 'fs:req:~*').split() if k]
+
+
+@pytest.mark.stack_env(FLASHSALE_GATEWAY_ADMISSION_LEASE_MS='400')
+def test_leases_send_new_purchases_at_once_and_go_back(stack):
+    """A large sale's budget is leased to the gateway's loops: new purchases
+    go to Kafka without waiting for Redis first, each still gets its marker
+    (a GET right after the 202 finds it), and what the leases did not give
+    goes back to the budget when they expire."""
+    stack.create_promotion('fun-lease', stock=100000, per_user_limit=1, hold_seconds=600)
+    before = stack.metrics('gateway').get('flashsale_gateway_admission_leased_total', 0)
+    for i in range(40):
+        code, body = buy(stack, 'fun-lease', 'lease-%d' % i)
+        assert code == 202, body
+        code, got = stack.http('GET', '/v1/purchases/' + body['request_id'],
+                               user='lease-%d' % i)
+        assert code == 200 and got['state'] in ('queued', 'reserved'), got
+    leased = stack.metrics('gateway')['flashsale_gateway_admission_leased_total'] - before
+    assert leased >= 10, leased
+    wait_for(lambda: promo(stack, 'fun-lease').get('held', 0) == 40, timeout=30,
+             what='the 40 holds')
+    # Decided purchases gave their units back; the leases' units left go
+    # back when they expire (400 ms), and their records with them.
+    wait_for(lambda: promo(stack, 'fun-lease').get('adm', 0) == 0 and
+             promo(stack, 'fun-lease').get('lease', 0) == 0, timeout=10,
+             what='the leases returned')
+    assert stack.redis('GET', 'fs:adm:total') == '0'
+    assert stack.redis('ZCARD', 'fs:adm:all') == '0'
+    assert lease_keys(stack) == []
+    wait_for(lambda: stack.psql("SELECT count(*) FROM orders WHERE sku = 'fun-lease'") == [['40']],
+             timeout=20, what='the orders in PostgreSQL')
+    assert_invariants(stack, 'fun-lease', 100000)
+
+
+@pytest.mark.stack_env(FLASHSALE_RECONCILER_ADMISSION_HEAL_MS='2000')
+def test_lease_of_a_gateway_killed_is_healed(stack):
+    """A gateway that dies holding a lease never returns it: the
+    reconciler's heal gives its units back, as it does for purchases
+    admitted and never produced."""
+    stack.create_promotion('fun-lease-2', stock=100000, per_user_limit=1, hold_seconds=600)
+    g2 = Gateway(stack, settings=['gateway.admission_lease_ms=60000', 'gateway.loops=1'])
+    try:
+        for i in range(12):
+            code, body = g2.buy('fun-lease-2', 'lk-%d' % i)
+            assert code == 202, body
+        wait_for(lambda: promo(stack, 'fun-lease-2').get('held', 0) == 12, timeout=30,
+                 what='the 12 holds')
+        p = promo(stack, 'fun-lease-2')
+        assert p.get('lease', 0) > 0 and p['adm'] == p['lease'], p
+        assert len(lease_keys(stack)) >= 1
+    finally:
+        g2.stop()        # SIGKILL: nothing returned
+    wait_for(lambda: promo(stack, 'fun-lease-2').get('adm', 0) == 0, timeout=30,
+             what='the heal to give the lease back')
+    p = promo(stack, 'fun-lease-2')
+    assert p.get('lease', 0) == 0, p
+    assert stack.redis('GET', 'fs:adm:total') == '0'
+    assert lease_keys(stack) == []
+    assert 'admission_healed' in stack.log('reconciler')
+    wait_for(lambda: stack.psql("SELECT count(*) FROM orders WHERE sku = 'fun-lease-2'") == [['12']],
+             timeout=20, what='the orders in PostgreSQL')
+    assert_invariants(stack, 'fun-lease-2', 100000)
 
 
 def test_each_limit_per_promotion_live(stack):

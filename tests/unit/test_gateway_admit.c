@@ -55,19 +55,28 @@ struct verdict {
 	char state[16];
 };
 
+/* A lease operation: op "grant" or "return", its SKU, lease id and units. */
+struct lease_op {
+	const char *op, *sku, *id;
+	long long units;
+};
+
 /*
- * Admit n purchases of qty each (ids rid-<first>.., or all rid-<first>
- * when same_id), default k, global cap.
+ * One admit.lua call: n purchases of qty each (ids rid-<first>.., or all
+ * rid-<first> when same_id), marks under lease when it is not "", then the
+ * lease operations; min_free as given. granted[j]: units per operation.
  */
-static void admit_ex(const char *sku, int first, int n, int qty, long long k_pct, long long cap,
-		     bool same_id, struct verdict *out)
+static void admit_call(const char *sku, int first, int n, int qty, long long k_pct,
+		       long long cap, bool same_id, const char *lease, long long min_free,
+		       const struct lease_op *ops, int nops, struct verdict *out,
+		       long long *granted)
 {
-	const char *argv[3 + 3 + 3 * 64 + 4 + 3 * 64];
-	char keys[64][3][64], args[64][2][32], num[4][24];
+	const char *argv[3 + 3 + 3 * 64 + 6 + 4 * 64 + 4 * 8];
+	char keys[64][3][64], args[64][2][32], num[7][24], units[8][24];
 	redisReply *r;
 	int k = 0;
 
-	assert_true(n <= 64);
+	assert_true(n <= 64 && nops <= 8);
 	argv[k++] = "EVAL";
 	argv[k++] = gw_admit_lua;
 	snprintf(num[0], sizeof(num[0]), "%d", 3 + 3 * n);
@@ -89,12 +98,24 @@ static void admit_ex(const char *sku, int first, int n, int qty, long long k_pct
 	argv[k++] = num[2];
 	snprintf(num[3], sizeof(num[3]), "%lld", cap);
 	argv[k++] = num[3];
+	snprintf(num[4], sizeof(num[4]), "%lld", min_free);
+	argv[k++] = num[4];
 	for (int i = 0; i < n; i++) {
 		snprintf(args[i][0], 32, "rid-%d", first + (same_id ? 0 : i));
 		snprintf(args[i][1], 32, "%d", qty);
 		argv[k++] = sku;
 		argv[k++] = args[i][0];
 		argv[k++] = args[i][1];
+		argv[k++] = lease;
+	}
+	snprintf(num[5], sizeof(num[5]), "%d", nops);
+	argv[k++] = num[5];
+	for (int j = 0; j < nops; j++) {
+		argv[k++] = ops[j].op;
+		argv[k++] = ops[j].sku;
+		argv[k++] = ops[j].id;
+		snprintf(units[j], sizeof(units[j]), "%lld", ops[j].units);
+		argv[k++] = units[j];
 	}
 	r = redisCommandArgv(test_rc, k, argv, NULL);
 	assert_non_null(r);
@@ -106,7 +127,7 @@ static void admit_ex(const char *sku, int first, int n, int qty, long long k_pct
 		freeReplyObject(r);
 		return;
 	}
-	assert_int_equal(r->elements, (size_t)n);
+	assert_int_equal(r->elements, (size_t)n + (nops > 0));
 	for (int i = 0; i < n; i++) {
 		redisReply *e = r->element[i];
 
@@ -118,7 +139,19 @@ static void admit_ex(const char *sku, int first, int n, int qty, long long k_pct
 			out[i].a = e->element[1]->integer;
 		out[i].b = e->element[2]->integer;
 	}
+	if (nops > 0) {
+		assert_int_equal(r->element[n]->type, REDIS_REPLY_ARRAY);
+		assert_int_equal(r->element[n]->elements, (size_t)nops);
+		for (int j = 0; j < nops; j++)
+			granted[j] = r->element[n]->element[j]->integer;
+	}
 	freeReplyObject(r);
+}
+
+static void admit_ex(const char *sku, int first, int n, int qty, long long k_pct, long long cap,
+		     bool same_id, struct verdict *out)
+{
+	admit_call(sku, first, n, qty, k_pct, cap, same_id, "", 1000, NULL, 0, out, NULL);
 }
 
 static void admit(const char *sku, int first, int n, int qty, long long k_pct, long long cap,
@@ -348,6 +381,119 @@ static void test_admitted_ids_are_told(void **state)
 	redisFree(sub);
 }
 
+static long long lease_grant(const char *sku, const char *id, long long units, long long min_free)
+{
+	struct lease_op op = { "grant", sku, id, units };
+	struct verdict v[1];
+	long long g = -1;
+
+	admit_call(sku, 0, 0, 1, 200, 0, false, "", min_free, &op, 1, v, &g);
+	return g;
+}
+
+/*
+ * Leases: a grant is counted in the budget at once; marks move its units
+ * to their purchases (the budget unchanged); a return gives back what is
+ * left, once; a mark under a lease gone counts anew.
+ */
+static void test_lease_grant_mark_return(void **state)
+{
+	struct lease_op ret = { "return", "big", "~L.1", 0 };
+	struct verdict v[4];
+	long long g = -1;
+	(void)state;
+
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:big remaining 100000 held 0 adm 0"));
+	assert_int_equal(lease_grant("big", "~L.1", 64, 1000), 64);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 64);
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), 64);
+	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 64);
+	assert_int_equal(redis_int("HGET fs:req:%s adm", "~L.1"), 64);
+	assert_int_equal(redis_int("ZSCORE fs:adm:all %s", "big ~L.1") > 0, 1);
+
+	admit_call("big", 0, 3, 1, 200, 0, false, "~L.1", 1000, NULL, 0, v, NULL);
+	assert_int_equal(count(v, 3, "admitted"), 3);
+	assert_int_equal(redis_int("HGET fs:req:%s adm", "~L.1"), 61);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 64);
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), 61);
+	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 64);
+	assert_int_equal(redis_int("HGET fs:req:rid-2 %s", "adm"), 1);
+	assert_int_equal(redis_int("ZCARD %s", "fs:adm:all"), 4);
+	/* A mark of an id with a record: "known", the lease untouched. */
+	admit_call("big", 0, 1, 1, 200, 0, false, "~L.1", 1000, NULL, 0, v, NULL);
+	assert_string_equal(v[0].what, "known");
+	assert_string_equal(v[0].state, "queued");
+	assert_int_equal(redis_int("HGET fs:req:%s adm", "~L.1"), 61);
+
+	/* The return, in the same call as a mark: the mark first. */
+	admit_call("big", 3, 1, 1, 200, 0, false, "~L.1", 1000, &ret, 1, v, &g);
+	assert_string_equal(v[0].what, "admitted");
+	assert_int_equal(g, 0);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 4);
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), 0);
+	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 4);
+	assert_int_equal(redis_int("EXISTS %s", "fs:req:~L.1"), 0);
+	assert_int_equal(redis_int("ZCARD %s", "fs:adm:all"), 4);
+	/* Returned twice: nothing more. */
+	admit_call("big", 0, 0, 1, 200, 0, false, "", 1000, &ret, 1, v, &g);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 4);
+	/* A mark under the lease gone: counted anew. */
+	admit_call("big", 10, 1, 1, 200, 0, false, "~L.1", 1000, NULL, 0, v, NULL);
+	assert_string_equal(v[0].what, "admitted");
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 5);
+	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 5);
+}
+
+/*
+ * Grants come only from a large free budget, a sixteenth of it at most,
+ * never from a SKU with a rate across gateways, and all leases together stay
+ * within k x remaining - remaining: a buyer refused "claimed" means the
+ * undecided purchases cover every unit left.
+ */
+static void test_lease_bounds(void **state)
+{
+	struct verdict v[64];
+	long long sum = 0, g;
+	char id[16];
+	(void)state;
+
+	/* setup's promotion: 10 units, a budget of 20, under min_free. */
+	assert_int_equal(lease_grant("s", "~L.s", 64, 1000), 0);
+	assert_int_equal(lease_grant("s", "~L.s", 64, 0), 1);    /* 20 / 16 */
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:b remaining 1000 held 0 adm 0"));
+	assert_int_equal(lease_grant("b", "~L.b0", 500, 1000), 125);   /* 2000 / 16 */
+	assert_int_equal(lease_grant("b", "~L.b1", 500, 1000), 117);   /* 1875 / 16 */
+	assert_int_equal(lease_grant("b", "~L.b1", 500, 1800), 0);     /* free 1758 */
+	sum = 125 + 117;
+	for (int i = 2; i < 200 && (g = lease_grant("b", (snprintf(id, sizeof(id), "~L.b%d", i), id),
+						 500, 0)) > 0; i++)
+		sum += g;
+	assert_int_equal(sum, 1000);
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "b"), 1000);
+	/* The leases never hold what buyers need: every unit left is admitted. */
+	admit_call("b", 0, 64, 16, 200, 0, false, "", 0, NULL, 0, v, NULL);
+	assert_int_equal(count(v, 64, "admitted"), 62);        /* 62 x 16 = 992 of 1000 */
+	/* A rate across gateways is counted per purchase: no leases. */
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:r remaining 100000 held 0 adm 0"));
+	freeReplyObject(redisCommand(test_rc, "HSET fs:cfg:r sku_rate_per_s 1000"));
+	assert_int_equal(lease_grant("r", "~L.r", 64, 1000), 0);
+	/* Nor from a SKU sold out, or unknown (and none is created). */
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:z remaining 0 held 0 adm 0"));
+	assert_int_equal(lease_grant("z", "~L.z", 64, 0), 0);
+	assert_int_equal(lease_grant("nope", "~L.n", 64, 0), 0);
+	assert_int_equal(redis_int("EXISTS %s", "fs:promo:nope"), 0);
+	/* The global cap counts leases too. */
+	freeReplyObject(redisCommand(test_rc, "FLUSHALL"));
+	setup(NULL);
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:big remaining 100000 held 0 adm 0"));
+	{
+		struct lease_op op = { "grant", "big", "~L.c", 64 };
+
+		admit_call("big", 0, 0, 1, 200, 40, false, "", 0, &op, 1, v, &g);
+		assert_int_equal(g, 2);                          /* 40 / 16 */
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -356,6 +502,8 @@ int main(void)
 		cmocka_unit_test_setup(test_promotion_limits, setup),
 		cmocka_unit_test_setup(test_global_cap_unknown_and_not_ready, setup),
 		cmocka_unit_test_setup(test_admitted_ids_are_told, setup),
+		cmocka_unit_test_setup(test_lease_grant_mark_return, setup),
+		cmocka_unit_test_setup(test_lease_bounds, setup),
 	};
 
 	return cmocka_run_group_tests(tests, test_redis_group_setup, test_redis_group_teardown);
