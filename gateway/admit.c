@@ -24,6 +24,9 @@ extern const char gw_unadmit_lua[];
 /* Purchases admitted the slow way before a SKU's lease is asked for: a
  * catalogue's one-off purchases never hold budget idle. */
 #define LEASE_ASK_AFTER 4
+/* After a grant refused, or one too small to last, a SKU's next ask waits
+ * this long: near the end of a budget not every turn carries a grant. */
+#define LEASE_RETRY_US (100 * 1000)
 
 static const char *const verdict_names[] = {
 	[ADMIT_OK] = "admitted", [ADMIT_KNOWN] = "known", [ADMIT_SOLD_OUT] = "sold_out",
@@ -146,13 +149,19 @@ static void lease_granted(struct admission *a, const struct admit_lease_op *ops,
 		    granted->element[j]->type == REDIS_REPLY_INTEGER)
 			g = granted->element[j]->integer;
 		l = lease_find(a, ops[j].sku);
+		if (l != NULL) {
+			/* Whatever came of it (review: an answer after leases were
+			 * turned off left asked set, and the SKU never asked again). */
+			l->asked = false;
+			l->misses = 0;
+		}
 		if (l == NULL || a->lease_units == 0) {
 			if (g > 0)
 				(void)lease_op(a, false, ops[j].sku, ops[j].id, 0);
 			continue;
 		}
-		l->asked = false;
-		l->misses = 0;
+		if (g * 2 < a->lease_units)
+			l->next_ask_us = now + LEASE_RETRY_US;
 		if (g <= 0)
 			continue;
 		metric_add(&m_grants, (uint64_t)g);
@@ -160,6 +169,7 @@ static void lease_granted(struct admission *a, const struct admit_lease_op *ops,
 		lease_give_back(a, l);
 		snprintf(l->id, sizeof(l->id), "%s", ops[j].id);
 		l->left = g;
+		l->granted = g;
 		l->expires_us = now + a->lease_ms * 1000;
 	}
 }
@@ -185,12 +195,13 @@ bool admit_lease_take(struct admission *a, const char *sku, int64_t qty, int64_t
 	if (l->id[0] != '\0' && l->left >= qty) {
 		l->left -= qty;
 		strcpy(id, l->id);
-		if (l->left * 2 < a->lease_units && !l->asked)
+		/* Half given: the next one is asked for before this runs out. */
+		if (l->left * 2 < l->granted && !l->asked && now_us >= l->next_ask_us)
 			lease_ask(a, l);
 		metric_add(&m_leased, 1);
 		return true;
 	}
-	if (!l->asked && ++l->misses >= LEASE_ASK_AFTER)
+	if (!l->asked && ++l->misses >= LEASE_ASK_AFTER && now_us >= l->next_ask_us)
 		lease_ask(a, l);
 	return false;
 }

@@ -71,6 +71,8 @@ struct admit_lease {
 	char sku[FS_ID_MAX + 1];
 	char id[ADMIT_LEASE_ID_MAX];    /* "": none held */
 	int64_t left;                   /* units this loop may still give */
+	int64_t granted;                /* units the lease held came with */
+	int64_t next_ask_us;            /* mono: no ask before this */
 	int64_t expires_us;             /* mono: given no more after this, returned */
 	int64_t seen_us;                /* mono: this SKU's last purchase here */
 	int misses;                     /* purchases admitted the slow way since */

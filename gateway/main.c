@@ -82,8 +82,10 @@ static struct cf_key keys[] = {
 	  "Units of a SKU's admission budget an event loop leases at a time, to send new "
 	  "purchases to Kafka without waiting for Redis first (0: no leases; proto/README.md, "
 	  "Leases)", true },
-	{ "gateway.admission_lease_ms", CF_INT, &gw.cfg.admission_lease_ms, "1000", 50, 60000,
-	  "How long a loop gives units of one lease before it returns what is left", true },
+	{ "gateway.admission_lease_ms", CF_INT, &gw.cfg.admission_lease_ms, "1000", 50, 10000,
+	  "How long a loop gives units of one lease before it returns what is left (keep it "
+	  "well under reconciler.admission_heal_ms, which takes back leases older than that)",
+	  true },
 	{ "gateway.admission_lease_min_free", CF_INT, &gw.cfg.admission_lease_min_free, "1000",
 	  0, 1000000000, "Smallest free admission budget of a SKU (k x remaining, less the "
 	  "undecided units) that leases are granted from", true },

@@ -10,11 +10,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include <cmocka.h>
+#include <event2/event.h>
 #include <hiredis/hiredis.h>
 
+#include "admit.h"
 #include "deductor.h"
 #include "redis_server.h"
+#include "store.h"
 
 extern const char gw_admit_lua[];
 extern const char gw_unadmit_lua[];
@@ -494,6 +499,127 @@ static void test_lease_bounds(void **state)
 	}
 }
 
+/* gateway/admit.c on a loop of its own, against the same Redis. */
+struct loop {
+	struct event_base *base;
+	struct gw_store store;
+	struct admission a;
+	int verdicts[16];
+};
+
+static void on_done(void *arg, void *opaque, const struct admit_result *r)
+{
+	struct loop *l = arg;
+
+	(void)opaque;
+	l->verdicts[r->verdict]++;
+}
+
+/* Run the loop until nothing is queued or in flight (10 s at most). */
+static void settle(struct loop *l)
+{
+	for (int i = 0; i < 10000; i++) {
+		event_base_loop(l->base, EVLOOP_NONBLOCK);
+		if (l->a.batches_in_flight == 0 && l->a.n == 0 && l->a.nops == 0)
+			return;
+		usleep(1000);
+	}
+	fail_msg("admission calls never settled");
+}
+
+/* n purchases of sku through the lease table: how many got a unit. */
+static int take(struct loop *l, const char *sku, int n, char id[ADMIT_LEASE_ID_MAX])
+{
+	int got = 0;
+
+	for (int i = 0; i < n; i++)
+		got += admit_lease_take(&l->a, sku, 1, mono_us(), id);
+	return got;
+}
+
+/*
+ * A loop's lease table: the first purchases of a SKU ask for a lease, then
+ * take units of it; a mark moves them to its marker; every lease goes back.
+ * Two regressions from review: a grant answered after leases were turned
+ * off (a reload) left the SKU "asked" for good, and a refused grant was
+ * asked for again every few purchases.
+ */
+static void test_lease_table(void **state)
+{
+	struct loop l = { 0 };
+	char id[ADMIT_LEASE_ID_MAX], address[256];
+	(void)state;
+
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:big remaining 100000 held 0 adm 0"));
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:big2 remaining 100000 held 0 adm 0"));
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:big3 remaining 100000 held 0 adm 0"));
+	l.base = event_base_new();
+	assert_non_null(l.base);
+	assert_int_equal(event_base_priority_init(l.base, 3), 0);
+	snprintf(address, sizeof(address), "unix:%s", test_redis_socket());
+	assert_int_equal(gw_store_init(&l.store, l.base, address, -1), 0);
+	for (int i = 0; i < 10000 && !l.store.connected; i++) {
+		event_base_loop(l.base, EVLOOP_NONBLOCK);
+		usleep(1000);
+	}
+	assert_true(l.store.connected);
+	assert_int_equal(admit_init(&l.a, l.base, &l.store, 3600, 200, 0, on_done, &l), 0);
+	l.a.lease_units = 64;
+
+	/* Three purchases the slow way; the fourth asks. */
+	assert_int_equal(take(&l, "big", 3, id), 0);
+	assert_int_equal(l.a.nops, 0);
+	assert_int_equal(take(&l, "big", 1, id), 0);
+	assert_int_equal(l.a.nops, 1);
+	settle(&l);
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), 64);
+	assert_int_equal(take(&l, "big", 1, id), 1);
+	assert_int_equal(id[0], '~');
+	admit_mark(&l.a, "big", "m-1", 1, id, NULL);
+	settle(&l);
+	assert_int_equal(l.verdicts[ADMIT_OK], 1);
+	assert_int_equal(redis_int("HGET fs:req:m-1 %s", "adm"), 1);
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), 63);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 64);
+
+	/* Leases off while a grant is on its way: it goes back; on again, the SKU asks again. */
+	assert_int_equal(take(&l, "big2", 4, id), 0);
+	assert_int_equal(l.a.nops, 1);
+	l.a.lease_units = 0;
+	settle(&l);
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big2"), 0);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big2"), 0);
+	l.a.lease_units = 64;
+	assert_int_equal(take(&l, "big2", 4, id), 0);
+	assert_int_equal(l.a.nops, 1);
+	settle(&l);
+	assert_int_equal(take(&l, "big2", 1, id), 1);
+
+	/* A grant refused: not asked for again at once. */
+	l.a.lease_min_free = 1000000000;
+	assert_int_equal(take(&l, "big3", 4, id), 0);
+	assert_int_equal(l.a.nops, 1);
+	settle(&l);
+	assert_int_equal(take(&l, "big3", 8, id), 0);
+	assert_int_equal(l.a.nops, 0);
+	usleep(150 * 1000);
+	assert_int_equal(take(&l, "big3", 4, id), 0);
+	assert_int_equal(l.a.nops, 1);                 /* and again after a while */
+	settle(&l);
+
+	/* Every lease back: only the marked purchase is counted. */
+	admit_leases_return(&l.a);
+	settle(&l);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 1);
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), 0);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big2"), 0);
+	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 1);
+	assert_int_equal(redis_int("ZCARD %s", "fs:adm:all"), 1);
+	admit_free(&l.a);
+	gw_store_free(&l.store);
+	event_base_free(l.base);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -504,6 +630,7 @@ int main(void)
 		cmocka_unit_test_setup(test_admitted_ids_are_told, setup),
 		cmocka_unit_test_setup(test_lease_grant_mark_return, setup),
 		cmocka_unit_test_setup(test_lease_bounds, setup),
+		cmocka_unit_test_setup(test_lease_table, setup),
 	};
 
 	return cmocka_run_group_tests(tests, test_redis_group_setup, test_redis_group_teardown);
