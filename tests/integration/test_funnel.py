@@ -267,15 +267,22 @@ def test_leases_send_new_purchases_at_once_and_go_back(stack):
     (a GET right after the 202 finds it), and what the leases did not give
     goes back to the budget when they expire."""
     stack.create_promotion('fun-lease', stock=100000, per_user_limit=1, hold_seconds=600)
-    before = stack.metrics('gateway').get('flashsale_gateway_admission_leased_total', 0)
+    m0 = stack.metrics('gateway')
+    before = m0.get('flashsale_gateway_admission_leased_total', 0)
     for i in range(40):
         code, body = buy(stack, 'fun-lease', 'lease-%d' % i)
         assert code == 202, body
         code, got = stack.http('GET', '/v1/purchases/' + body['request_id'],
                                user='lease-%d' % i)
         assert code == 200 and got['state'] in ('queued', 'reserved'), got
-    leased = stack.metrics('gateway')['flashsale_gateway_admission_leased_total'] - before
+    m1 = stack.metrics('gateway')
+    leased = m1['flashsale_gateway_admission_leased_total'] - before
     assert leased >= 10, leased
+    # Every 202 is timed; only the purchases that waited for admission are
+    # in its histogram (the leased ones do not wait for it).
+    grew = lambda k: m1.get(k, 0) - m0.get(k, 0)
+    assert grew('flashsale_gateway_accept_seconds_count') == 40
+    assert grew('flashsale_gateway_admission_seconds_count') == 40 - leased
     wait_for(lambda: promo(stack, 'fun-lease').get('held', 0) == 40, timeout=30,
              what='the 40 holds')
     # Decided purchases gave their units back; the leases' units left go
