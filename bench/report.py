@@ -249,6 +249,14 @@ def markdown(res, made):
                 L += ["", "CPU per request, %s (us, by process): %s." % (
                     name, ", ".join("%s %s" % kv for kv in
                                     sorted(cpu.items(), key=lambda kv: -kv[1])))]
+            rw = w.get("redis_per_request")
+            if rw:
+                L += ["", "Redis work per request, %s: %s commands (scripts' included), "
+                      "%s bytes of AOF (counts, not times: they compare builds "
+                      "whatever the machine does)." % (
+                          name, fmt(rw.get("commands")),
+                          fmt(rw.get("aof_bytes")) if rw.get("aof_bytes") is not None
+                          else "- (rewritten meanwhile)")]
         ceil_cpu = [c.get("cpu_us_per_request", {}).get("ceiling")
                     for c in acc.get("ceiling_runs", [])]
         if all(ceil_cpu) and ceil_cpu:

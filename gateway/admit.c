@@ -74,16 +74,26 @@ void admit_metrics_register(void)
 struct admit_batch {
 	struct admission *a;
 	struct admit_item *items;
-	size_t n;
+	size_t n, cap;
 	struct admit_lease_op *ops; /* grants asked and returns, after the items */
 	size_t nops;
 	bool retried;               /* EVAL after EVALSHA's NOSCRIPT */
 	int64_t sent_us;
 };
 
+/*
+ * A call's item array goes back to its admission for the next turn: an
+ * array of 64 items is some 13 KB, and a fresh one per call made glibc
+ * consolidate its fast bins on every call (perf: 3% of the gateway).
+ */
 static void admit_batch_free(struct admit_batch *b)
 {
-	free(b->items);
+	if (b->a != NULL && b->a->spare == NULL && b->items != NULL) {
+		b->a->spare = b->items;
+		b->a->spare_cap = b->cap;
+	} else {
+		free(b->items);
+	}
 	free(b->ops);
 	free(b);
 }
@@ -440,6 +450,7 @@ static void admit_flush(struct admission *a)
 	b->a = a;
 	b->items = a->items;
 	b->n = a->n;
+	b->cap = a->cap;
 	a->items = NULL;
 	a->n = 0;
 	a->cap = 0;
@@ -515,6 +526,7 @@ void admit_free(struct admission *a)
 		event_free(a->lease_ev);
 	admit_fail_all(a, a->items, a->n);
 	free(a->items);
+	free(a->spare);
 	free(a->ops);
 	memset(a, 0, sizeof(*a));
 }
@@ -530,6 +542,13 @@ static void admit_queue(struct admission *a, const char *sku, const char *rid, i
 
 		admit_finish(a, &tmp, &r);
 		return;
+	}
+	if (a->n == 0 && a->cap == 0 && a->spare != NULL) {
+		free(a->items);
+		a->items = a->spare;
+		a->cap = a->spare_cap;
+		a->spare = NULL;
+		a->spare_cap = 0;
 	}
 	if (a->n == a->cap) {
 		size_t cap = a->cap ? a->cap * 2 : 64;

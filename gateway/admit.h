@@ -92,6 +92,8 @@ struct admission {
 	struct event *flush_ev;
 	struct admit_item *items;   /* this turn's purchases */
 	size_t n, cap;
+	struct admit_item *spare;   /* a finished call's array, for the next turn */
+	size_t spare_cap;
 	size_t max_batch;
 	long long record_ttl_s;
 	long long default_k_pct;

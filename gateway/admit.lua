@@ -97,6 +97,23 @@ local function sku_state(sku, kp, kc)
     return s
 end
 
+-- What this call knows of a lease marks were made under: its units left,
+-- read on its first mark and written back once, before the lease operations
+-- (one HGET and one HINCRBY per lease per call, not per purchase: a turn's
+-- marks are mostly of one lease).
+local leases, lease_order = {}, {}
+local function lease_state(lease)
+    local l = leases[lease]
+    if l then
+        return l
+    end
+    local key = 'fs:req:' .. lease
+    l = {key = key, left = tonumber(redis.call('HGET', key, 'adm')), took = 0}
+    leases[lease] = l
+    lease_order[#lease_order + 1] = lease
+    return l
+end
+
 -- A purchase gets its "queued" marker, counted in the budget.
 local function record(s, sku, rid, kr, qty)
     redis.call('HSET', kr, 'st', 'queued', 'adm', qty, 'sku', sku)
@@ -126,10 +143,10 @@ for i = 1, n do
         -- A lease gone (returned, healed, Redis rebuilt) counts them anew,
         -- unchecked: at most one lease's worth over the budget.
         local s = sku_state(sku, kp, kc)
-        local lk = 'fs:req:' .. lease
-        local left = tonumber(redis.call('HGET', lk, 'adm'))
-        if left and left >= qty then
-            redis.call('HINCRBY', lk, 'adm', -qty)
+        local l = lease_state(lease)
+        if l.left and l.left >= qty then
+            l.left = l.left - qty
+            l.took = l.took + qty
             s.leased = s.leased - qty
         else
             count(s, qty)
@@ -177,6 +194,13 @@ for i = 1, n do
                 out[i] = {'admitted', 0, 0}
             end
         end
+    end
+end
+
+for _, lease in ipairs(lease_order) do
+    local l = leases[lease]
+    if l.took > 0 then
+        redis.call('HINCRBY', l.key, 'adm', -l.took)
     end
 end
 

@@ -447,6 +447,18 @@ static void test_lease_grant_mark_return(void **state)
 	assert_string_equal(v[0].what, "admitted");
 	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 5);
 	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 5);
+	/*
+	 * More marks in one call than the lease has left (the script reads the
+	 * lease once per call and writes it back once): the first two come
+	 * from the lease, the third is counted anew, the lease ends at 0.
+	 */
+	assert_int_equal(lease_grant("big", "~L.2", 2, 1000), 2);
+	admit_call("big", 20, 3, 1, 200, 0, false, "~L.2", 1000, NULL, 0, v, NULL);
+	assert_int_equal(count(v, 3, "admitted"), 3);
+	assert_int_equal(redis_int("HGET fs:req:%s adm", "~L.2"), 0);
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), 0);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 8);
+	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 8);
 }
 
 /*
