@@ -107,6 +107,15 @@ static struct admit_lease *lease_find(struct admission *a, const char *sku)
 }
 
 /* Queue a lease operation for the next call; false when out of memory. */
+/* A call goes at the end of this loop turn, with whatever is queued then. */
+static void admit_arm(struct admission *a)
+{
+	if (!a->flush_armed) {
+		a->flush_armed = true;
+		event_active(a->flush_ev, EV_TIMEOUT, 1);
+	}
+}
+
 static bool lease_op(struct admission *a, bool grant, const char *sku, const char *id,
 		     int64_t units)
 {
@@ -119,7 +128,7 @@ static bool lease_op(struct admission *a, bool grant, const char *sku, const cha
 	snprintf(op->sku, sizeof(op->sku), "%s", sku);
 	snprintf(op->id, sizeof(op->id), "%s", id);
 	op->units = units;
-	event_active(a->flush_ev, EV_TIMEOUT, 1);
+	admit_arm(a);
 	return true;
 }
 
@@ -343,6 +352,9 @@ static void admit_reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		}
 	}
 	admit_batch_free(b);
+	/* Marks that waited for this reply go now. */
+	if (a->n > 0 || a->nops > 0)
+		admit_arm(a);
 }
 
 /*
@@ -468,9 +480,12 @@ static void admit_flush(struct admission *a)
 
 static void admit_flush_cb(evutil_socket_t fd, short what, void *arg)
 {
+	struct admission *a = arg;
+
 	(void)fd;
 	(void)what;
-	admit_flush(arg);
+	a->flush_armed = false;
+	admit_flush(a);
 }
 
 /* Lease ids differ between the admissions of a process (and, by the random
@@ -570,10 +585,18 @@ static void admit_queue(struct admission *a, const char *sku, const char *rid, i
 	snprintf(it->lease, sizeof(it->lease), "%s", lease);
 	it->qty = qty;
 	it->opaque = opaque;
+	/*
+	 * A mark (its purchase is on its way to Kafka already) waits for the
+	 * call in flight and goes with the next one, sent when that reply
+	 * comes: Redis would answer it after the call in flight anyway, and a
+	 * turn's marks were a few per call (bench/run: 5.8 Redis commands per
+	 * accepted purchase). A purchase waiting for its admission goes this
+	 * turn, and takes the marks queued with it.
+	 */
 	if (a->n >= a->max_batch)
 		admit_flush(a);
-	else if (a->n == 1)
-		event_active(a->flush_ev, EV_TIMEOUT, 1);
+	else if (lease[0] == '\0' || a->batches_in_flight == 0)
+		admit_arm(a);
 }
 
 void admit_submit(struct admission *a, const char *sku, const char *rid, int64_t qty,

@@ -92,6 +92,7 @@ struct admission {
 	struct event *flush_ev;
 	struct admit_item *items;   /* this turn's purchases */
 	size_t n, cap;
+	bool flush_armed;           /* flush_ev is active: a call goes this turn */
 	struct admit_item *spare;   /* a finished call's array, for the next turn */
 	size_t spare_cap;
 	size_t max_batch;

@@ -540,6 +540,32 @@ static void settle(struct loop *l)
 }
 
 /* n purchases of sku through the lease table: how many got a unit. */
+/* A loop with its store connected and an admission leasing 64 units. */
+static void loop_open(struct loop *l)
+{
+	char address[256];
+
+	l->base = event_base_new();
+	assert_non_null(l->base);
+	assert_int_equal(event_base_priority_init(l->base, 3), 0);
+	snprintf(address, sizeof(address), "unix:%s", test_redis_socket());
+	assert_int_equal(gw_store_init(&l->store, l->base, address, -1), 0);
+	for (int i = 0; i < 10000 && !l->store.connected; i++) {
+		event_base_loop(l->base, EVLOOP_NONBLOCK);
+		usleep(1000);
+	}
+	assert_true(l->store.connected);
+	assert_int_equal(admit_init(&l->a, l->base, &l->store, 3600, 200, 0, on_done, l), 0);
+	l->a.lease_units = 64;
+}
+
+static void loop_close(struct loop *l)
+{
+	admit_free(&l->a);
+	gw_store_free(&l->store);
+	event_base_free(l->base);
+}
+
 static int take(struct loop *l, const char *sku, int n, char id[ADMIT_LEASE_ID_MAX])
 {
 	int got = 0;
@@ -559,24 +585,13 @@ static int take(struct loop *l, const char *sku, int n, char id[ADMIT_LEASE_ID_M
 static void test_lease_table(void **state)
 {
 	struct loop l = { 0 };
-	char id[ADMIT_LEASE_ID_MAX], address[256];
+	char id[ADMIT_LEASE_ID_MAX];
 	(void)state;
 
 	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:big remaining 100000 held 0 adm 0"));
 	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:big2 remaining 100000 held 0 adm 0"));
 	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:big3 remaining 100000 held 0 adm 0"));
-	l.base = event_base_new();
-	assert_non_null(l.base);
-	assert_int_equal(event_base_priority_init(l.base, 3), 0);
-	snprintf(address, sizeof(address), "unix:%s", test_redis_socket());
-	assert_int_equal(gw_store_init(&l.store, l.base, address, -1), 0);
-	for (int i = 0; i < 10000 && !l.store.connected; i++) {
-		event_base_loop(l.base, EVLOOP_NONBLOCK);
-		usleep(1000);
-	}
-	assert_true(l.store.connected);
-	assert_int_equal(admit_init(&l.a, l.base, &l.store, 3600, 200, 0, on_done, &l), 0);
-	l.a.lease_units = 64;
+	loop_open(&l);
 
 	/* Three purchases the slow way; the fourth asks. */
 	assert_int_equal(take(&l, "big", 3, id), 0);
@@ -627,9 +642,66 @@ static void test_lease_table(void **state)
 	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big2"), 0);
 	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 1);
 	assert_int_equal(redis_int("ZCARD %s", "fs:adm:all"), 1);
-	admit_free(&l.a);
-	gw_store_free(&l.store);
-	event_base_free(l.base);
+	loop_close(&l);
+}
+
+static long long evalsha_calls(void)
+{
+	redisReply *r = redisCommand(test_rc, "INFO commandstats");
+	const char *p;
+	long long n = 0;
+
+	assert_non_null(r);
+	assert_int_equal(r->type, REDIS_REPLY_STRING);
+	p = strstr(r->str, "cmdstat_evalsha:calls=");
+	if (p != NULL)
+		n = atoll(p + strlen("cmdstat_evalsha:calls="));
+	freeReplyObject(r);
+	return n;
+}
+
+/*
+ * Marks queued while a call is in flight wait for its reply and go in one
+ * call, however many loop turns they came in (a turn's marks used to make
+ * a call of their own, a few marks each); a purchase waiting for its
+ * admission is not held back, and takes the marks with it. CLIENT PAUSE
+ * keeps the first call in Redis meanwhile.
+ */
+static void test_marks_wait_for_the_call_in_flight(void **state)
+{
+	struct loop l = { 0 };
+	char id[ADMIT_LEASE_ID_MAX], rid[16];
+	(void)state;
+
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:big remaining 100000 held 0 adm 0"));
+	loop_open(&l);
+	assert_int_equal(take(&l, "big", 4, id), 0);
+	settle(&l);
+	assert_int_equal(take(&l, "big", 1, id), 1);
+	freeReplyObject(redisCommand(test_rc, "CONFIG RESETSTAT"));
+	freeReplyObject(redisCommand(test_rc, "CLIENT PAUSE 300 ALL"));
+
+	admit_mark(&l.a, "big", "w-0", 1, id, NULL);
+	event_base_loop(l.base, EVLOOP_NONBLOCK);
+	assert_int_equal(l.a.batches_in_flight, 1);
+	for (int i = 1; i <= 3; i++) {
+		snprintf(rid, sizeof(rid), "w-%d", i);
+		assert_int_equal(take(&l, "big", 1, id), 1);
+		admit_mark(&l.a, "big", rid, 1, id, NULL);
+		event_base_loop(l.base, EVLOOP_NONBLOCK);
+	}
+	assert_int_equal(l.a.n, 3);
+	assert_int_equal(l.a.batches_in_flight, 1);
+	admit_submit(&l.a, "big", "w-slow", 1, NULL);
+	event_base_loop(l.base, EVLOOP_NONBLOCK);
+	assert_int_equal(l.a.n, 0);
+	assert_int_equal(l.a.batches_in_flight, 2);
+	settle(&l);
+	assert_int_equal(l.verdicts[ADMIT_OK], 5);
+	assert_int_equal(evalsha_calls(), 2);
+	assert_int_equal(redis_int("HGET fs:req:w-3 %s", "adm"), 1);
+	assert_int_equal(redis_int("HGET fs:req:w-slow %s", "adm"), 1);
+	loop_close(&l);
 }
 
 int main(void)
@@ -643,6 +715,7 @@ int main(void)
 		cmocka_unit_test_setup(test_lease_grant_mark_return, setup),
 		cmocka_unit_test_setup(test_lease_bounds, setup),
 		cmocka_unit_test_setup(test_lease_table, setup),
+		cmocka_unit_test_setup(test_marks_wait_for_the_call_in_flight, setup),
 	};
 
 	return cmocka_run_group_tests(tests, test_redis_group_setup, test_redis_group_teardown);
