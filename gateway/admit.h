@@ -13,8 +13,9 @@
  * While a SKU's budget is large, the loop holds a lease of it (at most
  * lease_units, for lease_ms): a purchase with a new request id takes a
  * unit of the lease (admit_lease_take), goes to Kafka at once, and its
- * marker is written by the next call (admit_mark), in parallel with
- * Kafka's acknowledgement instead of before it. Grants and returns ride
+ * marker is written by the next call (admit_mark; after the call in
+ * flight, if any, which it would queue behind in Redis anyway), in
+ * parallel with Kafka's acknowledgement instead of before it. Grants and returns ride
  * on the same calls; proto/README.md ("Leases") argues why the budget
  * stays within k x remaining and cannot leak.
  * Event loop thread only.
