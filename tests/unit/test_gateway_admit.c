@@ -401,6 +401,16 @@ static long long lease_grant(const char *sku, const char *id, long long units, l
  * to their purchases (the budget unchanged); a return gives back what is
  * left, once; a mark under a lease gone counts anew.
  */
+/* A lease's units left, and SKU "big"'s adm and lease, and fs:adm:total. */
+static void assert_lease_counts(const char *lease, long long left, long long adm,
+				long long leased, long long total)
+{
+	assert_int_equal(redis_int("HGET fs:req:%s adm", lease), left);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), adm);
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), leased);
+	assert_int_equal(redis_int("GET %s", "fs:adm:total"), total);
+}
+
 static void test_lease_grant_mark_return(void **state)
 {
 	struct lease_op ret = { "return", "big", "~L.1", 0 };
@@ -418,10 +428,7 @@ static void test_lease_grant_mark_return(void **state)
 
 	admit_call("big", 0, 3, 1, 200, 0, false, "~L.1", 1000, NULL, 0, v, NULL);
 	assert_int_equal(count(v, 3, "admitted"), 3);
-	assert_int_equal(redis_int("HGET fs:req:%s adm", "~L.1"), 61);
-	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 64);
-	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), 61);
-	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 64);
+	assert_lease_counts("~L.1", 61, 64, 61, 64);
 	assert_int_equal(redis_int("HGET fs:req:rid-2 %s", "adm"), 1);
 	assert_int_equal(redis_int("ZCARD %s", "fs:adm:all"), 4);
 	/* A mark of an id with a record: "known", the lease untouched. */
@@ -455,10 +462,7 @@ static void test_lease_grant_mark_return(void **state)
 	assert_int_equal(lease_grant("big", "~L.2", 2, 1000), 2);
 	admit_call("big", 20, 3, 1, 200, 0, false, "~L.2", 1000, NULL, 0, v, NULL);
 	assert_int_equal(count(v, 3, "admitted"), 3);
-	assert_int_equal(redis_int("HGET fs:req:%s adm", "~L.2"), 0);
-	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), 0);
-	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 8);
-	assert_int_equal(redis_int("GET %s", "fs:adm:total"), 8);
+	assert_lease_counts("~L.2", 0, 8, 0, 8);
 }
 
 /*
