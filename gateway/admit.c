@@ -106,7 +106,6 @@ static struct admit_lease *lease_find(struct admission *a, const char *sku)
 	return NULL;
 }
 
-/* Queue a lease operation for the next call; false when out of memory. */
 /* A call goes at the end of this loop turn, with whatever is queued then. */
 static void admit_arm(struct admission *a)
 {
@@ -116,6 +115,7 @@ static void admit_arm(struct admission *a)
 	}
 }
 
+/* Queue a lease operation for the next call; false when out of memory. */
 static bool lease_op(struct admission *a, bool grant, const char *sku, const char *id,
 		     int64_t units)
 {
