@@ -28,6 +28,7 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/thread.h>
 
+#include "daemon.h"
 #include "flashsale_config.h"
 #include "log.h"
 #include "util.h"
@@ -107,7 +108,8 @@ static int ceiling_loop_init(struct ceiling_loop *l, const char *host, long port
 	char err[256];
 	evutil_socket_t fd;
 
-	l->base = event_base_new();
+	/* The gateway's base (daemon_base_new): the same libevent settings. */
+	l->base = daemon_base_new();
 	l->http = l->base != NULL ? evhttp_new(l->base) : NULL;
 	if (l->http == NULL)
 		return -1;

@@ -51,6 +51,19 @@ static void daemon_signal_cb(evutil_socket_t sig, short what, void *arg)
 		signal_hooks.on_drain(signal_hooks.arg);
 }
 
+struct event_base *daemon_base_new(void)
+{
+	struct event_config *cfg = event_config_new();
+	struct event_base *base = NULL;
+
+	if (cfg == NULL)
+		return NULL;
+	if (event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) == 0)
+		base = event_base_new_with_config(cfg);
+	event_config_free(cfg);
+	return base;
+}
+
 void daemon_signals(struct event_base *base, const struct daemon_hooks *hooks)
 {
 	static const int sigs[] = { SIGTERM, SIGINT, SIGHUP };
@@ -365,7 +378,7 @@ bool daemon_run_worker(struct daemon_thread *t, daemon_health_fn health,
 	struct event *watch;
 	struct evhttp *http;
 
-	l.base = event_base_new();
+	l.base = daemon_base_new();
 	if (l.base == NULL)
 		die("startup_failed", "what=event_loop msg=\"cannot create the event loop\"");
 	daemon_signals(l.base, &hooks);

@@ -44,6 +44,16 @@ struct daemon_hooks {
 	void *arg;
 };
 
+/*
+ * An event base whose epoll backend batches each loop turn's changes into
+ * the epoll set (EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST): evhttp disables and
+ * re-enables reading around every request, two epoll_ctl calls a request
+ * otherwise. The flag's condition: no fd the loop watches may be a dup() of
+ * another, and none is here (sockets, eventfds, libevent's own pipes). NULL
+ * on failure. Start-up only.
+ */
+struct event_base *daemon_base_new(void);
+
 /* Install the signal events on base. Start-up only (dies on failure). */
 void daemon_signals(struct event_base *base, const struct daemon_hooks *hooks);
 

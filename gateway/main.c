@@ -365,10 +365,10 @@ static void gw_loop_init(struct gateway *g)
 	size_t max_req;
 	evutil_socket_t fd;
 
-	g->base = event_base_new();
+	g->base = daemon_base_new();
 	/* Three priorities, 1 the default: admission runs last in a turn (admit.h). */
 	if (g->base == NULL || event_base_priority_init(g->base, 3) < 0)
-		die("startup_failed", "what=event_loop msg=\"event_base_new\"");
+		die("startup_failed", "what=event_loop msg=\"daemon_base_new\"");
 	strmap_init(&g->degraded);
 	if (waiters_init(&g->waiters) < 0)
 		die("startup_failed", "what=long_polls msg=\"out of memory\"");
