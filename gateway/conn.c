@@ -316,17 +316,18 @@ static bool header_is(const char *peek, size_t n, const char *name)
 }
 
 /*
- * One header line of n bytes (eol included) at the front of src: its
+ * One header line of n bytes (eol included) at at in src: its
  * Content-Length (counted: two are refused), no Transfer-Encoding. -1 to
  * refuse the connection.
  */
-static int conn_header(struct gw_conn *c, struct evbuffer *src, size_t n)
+static int conn_header(struct gw_conn *c, struct evbuffer *src, struct evbuffer_ptr *at, size_t n)
 {
 	char peek[NAME_PEEK + 32], *end;
 	size_t k = n < sizeof(peek) - 1 ? n : sizeof(peek) - 1;
 	long long v;
 
-	evbuffer_copyout(src, peek, k);
+	if (evbuffer_copyout_from(src, at, peek, k) != (ev_ssize_t)k)
+		return -1;
 	peek[k] = '\0';
 	if (header_is(peek, k, "transfer-encoding"))
 		return -1;
@@ -343,35 +344,40 @@ static int conn_header(struct gw_conn *c, struct evbuffer *src, size_t n)
 	return 0;
 }
 
+/*
+ * The bytes on their way to evhttp. Each head is checked line by line where
+ * it lies in src, and everything checked (heads and the bodies they
+ * announce) moves on in one evbuffer_remove_buffer at the end: a whole read
+ * moves as the chains it came in, not copied a line at a time.
+ */
 static enum bufferevent_filter_result conn_filter_in(struct evbuffer *src, struct evbuffer *dst,
 						     ev_ssize_t limit, enum bufferevent_flush_mode mode,
 						     void *ctx)
 {
 	struct gw_conn *c = ctx;
 	const struct gw_conn_limits *lim = &c->cs->lim;
-	size_t moved = 0;
+	struct evbuffer_ptr at;
+	size_t checked = 0;     /* bytes of src that may go on */
 
 	(void)limit;
 	(void)mode;
 	conn_start(c);
-	while (!c->refused && evbuffer_get_length(src) > 0) {
+	while (!c->refused && evbuffer_get_length(src) > checked) {
 		struct evbuffer_ptr eol;
-		size_t eol_len, n;
-		long long body;
+		size_t eol_len, n, left = evbuffer_get_length(src) - checked;
 
 		if (!c->in_head) {
 			if (c->body_left == 0) {
 				conn_head_begins(c);
 				continue;
 			}
-			body = c->body_left < (long long)evbuffer_get_length(src) ? c->body_left :
-			       (long long)evbuffer_get_length(src);
-			evbuffer_remove_buffer(src, dst, (size_t)body);
-			c->body_left -= body;
-			moved += (size_t)body;
+			n = c->body_left < (long long)left ? (size_t)c->body_left : left;
+			c->body_left -= (long long)n;
+			checked += n;
 			continue;
 		}
 		if (!c->proxy_done && c->peer_trusted) {
+			/* Only a connection's first bytes: nothing is checked yet. */
 			int r = conn_proxy_line(c, src);
 
 			if (r < 0)
@@ -380,34 +386,37 @@ static enum bufferevent_filter_result conn_filter_in(struct evbuffer *src, struc
 				break;
 		}
 		c->proxy_done = true;
-		eol = evbuffer_search_eol(src, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+		if (evbuffer_ptr_set(src, &at, checked, EVBUFFER_PTR_SET) < 0)
+			break;
+		eol = evbuffer_search_eol(src, &at, &eol_len, EVBUFFER_EOL_CRLF);
 		if (eol.pos < 0) {
-			if (c->head_bytes + evbuffer_get_length(src) > (size_t)lim->max_header_bytes)
+			if (c->head_bytes + left > (size_t)lim->max_header_bytes)
 				conn_refuse(c, GW_CONN_BIG_HEAD);
 			break;
 		}
-		n = (size_t)eol.pos + eol_len;
+		n = (size_t)eol.pos - checked + eol_len;
 		c->head_bytes += n;
 		if (c->head_bytes > (size_t)lim->max_header_bytes ||
 		    ++c->head_lines > (size_t)lim->max_headers + 1) {
 			conn_refuse(c, GW_CONN_BIG_HEAD);
 			break;
 		}
-		if (eol.pos == 0) {
+		if ((size_t)eol.pos == checked) {
 			/* The head is whole: its deadline is met. */
 			c->in_head = false;
 			if (c->deadline != NULL)
 				event_del(c->deadline);
-		} else if (c->head_lines > 1 && conn_header(c, src, n) < 0) {
+		} else if (c->head_lines > 1 && conn_header(c, src, &at, n) < 0) {
 			conn_refuse(c, GW_CONN_AMBIGUOUS);
 			break;
 		}
-		evbuffer_remove_buffer(src, dst, n);
-		moved += n;
+		checked += n;
 	}
+	if (checked > 0)
+		evbuffer_remove_buffer(src, dst, checked);
 	if (c->refused)
 		evbuffer_drain(src, evbuffer_get_length(src));
-	return moved > 0 ? BEV_OK : BEV_NEED_MORE;
+	return checked > 0 ? BEV_OK : BEV_NEED_MORE;
 }
 
 /*

@@ -1,11 +1,20 @@
-/* Unit tests of the gateway's connection guard: which peers are trusted proxies. */
+/*
+ * Unit tests of the gateway's connection guard: which peers are trusted
+ * proxies, and what its filter passes on to evhttp from a socket, however
+ * the bytes are split into reads.
+ */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "conn.h"
@@ -61,10 +70,148 @@ static void test_trusted_proxies(void **state)
 	event_base_free(base);
 }
 
+/* What the filter passed on, and what the client read back (a refusal). */
+struct fed {
+	char passed[4096];
+	size_t npassed;
+	char answer[256];
+};
+
+/*
+ * Feed text to a guarded connection through a socket pair, chunk bytes per
+ * write (0: all at once), with the loop run after each; collect what the
+ * filter passed on and what it answered.
+ */
+static void feed(const char *text, size_t chunk, struct fed *out)
+{
+	struct gw_conn_limits lim = {
+		.max_connections = 10, .max_per_ip = 10, .max_header_bytes = 256,
+		.max_headers = 4, .header_timeout_ms = 10000, .trusted_proxies = "",
+	};
+	struct event_base *base = event_base_new();
+	struct gw_conn_counts counts;
+	struct gw_conns cs;
+	struct bufferevent *bev;
+	size_t len = strlen(text), off = 0;
+	char err[256];
+	int sv[2];
+	ssize_t got;
+
+	memset(out, 0, sizeof(*out));
+	assert_non_null(base);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	assert_int_equal(gw_conn_counts_init(&counts), 0);
+	assert_int_equal(gw_conns_init(&cs, base, &lim, &counts, err, sizeof(err)), 0);
+	bev = gw_conns_bevcb(base, &cs);
+	assert_non_null(bev);
+	assert_int_equal(bufferevent_setfd(bev, sv[0]), 0);
+	assert_int_equal(bufferevent_enable(bev, EV_READ), 0);
+	do {
+		size_t n = chunk == 0 || len - off < chunk ? len - off : chunk;
+
+		/* A refused connection is shut: the rest of the text has nowhere to go. */
+		if (send(sv[1], text + off, n, MSG_NOSIGNAL) != (ssize_t)n)
+			break;
+		off += n;
+		for (int i = 0; i < 4; i++)
+			assert_int_not_equal(event_base_loop(base, EVLOOP_NONBLOCK), -1);
+	} while (off < len);
+	out->npassed = evbuffer_remove(bufferevent_get_input(bev), out->passed,
+				       sizeof(out->passed) - 1);
+	got = recv(sv[1], out->answer, sizeof(out->answer) - 1, MSG_DONTWAIT);
+	out->answer[got > 0 ? got : 0] = '\0';
+	bufferevent_free(bev);
+	close(sv[1]);
+	gw_conns_free(&cs);
+	gw_conn_counts_free(&counts);
+	event_base_free(base);
+}
+
+static const char pipelined[] =
+	"GET /v1/time HTTP/1.1\r\nHost: a\r\n\r\n"
+	"POST /v1/purchases HTTP/1.1\r\nHost: a\r\nContent-Length: 17\r\n\r\n"
+	"{\"sku\":\"s\",\"x\":1}"
+	"GET /v1/time HTTP/1.1\r\ncontent-length: 0\r\n\r\n";
+
+static void test_filter_passes_requests_whole(void **state)
+{
+	static const size_t chunks[] = { 0, 1, 2, 7, 33, 64 };
+	struct fed f;
+	(void)state;
+
+	/* Every byte on, in order, nothing answered: whatever the reads. */
+	for (size_t i = 0; i < sizeof(chunks) / sizeof(chunks[0]); i++) {
+		feed(pipelined, chunks[i], &f);
+		assert_int_equal(f.npassed, strlen(pipelined));
+		assert_memory_equal(f.passed, pipelined, f.npassed);
+		assert_string_equal(f.answer, "");
+	}
+	/* A body is not a head: its "lines" count against no limit. */
+	feed("POST / HTTP/1.1\r\nContent-Length: 64\r\n\r\n"
+	     "a\r\nb\r\nc\r\nd\r\ne\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+	     5, &f);
+	assert_int_equal(f.npassed, 39 + 64);
+	assert_string_equal(f.answer, "");
+}
+
+static void test_filter_refuses_bad_heads(void **state)
+{
+	static const size_t chunks[] = { 0, 1, 9 };
+	static const struct {
+		const char *text, *status;
+		const char *bad;        /* where the offending line starts */
+		size_t before;          /* the requests ahead of the bad one */
+	} cases[] = {
+		{ "POST / HTTP/1.1\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nab",
+		  "HTTP/1.1 400", "content-length", 0 },
+		{ "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.1 400",
+		  "Transfer", 0 },
+		{ "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "HTTP/1.1 400", "Content", 0 },
+		{ "GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\ne: 5\r\n\r\n",
+		  "HTTP/1.1 431", "e: 5", 0 },
+		{ "GET / HTTP/1.1\r\nX: "
+		  "0123456789012345678901234567890123456789012345678901234567890123456789"
+		  "0123456789012345678901234567890123456789012345678901234567890123456789"
+		  "0123456789012345678901234567890123456789012345678901234567890123456789"
+		  "0123456789012345678901234567890123456789\r\n\r\n", "HTTP/1.1 431", "X: ", 0 },
+		/* No end of line in sight, past the limit. */
+		{ "GET / HTTP/1.1\r\nX: "
+		  "0123456789012345678901234567890123456789012345678901234567890123456789"
+		  "0123456789012345678901234567890123456789012345678901234567890123456789"
+		  "0123456789012345678901234567890123456789012345678901234567890123456789"
+		  "0123456789012345678901234567890123456789", "HTTP/1.1 431", "X: ", 0 },
+		/* A good request first, then a bad one: the good one went on. */
+		{ "GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nTransfer-Encoding: x\r\n\r\n",
+		  "HTTP/1.1 400", "Transfer", 18 },
+	};
+	struct fed f;
+	(void)state;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t bad = (size_t)(strstr(cases[i].text, cases[i].bad) - cases[i].text);
+
+		for (size_t j = 0; j < sizeof(chunks) / sizeof(chunks[0]); j++) {
+			feed(cases[i].text, chunks[j], &f);
+			if (strncmp(f.answer, cases[i].status, strlen(cases[i].status)) != 0)
+				fail_msg("case %zu, chunks of %zu: answered \"%s\"", i, chunks[j],
+					 f.answer);
+			/* What went on is the text's own beginning, never the bad line
+			 * (so evhttp never sees the bad head whole), and the request
+			 * ahead of it went on whole. */
+			if (f.npassed > bad || memcmp(f.passed, cases[i].text, f.npassed) != 0 ||
+			    f.npassed < cases[i].before)
+				fail_msg("case %zu, chunks of %zu: passed %zu bytes \"%.*s\"", i,
+					 chunks[j], f.npassed, (int)f.npassed, f.passed);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_trusted_proxies),
+		cmocka_unit_test(test_filter_passes_requests_whole),
+		cmocka_unit_test(test_filter_refuses_bad_heads),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
