@@ -45,6 +45,11 @@ static struct metric m_call_latency = { "gateway_admission_call_seconds",
 static struct metric m_leased = { "gateway_admission_leased_total",
 	"Purchases produced at once under their loop's lease of the SKU's budget", NULL,
 	METRIC_COUNTER };
+static struct metric m_again = { "gateway_admission_marks_again_total",
+	"Marks sent again because their admission call failed", NULL, METRIC_COUNTER };
+static struct metric m_again_lost = { "gateway_admission_marks_lost_total",
+	"Marks given up: Redis away longer than the marks are sent again, or too many", NULL,
+	METRIC_COUNTER };
 static struct metric m_grants = { "gateway_admission_lease_units_total",
 	"Units of budget leased to this gateway's loops", NULL, METRIC_COUNTER };
 
@@ -68,6 +73,8 @@ void admit_metrics_register(void)
 	metrics_register(&m_call_latency);
 	metrics_register(&m_leased);
 	metrics_register(&m_grants);
+	metrics_register(&m_again);
+	metrics_register(&m_again_lost);
 }
 
 /* One admission call in flight: its purchases, waiting for the reply. */
@@ -225,7 +232,9 @@ bool admit_lease_take(struct admission *a, const char *sku, int64_t qty, int64_t
 	return false;
 }
 
-/* Expired leases go back; SKUs no longer bought leave the table. */
+static void marks_again(struct admission *a);
+
+/* Expired leases go back; SKUs no longer bought leave the table; kept marks go again. */
 static void lease_sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct admission *a = arg;
@@ -244,6 +253,7 @@ static void lease_sweep_cb(evutil_socket_t fd, short what, void *arg)
 		}
 		i++;
 	}
+	marks_again(a);
 }
 
 void admit_leases_return(struct admission *a)
@@ -253,9 +263,27 @@ void admit_leases_return(struct admission *a)
 		lease_give_back(a, &a->leases[i]);
 }
 
+/* Keep a mark sent again for the next try, unless its time is up. */
+static void mark_keep(struct admission *a, const struct admit_item *it)
+{
+	if (mono_us() >= it->again_until_us || a->nagain >= ADMIT_AGAIN_MAX ||
+	    ARRAY_GROW(a->again, a->again_cap, a->nagain + 1) < 0) {
+		metric_add(&m_again_lost, 1);
+		log_warn("mark_lost", "request_id=%s sku=%s", it->rid, it->sku);
+		return;
+	}
+	a->again[a->nagain++] = *it;
+}
+
 static void admit_finish(struct admission *a, const struct admit_item *it,
 			 const struct admit_result *r)
 {
+	if (it->again_until_us != 0) {
+		/* Its purchase was answered on the first try. */
+		if (r->verdict == ADMIT_UNAVAILABLE || r->verdict == ADMIT_NOT_READY)
+			mark_keep(a, it);
+		return;
+	}
 	metric_add(&m_verdicts[r->verdict], 1);
 	a->done(a->arg, it->opaque, r);
 }
@@ -518,6 +546,7 @@ int admit_init(struct admission *a, struct event_base *base, struct gw_store *st
 	a->max_batch = 512;
 	a->lease_ms = 1000;
 	a->lease_min_free = 1000;
+	a->again_ms = ADMIT_AGAIN_MS;
 	snprintf(a->lease_prefix, sizeof(a->lease_prefix), "~%08x.%lu", random_u32(),
 		 __atomic_add_fetch(&admissions, 1, __ATOMIC_RELAXED));
 	SHA1((const unsigned char *)gw_admit_lua, strlen(gw_admit_lua), md);
@@ -543,19 +572,21 @@ void admit_free(struct admission *a)
 	free(a->items);
 	free(a->spare);
 	free(a->ops);
+	free(a->again);
 	memset(a, 0, sizeof(*a));
 }
 
 static void admit_queue(struct admission *a, const char *sku, const char *rid, int64_t qty,
-			const char *lease, void *opaque)
+			const char *lease, void *opaque, int64_t again_until_us)
 {
-	struct admit_item *it;
+	struct admit_item it = { .qty = qty, .opaque = opaque, .again_until_us = again_until_us };
+	struct admit_result unavailable = { .verdict = ADMIT_UNAVAILABLE };
 
+	snprintf(it.sku, sizeof(it.sku), "%s", sku);
+	snprintf(it.rid, sizeof(it.rid), "%s", rid);
+	snprintf(it.lease, sizeof(it.lease), "%s", lease);
 	if (!gw_store_ready(a->store)) {
-		struct admit_item tmp = { .qty = qty, .opaque = opaque };
-		struct admit_result r = { .verdict = ADMIT_UNAVAILABLE };
-
-		admit_finish(a, &tmp, &r);
+		admit_finish(a, &it, &unavailable);
 		return;
 	}
 	if (a->n == 0 && a->cap == 0 && a->spare != NULL) {
@@ -570,21 +601,13 @@ static void admit_queue(struct admission *a, const char *sku, const char *rid, i
 		struct admit_item *ni = realloc(a->items, cap * sizeof(*ni));
 
 		if (ni == NULL) {
-			struct admit_item tmp = { .qty = qty, .opaque = opaque };
-			struct admit_result r = { .verdict = ADMIT_UNAVAILABLE };
-
-			admit_finish(a, &tmp, &r);
+			admit_finish(a, &it, &unavailable);
 			return;
 		}
 		a->items = ni;
 		a->cap = cap;
 	}
-	it = &a->items[a->n++];
-	snprintf(it->sku, sizeof(it->sku), "%s", sku);
-	snprintf(it->rid, sizeof(it->rid), "%s", rid);
-	snprintf(it->lease, sizeof(it->lease), "%s", lease);
-	it->qty = qty;
-	it->opaque = opaque;
+	a->items[a->n++] = it;
 	/*
 	 * A mark (its purchase is on its way to Kafka already) waits for the
 	 * call in flight and goes with the next one, sent when that reply
@@ -602,13 +625,48 @@ static void admit_queue(struct admission *a, const char *sku, const char *rid, i
 void admit_submit(struct admission *a, const char *sku, const char *rid, int64_t qty,
 		  void *opaque)
 {
-	admit_queue(a, sku, rid, qty, "", opaque);
+	admit_queue(a, sku, rid, qty, "", opaque, 0);
 }
 
 void admit_mark(struct admission *a, const char *sku, const char *rid, int64_t qty,
 		const char *lease, void *opaque)
 {
-	admit_queue(a, sku, rid, qty, lease, opaque);
+	admit_queue(a, sku, rid, qty, lease, opaque, 0);
+}
+
+void admit_mark_again(struct admission *a, const char *sku, const char *rid, int64_t qty,
+		      const char *lease)
+{
+	struct admit_item it = { .qty = qty, .again_until_us = mono_us() + a->again_ms * 1000 };
+
+	snprintf(it.sku, sizeof(it.sku), "%s", sku);
+	snprintf(it.rid, sizeof(it.rid), "%s", rid);
+	snprintf(it.lease, sizeof(it.lease), "%s", lease);
+	mark_keep(a, &it);
+}
+
+/* The marks kept (mark_keep) go with a call, once Redis is there. */
+static void marks_again(struct admission *a)
+{
+	struct admit_item *kept = a->again;
+	size_t n = a->nagain;
+
+	if (n == 0 || !gw_store_ready(a->store))
+		return;
+	a->again = NULL;    /* a mark failing again is kept anew */
+	a->nagain = 0;
+	a->again_cap = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (mono_us() >= kept[i].again_until_us) {
+			mark_keep(a, &kept[i]);     /* counts it lost */
+			continue;
+		}
+		metric_add(&m_again, 1);
+		admit_queue(a, kept[i].sku, kept[i].rid, kept[i].qty, kept[i].lease, NULL,
+			    kept[i].again_until_us);
+	}
+	free(kept);
+	admit_arm(a);
 }
 
 static void unadmit_cb(redisAsyncContext *ac, void *reply, void *privdata)

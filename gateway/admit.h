@@ -65,6 +65,7 @@ struct admit_item {
 	char lease[ADMIT_LEASE_ID_MAX];   /* a mark: produced under this lease */
 	int64_t qty;
 	void *opaque;
+	int64_t again_until_us;           /* a mark sent again (admit_mark_again): mono */
 };
 
 /* One SKU's lease as this loop sees it. */
@@ -114,8 +115,15 @@ struct admission {
 	size_t nops, ops_cap;
 	char lease_prefix[24];
 	unsigned long long lease_seq;
-	struct event *lease_ev;     /* returns expired leases */
+	struct event *lease_ev;     /* returns expired leases, sends marks again */
+	/* marks whose call failed, for a call once Redis is back */
+	struct admit_item *again;
+	size_t nagain, again_cap;
+	long long again_ms;         /* how long a mark is sent again */
 };
+
+#define ADMIT_AGAIN_MS 60000    /* well within any record's life (gateway.record_ttl_s) */
+#define ADMIT_AGAIN_MAX 10000   /* marks one loop keeps sending again */
 
 /* Start-up: -1 on allocation failure. */
 int admit_init(struct admission *a, struct event_base *base, struct gw_store *store,
@@ -146,6 +154,17 @@ bool admit_lease_take(struct admission *a, const char *sku, int64_t qty, int64_t
  */
 void admit_mark(struct admission *a, const char *sku, const char *rid, int64_t qty,
 		const char *lease, void *opaque);
+
+/*
+ * A mark answered ADMIT_UNAVAILABLE or ADMIT_NOT_READY whose purchase Kafka
+ * took: it is sent again, with a call of the loop's once Redis is there
+ * (looked at every 100 ms), until Redis records it (or finds the deductor's
+ * record), for again_ms at most; done is not called for it. Meanwhile only
+ * the gateway that answered the 202 knows the purchase (routes.c,
+ * routes_recent_known); after, every gateway finds its marker.
+ */
+void admit_mark_again(struct admission *a, const char *sku, const char *rid, int64_t qty,
+		      const char *lease);
 
 /* Give every lease back (drain, shutdown) and ask for none any more. */
 void admit_leases_return(struct admission *a);

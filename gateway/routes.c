@@ -122,6 +122,7 @@ struct pending {
 	/* purchase under its loop's lease: produced before its marker, answered
 	 * once both the delivery report and the marker's verdict are in */
 	bool leased;
+	char lease[ADMIT_LEASE_ID_MAX];    /* the lease it was produced under */
 	int waits;                         /* of those two, still to come */
 	enum admit_verdict mark;           /* the marker's verdict */
 	rd_kafka_resp_err_t dr_err;        /* the delivery report, kept */
@@ -212,11 +213,17 @@ static void purchase_delivered(struct gateway *gw, struct pending *pd, rd_kafka_
 			       bool maybe_stored);
 
 /*
- * Purchases this gateway answered 202 lately (request id -> 1), so that a
- * retry of one is answered 202 while Redis, which knows every id, is away:
- * admission fails closed for new purchases only. A window, not a log:
- * cleared whole when full, and per process (another gateway's 202s get the
- * plain 503, as before).
+ * Purchases this gateway answered 202 lately (request id -> the second of
+ * the answer on the monotonic clock, plus 1), so that
+ *   - a retry of one is answered 202 while Redis, which knows every id, is
+ *     away: admission fails closed for new purchases only;
+ *   - a GET of one Redis has no record of is answered "queued" (its marker
+ *     call failed, or Redis lost its state): it is in Kafka, and the
+ *     deductor's decision writes its record.
+ * A window, not a log: cleared whole when full, per process (another
+ * gateway's 202s get the plain 503 or 404, as before), and an entry older
+ * than gateway.record_ttl_s is not trusted: by then a decided purchase's
+ * record may have expired.
  */
 #define RECENT_MAX 100000
 
@@ -225,19 +232,19 @@ static void routes_recent_note(struct gateway *gw, const char *rid)
 	pthread_mutex_lock(&gw->sh->recent_mu);
 	if (strmap_count(&gw->sh->recent) >= RECENT_MAX)
 		strmap_clear(&gw->sh->recent);
-	if (strmap_put_max(&gw->sh->recent, rid, 1) < 0)
+	if (strmap_put_max(&gw->sh->recent, rid, mono_us() / 1000000 + 1) < 0)
 		log_debug("recent_oom", "request_id=%s", rid);
 	pthread_mutex_unlock(&gw->sh->recent_mu);
 }
 
 static bool routes_recent_known(struct gateway *gw, const char *rid)
 {
-	bool known;
+	int64_t at;
 
 	pthread_mutex_lock(&gw->sh->recent_mu);
-	known = strmap_get(&gw->sh->recent, rid, 0) > 0;
+	at = strmap_get(&gw->sh->recent, rid, 0);
 	pthread_mutex_unlock(&gw->sh->recent_mu);
-	return known;
+	return at > 0 && mono_us() / 1000000 + 1 - at <= gw->cfg.record_ttl_s;
 }
 
 static void replay_cb(redisAsyncContext *ac, void *reply, void *privdata)
@@ -381,7 +388,6 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	struct pending *pd;
 	const char *body, *code = NULL;
 	char err[256], user[FS_ID_MAX + 1], rid[27], ip[GW_IP_MAX] = "";
-	char lease[ADMIT_LEASE_ID_MAX];
 	size_t len;
 	int64_t rate, mono = mono_us();
 
@@ -469,11 +475,11 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	 */
 	if (p != NULL && (pr.generated_id || (gw->cfg.known_ids &&
 					      !known_may_exist(&gw->known, rid, mono))) &&
-	    admit_lease_take(&gw->adm, pd->sku, pd->qty, mono, lease)) {
+	    admit_lease_take(&gw->adm, pd->sku, pd->qty, mono, pd->lease)) {
 		pd->leased = true;
 		pd->waits = 2;
 		if (purchase_produce(gw, pd))
-			admit_mark(&gw->adm, pd->sku, pd->request_id, pd->qty, lease, pd);
+			admit_mark(&gw->adm, pd->sku, pd->request_id, pd->qty, pd->lease, pd);
 		return;
 	}
 	/* The shared budget decides, with this turn's other purchases. */
@@ -682,7 +688,10 @@ static void purchase_delivered(struct gateway *gw, struct pending *pd, rd_kafka_
 				     pd->leased && pd->mark == ADMIT_KNOWN ? pd->state : "queued" };
 
 		/* The purchase is in Kafka: it will be decided whether or not the
-		 * client stays. Its "queued" marker came with its admission. */
+		 * client stays. Its "queued" marker came with its admission, or
+		 * goes when Redis is back. */
+		if (pd->leased && (pd->mark == ADMIT_UNAVAILABLE || pd->mark == ADMIT_NOT_READY))
+			admit_mark_again(&gw->adm, pd->sku, pd->request_id, pd->qty, pd->lease);
 		metric_add(&m_accepted, 1);
 		metric_observe_us(&m_accept_latency, (uint64_t)(mono_us() - pd->received_us));
 		routes_recent_note(gw, pd->request_id);
@@ -795,6 +804,16 @@ static void purchase_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	    ((v = pair_get(r, "user")) == NULL || strcmp(v, pd->owner) == 0) &&
 	    purchase_keep_waiting(pd, pair_get(r, "st")))
 		return;
+	if (r->elements == 0 && routes_recent_known(pd->call.gw, pd->request_id)) {
+		/* Answered 202 here, no record yet (routes_recent_note). */
+		const char *kv[] = { "request_id", pd->client_id, "state", "queued" };
+
+		if (purchase_keep_waiting(pd, "queued"))
+			return;
+		call_reply_strings(&pd->call, 200, kv, 2);
+		pending_free(pd);
+		return;
+	}
 	/*
 	 * Only the owner sees a purchase; anyone else gets the answer of an
 	 * unknown id, so ids cannot be probed. (A "queued" marker has no user

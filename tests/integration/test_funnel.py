@@ -329,6 +329,46 @@ def test_lease_of_a_gateway_killed_is_healed(stack):
     assert_invariants(stack, 'fun-lease-2', 100000)
 
 
+def test_mark_of_a_leased_purchase_is_sent_again_when_redis_is_back(stack):
+    """A leased purchase goes to Kafka before its marker is written. When
+    the marker's call fails (here Redis answers not_ready: its state epoch
+    is gone for a moment), the purchase still gets its 202, and the mark is
+    sent again once Redis takes it: another gateway then finds the purchase
+    "queued" (before: 404 until the deductor decided it)."""
+    stack.create_promotion('fun-again', stock=100000, per_user_limit=1, hold_seconds=600)
+    stack.daemon('stop', 'deductor')
+    g2 = Gateway(stack, settings=['gateway.admission_lease_ms=10000', 'gateway.loops=1'])
+    try:
+        for i in range(8):     # four the slow way, then a lease of 64
+            code, body = g2.buy('fun-again', 'ag-%d' % i)
+            assert code == 202, body
+        assert promo(stack, 'fun-again').get('lease', 0) > 0
+        epoch = stack.redis('GET', 'fs:ready')
+        assert epoch
+        stack.redis('DEL', 'fs:ready')
+        try:
+            code, body = g2.buy('fun-again', 'ag-x', 'ag-x-1')
+            assert code == 202 and body['state'] == 'queued', (code, body)
+        finally:
+            stack.redis('SET', 'fs:ready', epoch)
+
+        def known_elsewhere():
+            code, got = stack.http('GET', '/v1/purchases/ag-x-1', user='ag-x')
+            return code == 200 and got['state'] == 'queued'
+        wait_for(known_elsewhere, timeout=10, what='the marker sent again')
+        assert 'mark_lost' not in open(g2.log_path).read()
+    finally:
+        g2.stop()
+    stack.daemon('start', 'deductor')
+    wait_for(lambda: promo(stack, 'fun-again').get('held', 0) == 9, timeout=30,
+             what='the 9 holds')
+    code, got = stack.http('GET', '/v1/purchases/ag-x-1', user='ag-x')
+    assert code == 200 and got['state'] == 'reserved', got
+    wait_for(lambda: stack.psql("SELECT count(*) FROM orders WHERE sku = 'fun-again'") == [['9']],
+             timeout=20, what='the orders in PostgreSQL')
+    assert_invariants(stack, 'fun-again', 100000)
+
+
 def test_each_limit_per_promotion_live(stack):
     stack.create_promotion('fun-4', stock=100, per_user_limit=1, hold_seconds=600)
     # A bad value changes nothing.
@@ -657,6 +697,50 @@ def test_admin_calls_never_stop_the_other_loops_refreshing(stack):
         assert stale and float(stale[0].rsplit(' ', 1)[1]) == 0, stale
     finally:
         g.stop()
+
+
+def test_get_after_202_with_no_record_is_queued_where_it_was_accepted(stack):
+    """A purchase produced under a lease gets its 202 from Kafka's ack even
+    when its marker call failed (or Redis lost the marker): it is in Kafka
+    and will be decided. A GET of it at the gateway that accepted it is
+    answered "queued", not 404 (before: 404 until the deductor decided), and
+    a long poll there waits for the decision. Another gateway cannot know
+    it and answers 404 until then."""
+    stack.create_promotion('norec-1', stock=5, per_user_limit=1, hold_seconds=600)
+    stack.daemon('stop', 'deductor')
+    before = set(stack.redis('KEYS', 'fs:req:*').split())
+    code, body = buy(stack, 'norec-1', 'u-norec', 'norec-r1')
+    assert code == 202 and body['state'] == 'queued', (code, body)
+    (key,) = set(stack.redis('KEYS', 'fs:req:*').split()) - before
+    rid = key[len('fs:req:'):]
+    # The marker as if never written: record, member and counted unit gone.
+    assert stack.redis('DEL', key) == '1'
+    assert stack.redis('ZREM', 'fs:adm:all', 'norec-1 ' + rid) == '1'
+    stack.redis('HINCRBY', 'fs:promo:norec-1', 'adm', '-1')
+    stack.redis('DECRBY', 'fs:adm:total', '1')
+    for _ in range(4):     # new connections: any event loop
+        code, body = stack.http('GET', '/v1/purchases/norec-r1', user='u-norec')
+        assert (code, body.get('state')) == (200, 'queued'), (code, body)
+    # Another buyer's id of the same text is another purchase: unknown.
+    code, body = stack.http('GET', '/v1/purchases/norec-r1', user='u-other')
+    assert code == 404, (code, body)
+    g2 = Gateway(stack)
+    try:
+        saved, stack.url = stack.url, g2.url
+        try:
+            code, body = stack.http('GET', '/v1/purchases/norec-r1', user='u-norec')
+        finally:
+            stack.url = saved
+        assert code == 404, (code, body)
+    finally:
+        g2.stop()
+    stack.daemon('start', 'deductor')
+    code, body = stack.http('GET', '/v1/purchases/norec-r1?wait_ms=10000', user='u-norec')
+    assert (code, body.get('state')) == (200, 'reserved'), (code, body)
+    wait_for(lambda: stack.psql("SELECT count(*) FROM orders WHERE sku = 'norec-1'") == [['1']],
+             timeout=20, what='the order in PostgreSQL')
+    assert_invariants(stack, 'norec-1', 5)
+    assert_audit_clean(stack)
 
 
 def test_retry_of_undecided_purchase_is_sent_again(stack):

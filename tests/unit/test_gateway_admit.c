@@ -708,6 +708,65 @@ static void test_marks_wait_for_the_call_in_flight(void **state)
 	loop_close(&l);
 }
 
+/* Run the loop for ms (the lease sweep, every 100 ms, sends marks again). */
+static void run_for(struct loop *l, int ms)
+{
+	int64_t until = mono_us() + ms * 1000;
+
+	while (mono_us() < until) {
+		event_base_loop(l->base, EVLOOP_NONBLOCK);
+		usleep(1000);
+	}
+	settle(l);
+}
+
+/*
+ * A mark whose call failed, for a purchase Kafka took, is sent again once
+ * Redis can take it, so that every gateway finds its marker (before, only
+ * the deductor's decision made the purchase known elsewhere); tried while
+ * Redis is not ready, given up after again_ms. The tries answer nobody:
+ * each purchase had its answer from the first.
+ */
+static void test_marks_sent_again(void **state)
+{
+	struct loop l = { 0 };
+	char id[ADMIT_LEASE_ID_MAX];
+	(void)state;
+
+	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:big remaining 100000 held 0 adm 0"));
+	loop_open(&l);
+	assert_int_equal(take(&l, "big", 4, id), 0);
+	settle(&l);
+	assert_int_equal(take(&l, "big", 2, id), 2);
+	freeReplyObject(redisCommand(test_rc, "DEL fs:ready"));
+	admit_mark(&l.a, "big", "again-1", 1, id, NULL);
+	admit_mark(&l.a, "big", "again-2", 1, id, NULL);
+	settle(&l);
+	assert_int_equal(l.verdicts[ADMIT_NOT_READY], 2);
+	admit_mark_again(&l.a, "big", "again-1", 1, id);
+	admit_mark_again(&l.a, "big", "again-2", 1, id);
+	freeReplyObject(redisCommand(test_rc, "CONFIG RESETSTAT"));
+	run_for(&l, 250);
+	/* Tried (not ready yet) and kept. */
+	assert_true(evalsha_calls() >= 1);
+	assert_int_equal(l.a.nagain, 2);
+	assert_int_equal(redis_int("EXISTS %s", "fs:req:again-1"), 0);
+	for (size_t i = 0; i < l.a.nagain; i++)
+		if (strcmp(l.a.again[i].rid, "again-2") == 0)
+			l.a.again[i].again_until_us = mono_us();    /* its time is up */
+	freeReplyObject(redisCommand(test_rc, "SET fs:ready 1"));
+	run_for(&l, 250);
+	assert_int_equal(l.a.nagain, 0);
+	assert_int_equal(redis_int("HGET fs:req:again-1 %s", "adm"), 1);
+	assert_int_equal(redis_int("EXISTS %s", "fs:req:again-2"), 0);
+	/* Its unit moved from the lease of 64 to its marker. */
+	assert_int_equal(redis_int("HGET fs:promo:%s lease", "big"), 63);
+	assert_int_equal(redis_int("HGET fs:promo:%s adm", "big"), 64);
+	assert_int_equal(l.verdicts[ADMIT_OK] + l.verdicts[ADMIT_UNAVAILABLE], 0);
+	assert_int_equal(l.verdicts[ADMIT_NOT_READY], 2);
+	loop_close(&l);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -720,6 +779,7 @@ int main(void)
 		cmocka_unit_test_setup(test_lease_bounds, setup),
 		cmocka_unit_test_setup(test_lease_table, setup),
 		cmocka_unit_test_setup(test_marks_wait_for_the_call_in_flight, setup),
+		cmocka_unit_test_setup(test_marks_sent_again, setup),
 	};
 
 	return cmocka_run_group_tests(tests, test_redis_group_setup, test_redis_group_teardown);
