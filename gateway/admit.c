@@ -95,7 +95,7 @@ struct admit_batch {
  */
 static void admit_batch_free(struct admit_batch *b)
 {
-	if (b->a != NULL && b->a->spare == NULL && b->items != NULL) {
+	if (b->a != NULL && b->a->done != NULL && b->a->spare == NULL && b->items != NULL) {
 		b->a->spare = b->items;
 		b->a->spare_cap = b->cap;
 	} else {
@@ -275,13 +275,27 @@ static void mark_keep(struct admission *a, const struct admit_item *it)
 	a->again[a->nagain++] = *it;
 }
 
+#define AGAIN_STEP_MS 100
+#define AGAIN_STEP_MAX_MS 5000
+
 static void admit_finish(struct admission *a, const struct admit_item *it,
 			 const struct admit_result *r)
 {
+	if (a->done == NULL)
+		return;     /* a call answered after admit_free (Redis freed later) */
 	if (it->again_until_us != 0) {
 		/* Its purchase was answered on the first try. */
-		if (r->verdict == ADMIT_UNAVAILABLE || r->verdict == ADMIT_NOT_READY)
+		if (r->verdict == ADMIT_UNAVAILABLE || r->verdict == ADMIT_NOT_READY) {
+			/* Once per refused call, not per mark in it. */
+			if (mono_us() >= a->again_next_us) {
+				a->again_step_ms = a->again_step_ms * 2 > AGAIN_STEP_MAX_MS ?
+						   AGAIN_STEP_MAX_MS : a->again_step_ms * 2;
+				a->again_next_us = mono_us() + a->again_step_ms * 1000;
+			}
 			mark_keep(a, it);
+		} else {
+			a->again_step_ms = AGAIN_STEP_MS;
+		}
 		return;
 	}
 	metric_add(&m_verdicts[r->verdict], 1);
@@ -547,6 +561,7 @@ int admit_init(struct admission *a, struct event_base *base, struct gw_store *st
 	a->lease_ms = 1000;
 	a->lease_min_free = 1000;
 	a->again_ms = ADMIT_AGAIN_MS;
+	a->again_step_ms = AGAIN_STEP_MS;
 	snprintf(a->lease_prefix, sizeof(a->lease_prefix), "~%08x.%lu", random_u32(),
 		 __atomic_add_fetch(&admissions, 1, __ATOMIC_RELAXED));
 	SHA1((const unsigned char *)gw_admit_lua, strlen(gw_admit_lua), md);
@@ -569,11 +584,16 @@ void admit_free(struct admission *a)
 	if (a->lease_ev != NULL)
 		event_free(a->lease_ev);
 	admit_fail_all(a, a->items, a->n);
+	if (a->nagain > 0) {
+		/* Drained with Redis away: their purchases are in Kafka all the same. */
+		metric_add(&m_again_lost, a->nagain);
+		log_warn("marks_lost", "count=%zu reason=exit", a->nagain);
+	}
 	free(a->items);
 	free(a->spare);
 	free(a->ops);
 	free(a->again);
-	memset(a, 0, sizeof(*a));
+	memset(a, 0, sizeof(*a));   /* done = NULL: late replies are dropped */
 }
 
 static void admit_queue(struct admission *a, const char *sku, const char *rid, int64_t qty,
@@ -651,7 +671,7 @@ static void marks_again(struct admission *a)
 	struct admit_item *kept = a->again;
 	size_t n = a->nagain;
 
-	if (n == 0 || !gw_store_ready(a->store))
+	if (n == 0 || !gw_store_ready(a->store) || mono_us() < a->again_next_us)
 		return;
 	a->again = NULL;    /* a mark failing again is kept anew */
 	a->nagain = 0;

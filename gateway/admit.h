@@ -120,6 +120,8 @@ struct admission {
 	struct admit_item *again;
 	size_t nagain, again_cap;
 	long long again_ms;         /* how long a mark is sent again */
+	int64_t again_next_us;      /* mono: no resend before (backs off while refused) */
+	int64_t again_step_ms;
 };
 
 #define ADMIT_AGAIN_MS 60000    /* well within any record's life (gateway.record_ttl_s) */
@@ -158,10 +160,12 @@ void admit_mark(struct admission *a, const char *sku, const char *rid, int64_t q
 /*
  * A mark answered ADMIT_UNAVAILABLE or ADMIT_NOT_READY whose purchase Kafka
  * took: it is sent again, with a call of the loop's once Redis is there
- * (looked at every 100 ms), until Redis records it (or finds the deductor's
- * record), for again_ms at most; done is not called for it. Meanwhile only
- * the gateway that answered the 202 knows the purchase (routes.c,
- * routes_recent_known); after, every gateway finds its marker.
+ * (looked at every 100 ms; refused again, the next try waits twice as long,
+ * up to 5 s), until Redis records it (or finds the deductor's record), for
+ * again_ms at most; done is not called for it. Meanwhile only the gateway
+ * that answered the 202 knows the purchase, as far as its memory of recent
+ * 202s goes (routes.c, routes_recent_known); after, every gateway finds its
+ * marker.
  */
 void admit_mark_again(struct admission *a, const char *sku, const char *rid, int64_t qty,
 		      const char *lease);

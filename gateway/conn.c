@@ -386,6 +386,7 @@ static enum bufferevent_filter_result conn_filter_in(struct evbuffer *src, struc
 				break;
 		}
 		c->proxy_done = true;
+		left = evbuffer_get_length(src) - checked;     /* the PROXY line is gone */
 		if (evbuffer_ptr_set(src, &at, checked, EVBUFFER_PTR_SET) < 0)
 			break;
 		eol = evbuffer_search_eol(src, &at, &eol_len, EVBUFFER_EOL_CRLF);

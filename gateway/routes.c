@@ -865,12 +865,14 @@ static void transition_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	st = r->element[1];
 	user = r->element[2];
 	dl = r->element[3];
-	if (st->type != REDIS_REPLY_STRING) {
+	if (st->type != REDIS_REPLY_STRING && !routes_recent_known(gw, pd->request_id)) {
 		call_error(&pd->call, 404, "unknown_request", "no purchase with this request_id");
 		free(pd);
 		return;
 	}
-	if (strcmp(st->str, "queued") == 0 || sku->type != REDIS_REPLY_STRING ||
+	/* (No record but answered 202 here: queued too, as a GET says.) */
+	if (st->type != REDIS_REPLY_STRING || strcmp(st->str, "queued") == 0 ||
+	    sku->type != REDIS_REPLY_STRING ||
 	    !valid_sku(sku->str)) {
 		call_error(&pd->call, 409, "not_reserved_yet",
 			   "the purchase is still queued: poll until reserved");

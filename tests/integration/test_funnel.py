@@ -721,8 +721,13 @@ def test_get_after_202_with_no_record_is_queued_where_it_was_accepted(stack):
     for _ in range(4):     # new connections: any event loop
         code, body = stack.http('GET', '/v1/purchases/norec-r1', user='u-norec')
         assert (code, body.get('state')) == (200, 'queued'), (code, body)
+    # Paying it is "not yet", as for a queued marker (it was 404).
+    code, body = stack.http('POST', '/v1/purchases/norec-r1/pay', user='u-norec')
+    assert (code, body.get('error')) == (409, 'not_reserved_yet'), (code, body)
     # Another buyer's id of the same text is another purchase: unknown.
     code, body = stack.http('GET', '/v1/purchases/norec-r1', user='u-other')
+    assert code == 404, (code, body)
+    code, body = stack.http('POST', '/v1/purchases/norec-r1/pay', user='u-other')
     assert code == 404, (code, body)
     g2 = Gateway(stack)
     try:
