@@ -148,9 +148,10 @@ static void feed_ex(const char *text, size_t chunk, bool proxy, struct fed *out)
 	out->answer[got > 0 ? got : 0] = '\0';
 	bufferevent_free(bev);
 	close(sv[1]);
+	/* First: the base runs the guard's deferred free, which uncounts it. */
+	event_base_free(base);
 	gw_conns_free(&cs);
 	gw_conn_counts_free(&counts);
-	event_base_free(base);
 }
 
 static void feed(const char *text, size_t chunk, struct fed *out)
