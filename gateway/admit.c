@@ -28,6 +28,10 @@ extern const char gw_unadmit_lua[];
  * this long: near the end of a budget not every turn carries a grant. */
 #define LEASE_RETRY_US (100 * 1000)
 
+/* Marks sent again: the wait after a refused call, doubled up to the max. */
+#define AGAIN_STEP_MS 100
+#define AGAIN_STEP_MAX_MS 5000
+
 static const char *const verdict_names[] = {
 	[ADMIT_OK] = "admitted", [ADMIT_KNOWN] = "known", [ADMIT_SOLD_OUT] = "sold_out",
 	[ADMIT_CLAIMED] = "claimed", [ADMIT_SKU_RATE] = "sku_rate",
@@ -274,9 +278,6 @@ static void mark_keep(struct admission *a, const struct admit_item *it)
 	}
 	a->again[a->nagain++] = *it;
 }
-
-#define AGAIN_STEP_MS 100
-#define AGAIN_STEP_MAX_MS 5000
 
 static void admit_finish(struct admission *a, const struct admit_item *it,
 			 const struct admit_result *r)
