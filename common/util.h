@@ -13,6 +13,8 @@
 
 /* Wall clock in ms since the epoch (informational only: deadlines use Redis TIME). */
 int64_t now_ms(void);
+/* The same in microseconds. */
+int64_t now_us(void);
 /* Monotonic clock in microseconds, for latencies and timeouts. */
 int64_t mono_us(void);
 

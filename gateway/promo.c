@@ -13,13 +13,13 @@
 struct promo_refresh {
 	struct gateway *gw;
 	int64_t start_us;           /* mono, to keep admin additions made meanwhile */
-	int64_t sent_wall_ms;
+	int64_t sent_wall_us;
 	int pending;                /* replies still expected */
 	bool failed;
 	bool have_time;
 	int64_t redis_ms;           /* Redis TIME when this refresh began */
+	int64_t redis_us, recv_wall_us;
 	bool state_lost;            /* fs:ready absent: Redis lost, not yet rebuilt */
-	int64_t offset_ms;
 	struct promo *items;
 	bool *kept;                 /* per item: not read, the cached entry stays */
 	bool full;                  /* every SKU is read */
@@ -45,6 +45,27 @@ void gateway_note_health(struct gateway *gw)
 int64_t gateway_now_ms(const struct gateway *gw)
 {
 	return now_ms() + gw->promo.clock_offset_ms;
+}
+
+void promo_clock_sample(struct promo_cache *c, int64_t sent_us, int64_t recv_us,
+			int64_t redis_us)
+{
+	struct promo_clock_sample *best = NULL;
+	size_t n;
+
+	if (recv_us < sent_us)
+		recv_us = sent_us;      /* the host's clock stepped back meanwhile */
+	/* Assume the reply was made halfway through the round trip. */
+	c->clock[c->clock_n++ % PROMO_CLOCK_SAMPLES] = (struct promo_clock_sample){
+		.rtt_us = recv_us - sent_us,
+		.offset_us = redis_us - (sent_us + (recv_us - sent_us) / 2),
+	};
+	n = c->clock_n < PROMO_CLOCK_SAMPLES ? c->clock_n : PROMO_CLOCK_SAMPLES;
+	for (size_t i = 0; i < n; i++)
+		if (best == NULL || c->clock[i].rtt_us < best->rtt_us)
+			best = &c->clock[i];
+	/* Rounded to the nearest ms, either side of zero. */
+	c->clock_offset_ms = (best->offset_us + (best->offset_us < 0 ? -500 : 500)) / 1000;
 }
 
 static int promo_cmp(const void *a, const void *b)
@@ -190,7 +211,7 @@ static void promo_refresh_done(struct promo_refresh *r)
 		c->state_lost = true;
 		free(r->items);
 		free(r->kept);
-		c->clock_offset_ms = r->offset_ms;
+		promo_clock_sample(c, r->sent_wall_us, r->recv_wall_us, r->redis_us);
 		c->refreshed_us = mono_us();
 		c->refreshed_redis_ms = r->redis_ms;
 		free(r);
@@ -224,7 +245,7 @@ static void promo_refresh_done(struct promo_refresh *r)
 		    promo_put(c, &old[i]) < 0)
 			log_warn("promo_cache_oom", "sku=%s", old[i].sku);
 	free(old);
-	c->clock_offset_ms = r->offset_ms;
+	promo_clock_sample(c, r->sent_wall_us, r->recv_wall_us, r->redis_us);
 	c->refreshed_us = mono_us();
 	c->refreshed_redis_ms = r->redis_ms;
 	gateway_note_health(r->gw);
@@ -266,12 +287,11 @@ static void promo_time_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	} else {
 		int64_t sec = gw_store_reply_int(rep->element[0], &ok);
 		int64_t usec = gw_store_reply_int(rep->element[1], &ok);
-		/* Assume the reply was made halfway through the round trip. */
-		int64_t mid = (r->sent_wall_ms + now_ms()) / 2;
 
 		if (ok) {
 			r->redis_ms = sec * 1000 + usec / 1000;
-			r->offset_ms = r->redis_ms - mid;
+			r->redis_us = sec * 1000000 + usec;
+			r->recv_wall_us = now_us();
 			r->have_time = true;
 		} else {
 			r->failed = true;
@@ -501,7 +521,7 @@ static void promo_tick(evutil_socket_t fd, short what, void *arg)
 	r->slice = c->slice++;
 	r->gw = gw;
 	r->start_us = mono_us();
-	r->sent_wall_ms = now_ms();
+	r->sent_wall_us = now_us();
 	if (gw_store_command_argv(&gw->store, promo_time_cb, r, 1, time_argv, NULL) < 0) {
 		free(r);
 		return;

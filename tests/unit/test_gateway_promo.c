@@ -118,6 +118,32 @@ static void test_push_parse(void **state)
  * SKU vanished from the cache and buyers heard unknown_sku for 13 s, until
  * the rebuild), while a SKU never seen is still dropped.
  */
+/* The Redis clock's offset comes from the TIME round trip least delayed. */
+static void test_clock_sample_shortest_round_trip_wins(void **state)
+{
+	struct promo_cache c;
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	/* A 60 ms round trip, Redis stamped late in it: +20 ms on its own. */
+	promo_clock_sample(&c, 0, 60000, 50000);
+	assert_int_equal(c.clock_offset_ms, 20);
+	/* A 2 ms one says +0.5 ms: it wins, rounded to 1. */
+	promo_clock_sample(&c, 1000000, 1002000, 1001500);
+	assert_int_equal(c.clock_offset_ms, 1);
+	/* Later slow ones do not move it: one stamped early (-30 ms) ... */
+	promo_clock_sample(&c, 2000000, 2080000, 2010000);
+	assert_int_equal(c.clock_offset_ms, 1);
+	/* ... nor one from a host clock that stepped back meanwhile (rtt 0 is kept, not negative). */
+	promo_clock_sample(&c, 3000000, 2999000, 2998400);
+	assert_int_equal(c.clock_offset_ms, -2);
+	/* Once PROMO_CLOCK_SAMPLES newer samples came, the old best is gone. */
+	for (int i = 0; i < PROMO_CLOCK_SAMPLES; i++)
+		promo_clock_sample(&c, 10000000 + i * 500000, 10000000 + i * 500000 + 10000,
+				   10000000 + i * 500000 + 5000 + 7000);
+	assert_int_equal(c.clock_offset_ms, 7);
+}
+
 static void test_refresh_keeps_known_skus(void **state)
 {
 	struct promo_cache c;
@@ -195,6 +221,7 @@ int main(void)
 		cmocka_unit_test(test_status),
 		cmocka_unit_test(test_note_sold_out),
 		cmocka_unit_test(test_push_parse),
+		cmocka_unit_test(test_clock_sample_shortest_round_trip_wins),
 		cmocka_unit_test(test_refresh_keeps_known_skus),
 		cmocka_unit_test(test_refresh_slices),
 	};
