@@ -13,12 +13,11 @@
 struct promo_refresh {
 	struct gateway *gw;
 	int64_t start_us;           /* mono, to keep admin additions made meanwhile */
-	int64_t sent_wall_us;
 	int pending;                /* replies still expected */
 	bool failed;
 	bool have_time;
 	int64_t redis_ms;           /* Redis TIME when this refresh began */
-	int64_t redis_us, recv_wall_us;
+	int64_t redis_us, recv_wall_us, rtt_us;
 	bool state_lost;            /* fs:ready absent: Redis lost, not yet rebuilt */
 	struct promo *items;
 	bool *kept;                 /* per item: not read, the cached entry stays */
@@ -47,23 +46,34 @@ int64_t gateway_now_ms(const struct gateway *gw)
 	return now_ms() + gw->promo.clock_offset_ms;
 }
 
-void promo_clock_sample(struct promo_cache *c, int64_t sent_us, int64_t recv_us,
+void promo_clock_sample(struct promo_cache *c, int64_t rtt_us, int64_t recv_us,
 			int64_t redis_us)
 {
-	struct promo_clock_sample *best = NULL;
-	size_t n;
+	struct promo_clock_sample s, *best = NULL;
+	size_t n = c->clock_n < PROMO_CLOCK_SAMPLES ? c->clock_n : PROMO_CLOCK_SAMPLES;
+	int64_t apart;
 
-	if (recv_us < sent_us)
-		recv_us = sent_us;      /* the host's clock stepped back meanwhile */
-	/* Assume the reply was made halfway through the round trip. */
-	c->clock[c->clock_n++ % PROMO_CLOCK_SAMPLES] = (struct promo_clock_sample){
-		.rtt_us = recv_us - sent_us,
-		.offset_us = redis_us - (sent_us + (recv_us - sent_us) / 2),
-	};
-	n = c->clock_n < PROMO_CLOCK_SAMPLES ? c->clock_n : PROMO_CLOCK_SAMPLES;
+	/* Redis stamped its reply somewhere in the round trip: the true offset
+	 * is within rtt / 2 of the midpoint's. */
+	s.rtt_us = rtt_us < 0 ? 0 : rtt_us;
+	s.offset_us = redis_us - (recv_us - s.rtt_us / 2);
 	for (size_t i = 0; i < n; i++)
 		if (best == NULL || c->clock[i].rtt_us < best->rtt_us)
 			best = &c->clock[i];
+	/*
+	 * Two samples whose ranges do not meet cannot both hold: a clock
+	 * stepped (or Redis moved to another host) since the best was taken.
+	 * Older samples are off by the step; start again from this one.
+	 */
+	apart = best != NULL ? s.offset_us - best->offset_us : 0;
+	if (best != NULL && (apart < 0 ? -apart : apart) >
+	    (s.rtt_us + best->rtt_us) / 2 + PROMO_CLOCK_DRIFT_US) {
+		c->clock_n = 0;
+		best = NULL;
+	}
+	c->clock[c->clock_n++ % PROMO_CLOCK_SAMPLES] = s;
+	if (best == NULL || s.rtt_us < best->rtt_us)
+		best = &s;
 	/* Rounded to the nearest ms, either side of zero. */
 	c->clock_offset_ms = (best->offset_us + (best->offset_us < 0 ? -500 : 500)) / 1000;
 }
@@ -211,7 +221,7 @@ static void promo_refresh_done(struct promo_refresh *r)
 		c->state_lost = true;
 		free(r->items);
 		free(r->kept);
-		promo_clock_sample(c, r->sent_wall_us, r->recv_wall_us, r->redis_us);
+		promo_clock_sample(c, r->rtt_us, r->recv_wall_us, r->redis_us);
 		c->refreshed_us = mono_us();
 		c->refreshed_redis_ms = r->redis_ms;
 		free(r);
@@ -245,7 +255,7 @@ static void promo_refresh_done(struct promo_refresh *r)
 		    promo_put(c, &old[i]) < 0)
 			log_warn("promo_cache_oom", "sku=%s", old[i].sku);
 	free(old);
-	promo_clock_sample(c, r->sent_wall_us, r->recv_wall_us, r->redis_us);
+	promo_clock_sample(c, r->rtt_us, r->recv_wall_us, r->redis_us);
 	c->refreshed_us = mono_us();
 	c->refreshed_redis_ms = r->redis_ms;
 	gateway_note_health(r->gw);
@@ -292,6 +302,9 @@ static void promo_time_cb(redisAsyncContext *ac, void *reply, void *privdata)
 			r->redis_ms = sec * 1000 + usec / 1000;
 			r->redis_us = sec * 1000000 + usec;
 			r->recv_wall_us = now_us();
+			/* On the monotonic clock: a step of the wall clock meanwhile
+			 * must not make a round trip look short. */
+			r->rtt_us = mono_us() - r->start_us;
 			r->have_time = true;
 		} else {
 			r->failed = true;
@@ -521,7 +534,6 @@ static void promo_tick(evutil_socket_t fd, short what, void *arg)
 	r->slice = c->slice++;
 	r->gw = gw;
 	r->start_us = mono_us();
-	r->sent_wall_us = now_us();
 	if (gw_store_command_argv(&gw->store, promo_time_cb, r, 1, time_argv, NULL) < 0) {
 		free(r);
 		return;

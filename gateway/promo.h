@@ -34,6 +34,8 @@ struct promo {
 
 /* TIME round trips the Redis clock's offset is chosen from (promo_clock_sample). */
 #define PROMO_CLOCK_SAMPLES 16
+/* Two clocks drift apart by well under this over PROMO_CLOCK_SAMPLES refreshes. */
+#define PROMO_CLOCK_DRIFT_US 2000
 
 struct promo_clock_sample {
 	int64_t rtt_us, offset_us;
@@ -76,17 +78,18 @@ int promo_init(struct gateway *gw) FS_MUSTCHECK;
 void promo_free(struct gateway *gw);
 
 /*
- * One TIME round trip: sent and answered at these local wall-clock times
- * (us), Redis saying redis_us. Sets clock_offset_ms to the offset of the
- * sample with the shortest round trip among the last PROMO_CLOCK_SAMPLES
- * (NTP's clock filter; 8 s at the default refresh_ms). A reply that
- * waited behind other commands, an fsync or a busy core says little of
- * when it was made: under a sale's load single samples put the Redis
- * clock up to 50 ms either side of the host's own, on one host (bench/run
- * scaling, 1,000,000 x 10,000). A step of either clock is followed within
- * PROMO_CLOCK_SAMPLES refreshes, or at once by a quicker round trip.
+ * One TIME round trip of rtt_us (monotonic), answered at local wall-clock
+ * recv_us with Redis saying redis_us. Sets clock_offset_ms to the offset
+ * of the sample with the shortest round trip among the last
+ * PROMO_CLOCK_SAMPLES (NTP's clock filter; 8 s at the default refresh_ms).
+ * A reply that waited behind other commands, an fsync or a busy core says
+ * little of when it was made: under a sale's load single samples put the
+ * Redis clock up to 50 ms either side of the host's own, on one host
+ * (bench/run scaling, 1,000,000 x 10,000). A sample that cannot agree
+ * with the best one (their ranges, offset +- rtt / 2, do not meet) means a
+ * clock stepped: the older samples are dropped and it is taken at once.
  */
-void promo_clock_sample(struct promo_cache *c, int64_t sent_us, int64_t recv_us,
+void promo_clock_sample(struct promo_cache *c, int64_t rtt_us, int64_t recv_us,
 			int64_t redis_us);
 
 /* Binary search; NULL when the SKU is unknown. */

@@ -47,6 +47,16 @@ def test_every_stage_produced_a_figure(smoke):
     assert positive(s["accept"]["rps"]) and positive(s["accept"]["ceiling_rps"])
     assert positive(s["accept"]["accepted"])
     assert positive(s["soldout"]["rps"])
+    # Each gateway run is compared with the ceilings measured next to it,
+    # before and after, and its ratio is against their mean (a drifting
+    # machine).
+    for stage, tags in (("soldout", ["ceiling-1", "ceiling-2"]),
+                        ("accept", ["ceiling-2", "ceiling-3"])):
+        runs = s[stage]["ceiling_runs"]
+        assert [c["tag"] for c in runs] == tags and all(positive(c["rps"]) for c in runs)
+        assert s[stage]["ceiling_rps"] == sum(c["rps"] for c in runs) / 2
+        assert res["ratios"]["%s_vs_ceiling" % stage] == \
+            round(s[stage]["rps"] / s[stage]["ceiling_rps"], 3)
     for run in ("hot", "spread"):
         assert positive(s["deduct"][run]["rate"])
         assert s["deduct"][run]["intents"] == res["settings"]["deduct_intents"]

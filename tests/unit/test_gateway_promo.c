@@ -112,12 +112,6 @@ static void test_push_parse(void **state)
 		assert_false(push_parse(bad[i], sku, sizeof(sku), &r, &h, &e, &c));
 }
 
-/*
- * A refresh that straddles a FLUSHALL read the SKU set before it and the
- * hashes after: the cached SKUs must survive it (found by CI: the sale's
- * SKU vanished from the cache and buyers heard unknown_sku for 13 s, until
- * the rebuild), while a SKU never seen is still dropped.
- */
 /* The Redis clock's offset comes from the TIME round trip least delayed. */
 static void test_clock_sample_shortest_round_trip_wins(void **state)
 {
@@ -125,25 +119,51 @@ static void test_clock_sample_shortest_round_trip_wins(void **state)
 	(void)state;
 
 	memset(&c, 0, sizeof(c));
-	/* A 60 ms round trip, Redis stamped late in it: +20 ms on its own. */
-	promo_clock_sample(&c, 0, 60000, 50000);
+	/* A 60 ms round trip answered at 60 ms, Redis saying 50: +20 ms on its own. */
+	promo_clock_sample(&c, 60000, 60000, 50000);
 	assert_int_equal(c.clock_offset_ms, 20);
 	/* A 2 ms one says +0.5 ms: it wins, rounded to 1. */
-	promo_clock_sample(&c, 1000000, 1002000, 1001500);
+	promo_clock_sample(&c, 2000, 1002000, 1001500);
 	assert_int_equal(c.clock_offset_ms, 1);
-	/* Later slow ones do not move it: one stamped early (-30 ms) ... */
-	promo_clock_sample(&c, 2000000, 2080000, 2010000);
+	/* A slower one that agrees within its range (-20 +- 40 ms) does not move it. */
+	promo_clock_sample(&c, 80000, 2080000, 2020000);
 	assert_int_equal(c.clock_offset_ms, 1);
-	/* ... nor one from a host clock that stepped back meanwhile (rtt 0 is kept, not negative). */
-	promo_clock_sample(&c, 3000000, 2999000, 2998400);
-	assert_int_equal(c.clock_offset_ms, -2);
-	/* Once PROMO_CLOCK_SAMPLES newer samples came, the old best is gone. */
-	for (int i = 0; i < PROMO_CLOCK_SAMPLES; i++)
-		promo_clock_sample(&c, 10000000 + i * 500000, 10000000 + i * 500000 + 10000,
-				   10000000 + i * 500000 + 5000 + 7000);
-	assert_int_equal(c.clock_offset_ms, 7);
+	/* Negative offsets round away from zero too. */
+	promo_clock_sample(&c, 1000, 3000000, 2998900);
+	assert_int_equal(c.clock_offset_ms, -1);
+	/* Slower samples that agree (+1.4 ms) keep it until PROMO_CLOCK_SAMPLES
+	 * newer ones came: then the old best is gone. */
+	for (int i = 0; i < PROMO_CLOCK_SAMPLES; i++) {
+		assert_int_equal(c.clock_offset_ms, -1);
+		promo_clock_sample(&c, 1800, 10000000 + i * 500000, 10000000 + i * 500000 + 500);
+	}
+	assert_int_equal(c.clock_offset_ms, 1);
 }
 
+/* A clock that stepped is followed at the next round trip, not 16 later. */
+static void test_clock_sample_follows_a_step(void **state)
+{
+	struct promo_cache c;
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	promo_clock_sample(&c, 500, 1000000, 1000000);
+	assert_int_equal(c.clock_offset_ms, 0);
+	/* The host's clock jumped 5 s ahead: a slower sample that cannot agree. */
+	promo_clock_sample(&c, 30000, 7000000, 2000000);
+	assert_int_equal(c.clock_offset_ms, -4985);
+	/* The pre-step sample is gone: a later, quicker one is compared with this. */
+	promo_clock_sample(&c, 1000, 8000000, 3000000);
+	assert_int_equal(c.clock_offset_ms, -5000);
+	assert_int_equal(c.clock_n, 2);
+}
+
+/*
+ * A refresh that straddles a FLUSHALL read the SKU set before it and the
+ * hashes after: the cached SKUs must survive it (found by CI: the sale's
+ * SKU vanished from the cache and buyers heard unknown_sku for 13 s, until
+ * the rebuild), while a SKU never seen is still dropped.
+ */
 static void test_refresh_keeps_known_skus(void **state)
 {
 	struct promo_cache c;
@@ -222,6 +242,7 @@ int main(void)
 		cmocka_unit_test(test_note_sold_out),
 		cmocka_unit_test(test_push_parse),
 		cmocka_unit_test(test_clock_sample_shortest_round_trip_wins),
+		cmocka_unit_test(test_clock_sample_follows_a_step),
 		cmocka_unit_test(test_refresh_keeps_known_skus),
 		cmocka_unit_test(test_refresh_slices),
 	};
