@@ -46,20 +46,29 @@ int64_t gateway_now_ms(const struct gateway *gw)
 	return now_ms() + gw->promo.clock_offset_ms;
 }
 
+/* The kept sample with the shortest round trip, NULL when none is kept. */
+static const struct promo_clock_sample *promo_clock_best(const struct promo_cache *c)
+{
+	const struct promo_clock_sample *best = NULL;
+	size_t n = c->clock_n < PROMO_CLOCK_SAMPLES ? c->clock_n : PROMO_CLOCK_SAMPLES;
+
+	for (size_t i = 0; i < n; i++)
+		if (best == NULL || c->clock[i].rtt_us < best->rtt_us)
+			best = &c->clock[i];
+	return best;
+}
+
 void promo_clock_sample(struct promo_cache *c, int64_t rtt_us, int64_t recv_us,
 			int64_t redis_us)
 {
-	struct promo_clock_sample s, *best = NULL;
-	size_t n = c->clock_n < PROMO_CLOCK_SAMPLES ? c->clock_n : PROMO_CLOCK_SAMPLES;
+	const struct promo_clock_sample *best = promo_clock_best(c);
+	struct promo_clock_sample s;
 	int64_t apart;
 
 	/* Redis stamped its reply somewhere in the round trip: the true offset
 	 * is within rtt / 2 of the midpoint's. */
 	s.rtt_us = rtt_us < 0 ? 0 : rtt_us;
 	s.offset_us = redis_us - (recv_us - s.rtt_us / 2);
-	for (size_t i = 0; i < n; i++)
-		if (best == NULL || c->clock[i].rtt_us < best->rtt_us)
-			best = &c->clock[i];
 	/*
 	 * Two samples whose ranges do not meet cannot both hold: a clock
 	 * stepped (or Redis moved to another host) since the best was taken.
@@ -67,13 +76,11 @@ void promo_clock_sample(struct promo_cache *c, int64_t rtt_us, int64_t recv_us,
 	 */
 	apart = best != NULL ? s.offset_us - best->offset_us : 0;
 	if (best != NULL && (apart < 0 ? -apart : apart) >
-	    (s.rtt_us + best->rtt_us) / 2 + PROMO_CLOCK_DRIFT_US) {
+	    (s.rtt_us + best->rtt_us) / 2 + PROMO_CLOCK_DRIFT_US)
 		c->clock_n = 0;
-		best = NULL;
-	}
+	/* The oldest goes, which may have been the best: choose again. */
 	c->clock[c->clock_n++ % PROMO_CLOCK_SAMPLES] = s;
-	if (best == NULL || s.rtt_us < best->rtt_us)
-		best = &s;
+	best = promo_clock_best(c);
 	/* Rounded to the nearest ms, either side of zero. */
 	c->clock_offset_ms = (best->offset_us + (best->offset_us < 0 ? -500 : 500)) / 1000;
 }

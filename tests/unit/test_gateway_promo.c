@@ -140,6 +140,23 @@ static void test_clock_sample_shortest_round_trip_wins(void **state)
 	assert_int_equal(c.clock_offset_ms, 1);
 }
 
+/* When the best sample is the oldest, the next best of those kept follows it. */
+static void test_clock_sample_next_best_when_the_best_goes(void **state)
+{
+	struct promo_cache c;
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	promo_clock_sample(&c, 1000, 1000000, 1000000);          /* rtt 1 ms, +0.5 ms */
+	promo_clock_sample(&c, 2000, 2000000, 2002500);          /* rtt 2 ms, +3.5 ms */
+	for (int i = 2; i < PROMO_CLOCK_SAMPLES; i++)            /* rtt 8 ms, +1 ms */
+		promo_clock_sample(&c, 8000, 3000000 + i * 500000, 3000000 + i * 500000 - 3000);
+	assert_int_equal(c.clock_offset_ms, 1);
+	/* A slow one takes the first's place: the 2 ms one is the best now. */
+	promo_clock_sample(&c, 9000, 20000000, 19997500);
+	assert_int_equal(c.clock_offset_ms, 4);
+}
+
 /* A clock that stepped is followed at the next round trip, not 16 later. */
 static void test_clock_sample_follows_a_step(void **state)
 {
@@ -242,6 +259,7 @@ int main(void)
 		cmocka_unit_test(test_note_sold_out),
 		cmocka_unit_test(test_push_parse),
 		cmocka_unit_test(test_clock_sample_shortest_round_trip_wins),
+		cmocka_unit_test(test_clock_sample_next_best_when_the_best_goes),
 		cmocka_unit_test(test_clock_sample_follows_a_step),
 		cmocka_unit_test(test_refresh_keeps_known_skus),
 		cmocka_unit_test(test_refresh_slices),
