@@ -597,15 +597,23 @@ void admit_free(struct admission *a)
 	memset(a, 0, sizeof(*a));   /* done = NULL: late replies are dropped */
 }
 
-static void admit_queue(struct admission *a, const char *sku, const char *rid, int64_t qty,
-			const char *lease, void *opaque, int64_t again_until_us)
+static struct admit_item item_make(const char *sku, const char *rid, int64_t qty,
+				   const char *lease, void *opaque, int64_t again_until_us)
 {
 	struct admit_item it = { .qty = qty, .opaque = opaque, .again_until_us = again_until_us };
-	struct admit_result unavailable = { .verdict = ADMIT_UNAVAILABLE };
 
 	snprintf(it.sku, sizeof(it.sku), "%s", sku);
 	snprintf(it.rid, sizeof(it.rid), "%s", rid);
 	snprintf(it.lease, sizeof(it.lease), "%s", lease);
+	return it;
+}
+
+static void admit_queue(struct admission *a, const char *sku, const char *rid, int64_t qty,
+			const char *lease, void *opaque, int64_t again_until_us)
+{
+	struct admit_item it = item_make(sku, rid, qty, lease, opaque, again_until_us);
+	struct admit_result unavailable = { .verdict = ADMIT_UNAVAILABLE };
+
 	if (!gw_store_ready(a->store)) {
 		admit_finish(a, &it, &unavailable);
 		return;
@@ -658,11 +666,9 @@ void admit_mark(struct admission *a, const char *sku, const char *rid, int64_t q
 void admit_mark_again(struct admission *a, const char *sku, const char *rid, int64_t qty,
 		      const char *lease)
 {
-	struct admit_item it = { .qty = qty, .again_until_us = mono_us() + a->again_ms * 1000 };
+	struct admit_item it = item_make(sku, rid, qty, lease, NULL,
+					 mono_us() + a->again_ms * 1000);
 
-	snprintf(it.sku, sizeof(it.sku), "%s", sku);
-	snprintf(it.rid, sizeof(it.rid), "%s", rid);
-	snprintf(it.lease, sizeof(it.lease), "%s", lease);
 	mark_keep(a, &it);
 }
 
