@@ -41,6 +41,16 @@ def test_run_succeeds_with_invariants_held(smoke):
     assert res.get("errors") == [], res.get("errors")
 
 
+def test_accept_warmup_runs_each_on_a_sku_of_their_own(smoke):
+    """Every wrk run sends the same buyers from the start: warm-up runs on
+    one SKU met the per-user limit, and the deductor refused what the
+    gateway had answered 202 (the accept stage's held == 202s check)."""
+    _, res, _ = smoke
+    runs = res["stages"]["accept"]["warmup_runs"]
+    assert len(runs) >= 2, runs
+    assert len({r["sku"] for r in runs}) == len(runs), runs
+
+
 def test_every_stage_produced_a_figure(smoke):
     _, res, _ = smoke
     s = res["stages"]
