@@ -27,6 +27,7 @@
 struct auth_key;
 struct auth_cache_entry;
 struct evp_md_st;
+struct evp_md_ctx_st;
 
 struct auth {
 	struct auth_key *keys;
@@ -38,6 +39,7 @@ struct auth {
 	size_t cache_mask;
 	uint64_t hits, misses;
 	struct evp_md_st *sha256;        /* fetched once: the cache's digest */
+	struct evp_md_ctx_st *md;        /* its context, reused token after token */
 	/*
 	 * The last header segment parsed, byte for byte, and what it said: an
 	 * issuer's tokens share one header, and parsing it (base64url, JSON)
@@ -80,8 +82,8 @@ char *auth_sign(const struct auth *a, const char *user, int64_t now_s, long long
  * The request id the pipeline uses for a buyer's own id: scoped to the
  * buyer, so two buyers' ids never collide and nobody can claim another's.
  * 26 characters of Crockford base32 (a valid request id) from SHA-256 of
- * the user and the id.
+ * the user and the id, with a's digest context (the loop's own).
  */
-void auth_scoped_id(const char *user, const char *client_id, char out[27]);
+void auth_scoped_id(struct auth *a, const char *user, const char *client_id, char out[27]);
 
 #endif

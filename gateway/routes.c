@@ -411,7 +411,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	}
 	strcpy(pr.user_id, user);
 	/* Ids are the buyer's own: nobody can claim another's, none collide. */
-	auth_scoped_id(user, pr.request_id, rid);
+	auth_scoped_id(&gw->auth, user, pr.request_id, rid);
 	if (!promo_fresh(&gw->promo)) {
 		if (!pr.generated_id && routes_recent_known(gw, rid)) {
 			/* Redis is away, but this retry's purchase got its 202 here. */
@@ -1018,7 +1018,7 @@ static void route_request_op(struct gateway *gw, struct evhttp_request *req,
 		call_error_now(req, route, 503, "busy", "out of memory", false);
 		return;
 	}
-	auth_scoped_id(user, rid, pd->request_id);
+	auth_scoped_id(&gw->auth, user, rid, pd->request_id);
 	strcpy(pd->client_id, rid);
 	strcpy(pd->owner, user);
 	snprintf(key, sizeof(key), "fs:req:%s", pd->request_id);

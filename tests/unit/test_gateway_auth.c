@@ -385,6 +385,38 @@ static void test_hs256_edges(void **state)
 }
 
 /*
+ * One HMAC context per key serves token after token (auth_hs256_ok
+ * re-initialises it): each verdict is the token's own, whatever the tokens
+ * before it were, valid, forged or cut short. Distinct tokens, so the cache
+ * answers none of them.
+ */
+static void test_hs256_context_reused(void **state)
+{
+	struct auth a;
+	char err[256], user[FS_ID_MAX + 1], sub[32], *t, *bad;
+	uint64_t calls = 0;
+
+	(void)state;
+	assert_int_equal(auth_init(&a, SECRET, NULL, "", "", 30, err, sizeof(err)), 0);
+	for (int i = 0; i < 50; i++) {
+		snprintf(sub, sizeof(sub), "buyer-%d", i);
+		t = hs(SECRET, NULL, sub, NOW + 60 + i);
+		assert_int_equal(verify(&a, t, user), 0);
+		assert_string_equal(user, sub);
+		bad = hs(SECRET2, NULL, sub, NOW + 61 + i);     /* another secret */
+		assert_int_equal(verify(&a, bad, user), -1);
+		free(bad);
+		t[strlen(t) - 5] = '\0';                        /* cut short */
+		assert_int_equal(verify(&a, t, user), -1);
+		free(t);
+		calls += 3;
+	}
+	assert_int_equal(a.hits, 0);
+	assert_int_equal(a.misses, calls);
+	auth_free(&a);
+}
+
+/*
  * The header memo (auth.h): a header byte for byte the last one parsed is
  * not parsed again, and any other header is judged on its own bytes, so a
  * valid header remembered never lends its alg or kid to another token.
@@ -428,13 +460,15 @@ static void test_header_memo(void **state)
 /* A buyer's own request id becomes one no other buyer can name. */
 static void test_scoped_ids(void **state)
 {
-	char a[27], b[27], c[27], d[27];
+	struct auth au;
+	char a[27], b[27], c[27], d[27], err[256];
 
 	(void)state;
-	auth_scoped_id("alice", "checkout-1", a);
-	auth_scoped_id("alice", "checkout-1", b);
-	auth_scoped_id("mallory", "checkout-1", c);
-	auth_scoped_id("alicec", "heckout-1", d);
+	assert_int_equal(auth_init(&au, SECRET, NULL, "", "", 30, err, sizeof(err)), 0);
+	auth_scoped_id(&au, "alice", "checkout-1", a);
+	auth_scoped_id(&au, "alice", "checkout-1", b);
+	auth_scoped_id(&au, "mallory", "checkout-1", c);
+	auth_scoped_id(&au, "alicec", "heckout-1", d);
 	assert_string_equal(a, b);
 	assert_string_not_equal(a, c);
 	assert_string_not_equal(a, d);
@@ -443,6 +477,7 @@ static void test_scoped_ids(void **state)
 	/* Pinned: PostgreSQL and Redis hold these ids, and deploy/stack.py
 	 * scoped_id() computes the same for the tests. */
 	assert_string_equal(a, "CX0JY8KRPBCWV2QJPCQZNFC19V");
+	auth_free(&au);
 }
 
 int main(void)
@@ -450,6 +485,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_hs256),
 		cmocka_unit_test(test_hs256_edges),
+		cmocka_unit_test(test_hs256_context_reused),
 		cmocka_unit_test(test_header_memo),
 		cmocka_unit_test(test_issuer_audience_and_sign),
 		cmocka_unit_test(test_jwks),
