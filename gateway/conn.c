@@ -479,7 +479,10 @@ static void conn_free(void *ctx)
 		(void)conn_count_ip(c, -1);
 	if (strmap_add(&c->cs->by_bev, c->key, -strmap_get(&c->cs->by_bev, c->key, 0), &gone) < 0)
 		log_error("out_of_memory", "what=by_bev");
-	metric_set(&m_open, __atomic_sub_fetch(&c->cs->counts->open, 1, __ATOMIC_RELAXED));
+	/* Moved, not set: a loop setting the count it fetched could put back an
+	 * older one over another loop's newer (CI waited 10 s for 5 of 5). */
+	__atomic_sub_fetch(&c->cs->counts->open, 1, __ATOMIC_RELAXED);
+	metric_add(&m_open, -1);
 	if (c->deadline != NULL)
 		event_free(c->deadline);
 	if (c->kick != NULL)
@@ -509,7 +512,8 @@ struct bufferevent *gw_conns_bevcb(struct event_base *base, void *arg)
 	snprintf(c->key, sizeof(c->key), "%p", (void *)c->bev);
 	if (strmap_add(&cs->by_bev, c->key, (int64_t)(intptr_t)c, &one) < 0)
 		log_error("out_of_memory", "what=by_bev");
-	metric_set(&m_open, __atomic_add_fetch(&cs->counts->open, 1, __ATOMIC_RELAXED));
+	__atomic_add_fetch(&cs->counts->open, 1, __ATOMIC_RELAXED);
+	metric_add(&m_open, 1);
 	if (evbuffer_add_cb(bufferevent_get_output(c->bev), conn_out_added, c) == NULL) {
 		bufferevent_free(c->bev);
 		log_error("out_of_memory", "what=connection_guard");
