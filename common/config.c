@@ -479,7 +479,7 @@ void cf_parse_args(struct cf_table *t, int argc, char **argv, int *first_arg)
 	char **sets;
 	size_t nsets = 0;
 	bool print_config = false;
-	char err[1024];
+	char err[1024], malloc_name[96];
 	int opt;
 
 	/* Flags must win whatever their position, so collect them first. */
@@ -508,7 +508,8 @@ void cf_parse_args(struct cf_table *t, int argc, char **argv, int *first_arg)
 			free(sets);
 			exit(0);
 		case 'V':
-			printf("flashsale-%s %s\n", t->app, FLASHSALE_VERSION);
+			util_malloc_name(malloc_name, sizeof(malloc_name));
+			printf("flashsale-%s %s (malloc: %s)\n", t->app, FLASHSALE_VERSION, malloc_name);
 			free(sets);
 			exit(0);
 		case OPT_PRINT_CONFIG:

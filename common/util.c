@@ -1,6 +1,8 @@
 #include "util.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <gnu/libc-version.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -9,6 +11,22 @@
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
+
+void util_malloc_name(char *out, size_t n)
+{
+	/* Looked up, not linked: the daemons that do not link jemalloc stay free of it. */
+	int (*mallctl)(const char *, void *, size_t *, void *, size_t);
+	const char *version = NULL;
+	size_t len = sizeof(version);
+
+	*(void **)&mallctl = dlsym(RTLD_DEFAULT, "mallctl");
+	if (mallctl != NULL && mallctl("version", &version, &len, NULL, 0) == 0 && version != NULL)
+		snprintf(out, n, "jemalloc %s", version);
+	else if (dlsym(RTLD_DEFAULT, "__asan_init") != NULL)
+		snprintf(out, n, "asan");
+	else
+		snprintf(out, n, "glibc %s", gnu_get_libc_version());
+}
 
 int64_t now_ms(void)
 {

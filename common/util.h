@@ -29,6 +29,13 @@ bool valid_user_id(const char *s);
 void request_id_new(char out[27]);
 
 /*
+ * The malloc this process runs on, as found at run time (the link or an
+ * LD_PRELOAD): "jemalloc 5.3.0-0-g54eaed1d8b56b1aa528be3bdd1877e59c56fa90c",
+ * "asan" or "glibc 2.36". For --version and the start-up log line.
+ */
+void util_malloc_name(char *out, size_t n);
+
+/*
  * Replace path with text plus a newline, through path.tmp, fsync and rename,
  * so that a reader polling for the file (a port or a bootstrap list) never
  * sees it half written. 0, or -1 with the reason in err.

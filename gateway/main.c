@@ -472,7 +472,7 @@ int main(int argc, char **argv)
 		.health = gw_health,
 		.arg = &gw,
 	};
-	char err[512];
+	char err[512], malloc_name[96];
 	sigset_t all, old;
 	long cores;
 	int args, rc;
@@ -542,8 +542,10 @@ int main(int argc, char **argv)
 			die("startup_failed", "what=event_loop msg=\"pthread_create: %s\"", strerror(rc));
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	log_info("listening", "host=%s port=%lld loops=%d version=%s", gw.cfg.base.http_host,
-		 gw.cfg.base.http_port, gw.nloops, FLASHSALE_VERSION);
+	util_malloc_name(malloc_name, sizeof(malloc_name));
+	log_info("listening", "host=%s port=%lld loops=%d version=%s malloc=\"%s\"",
+		 gw.cfg.base.http_host, gw.cfg.base.http_port, gw.nloops, FLASHSALE_VERSION,
+		 malloc_name);
 	daemon_notify_ready();
 
 	event_base_dispatch(gw.base);

@@ -52,6 +52,22 @@ def test_command_line(daemon):
                           capture_output=True).returncode == 2
 
 
+def test_version_names_the_malloc_the_build_chose():
+    """-V says which malloc runs: jemalloc in the gateway exactly when meson
+    found it (-Djemalloc, off under a sanitizer), glibc's or the sanitizer's
+    in the other daemons, which do not link it. Catches a link that leaves
+    glibc's malloc in charge."""
+    conf = open(os.path.join(build_dir(), 'flashsale_config.h')).read()
+    linked = re.search(r'#define FLASHSALE_JEMALLOC (\d)', conf).group(1) == '1'
+    env = {'PATH': os.environ['PATH']}      # no LD_PRELOAD from outside
+    for daemon in DAEMONS:
+        out = subprocess.run([binary(daemon), '-V'], check=True, capture_output=True,
+                             text=True, env=env).stdout
+        m = re.search(r'\(malloc: (jemalloc|glibc|asan)\b[^)]*\)$', out.strip())
+        assert m, out
+        assert (m.group(1) == 'jemalloc') == (linked and daemon == 'gateway'), out
+
+
 @pytest.mark.parametrize('daemon', DAEMONS)
 def test_precedence_file_env_flag(daemon, tmp_path):
     """defaults < file < environment < flags, on the real binary."""
