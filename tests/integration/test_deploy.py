@@ -101,6 +101,23 @@ def test_compose_topics_and_broker_are_the_tested_ones():
         assert image == 'apache/kafka:' + stackmod.KAFKA_VERSION, (name, image)
 
 
+def test_compose_state_outlives_the_containers():
+    """Stock, holds, the ledger and the orders live on named volumes, at
+    the directories the images write them to: without one, `docker compose
+    down` (or a recreated container) deletes them."""
+    c = compose()
+    data = {'kafka': c['services']['kafka']['environment'].get('KAFKA_LOG_DIRS'),
+            'redis': '/data',                           # redis:7's working directory
+            'postgres': '/var/lib/postgresql/data'}     # postgres:15's PGDATA
+    assert data['kafka'] and not data['kafka'].startswith('/tmp'), data
+    for name, path in data.items():
+        mounts = {v.split(':')[1]: v.split(':')[0] for v in c['services'][name].get('volumes', [])}
+        assert path in mounts, '%s: nothing mounted at %s' % (name, path)
+        assert mounts[path] in (c.get('volumes') or {}), '%s: %s is no named volume' % (
+            name, mounts[path])
+    assert '--appendonly' in c['services']['redis']['command']
+
+
 def dockerfile_packages():
     """(build stage, runtime stage) apt-get install lists."""
     text = open(os.path.join(DEPLOY, 'Dockerfile')).read().replace('\\\n', ' ')
