@@ -189,6 +189,26 @@ def test_systemd_unit_verifies_for_each_daemon(tmp_path):
             '%s: %s%s' % (daemon, p.stdout, p.stderr)
 
 
+def test_systemd_unit_user_is_created(tmp_path):
+    """The unit's User= and Group= come from the sysusers.d file meson
+    installs (no package creates them otherwise: systemd fails the start
+    with status 217/USER)."""
+    unit = open(os.path.join(build_dir(), 'deploy', 'flashsale@.service')).read()
+    user = re.search(r'^User=(\S+)$', unit, re.M).group(1)
+    group = re.search(r'^Group=(\S+)$', unit, re.M).group(1)
+    installed = subprocess.run(['meson', 'introspect', '--installed', build_dir()],
+                               capture_output=True, text=True, check=True).stdout
+    conf = os.path.join(DEPLOY, 'systemd', 'flashsale.sysusers')
+    assert re.search(r'"/(usr/lib|etc|run)/sysusers\.d/flashsale\.conf"', installed), installed
+    root = tmp_path / 'root'
+    (root / 'etc').mkdir(parents=True)
+    subprocess.run(['systemd-sysusers', '--root', str(root), conf], check=True,
+                   capture_output=True)
+    assert re.search(r'^%s:x:\d+:\d+:' % re.escape(user), (root / 'etc' / 'passwd').read_text(),
+                     re.M)
+    assert re.search(r'^%s:x:\d+:' % re.escape(group), (root / 'etc' / 'group').read_text(), re.M)
+
+
 def test_systemd_unit_secret_files_are_keys(tmp_path):
     """The unit's comments tell how to pass secrets as credential files
     (FLASHSALE_<KEY>_FILE): each must reach a key, and be read from the file."""
