@@ -10,7 +10,7 @@
 #include "util.h"
 
 #define PG_CF_KEYS(connvar) \
-	{ "postgres.conninfo", CF_STR, &(connvar), "host=/run/flashsale dbname=flashsale", 0, 0, \
+	{ "postgres.conninfo", CF_STR, &(connvar), "host=/run/postgresql dbname=flashsale", 0, 0, \
 	  "libpq connection string (host= may be a Unix socket directory; may hold a password)", \
 	  false, true }
 

@@ -38,7 +38,7 @@ struct event_base;
 	  "(the same in the gateway, the deductor and the reconciler)" }
 
 #define REDIS_CF_KEYS(addrvar) \
-	{ "redis.address", CF_STR, &(addrvar), "unix:/run/flashsale/redis.sock", 0, 0, \
+	{ "redis.address", CF_STR, &(addrvar), "127.0.0.1:6379", 0, 0, \
 	  "Redis address: unix:/path/to/socket or host:port" }
 
 /*

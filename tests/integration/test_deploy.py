@@ -189,6 +189,44 @@ def test_systemd_unit_verifies_for_each_daemon(tmp_path):
             '%s: %s%s' % (daemon, p.stdout, p.stderr)
 
 
+def ini_value(path, section, key):
+    cur = None
+    for line in open(path):
+        line = line.strip()
+        m = re.match(r'^\[(.+)\]$', line)
+        if m:
+            cur = m.group(1)
+        elif cur == section and re.match(r'^%s\s*=' % key, line):
+            return line.split('=', 1)[1].strip()
+    return None
+
+
+def test_systemd_defaults_reach_the_units_it_starts_after():
+    """The unit starts after Debian's redis-server and postgresql: the
+    configs it reads (and the built-in defaults) must point at where those
+    listen out of the box, and no instance may own a directory the others
+    use (RuntimeDirectory= is removed when its unit stops)."""
+    unit = open(os.path.join(DEPLOY, 'systemd', 'flashsale@.service.in')).read()
+    after = re.search(r'^After=(.*)$', unit, re.M).group(1).split()
+    assert 'redis-server.service' in after and 'postgresql.service' in after, after
+    for m in re.finditer(r'^RuntimeDirectory=(.*)$', unit, re.M):
+        assert all('%i' in d for d in m.group(1).split()), m.group(0)
+    conf = open('/etc/redis/redis.conf').read()     # redis-server's, as installed
+    port = re.search(r'^port (\d+)', conf, re.M).group(1)
+    binds = re.search(r'^bind (.*)$', conf, re.M).group(1).split()
+    stock = {'%s:%s' % (b.lstrip('-'), port) for b in binds}
+    for daemon in DAEMONS:
+        ini = os.path.join(DEPLOY, daemon + '.ini')
+        address = ini_value(ini, 'redis', 'address')
+        if address is not None:
+            assert address in stock, (ini, address, stock)
+            assert print_config(daemon)['redis.address'] == address, daemon
+        conninfo = ini_value(ini, 'postgres', 'conninfo')
+        if conninfo is not None:
+            # Debian's PostgreSQL puts its socket in /run/postgresql.
+            assert re.search(r'\bhost=/(var/)?run/postgresql\b', conninfo), (ini, conninfo)
+
+
 def test_systemd_unit_user_is_created(tmp_path):
     """The unit's User= and Group= come from the sysusers.d file meson
     installs (no package creates them otherwise: systemd fails the start
