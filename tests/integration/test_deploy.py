@@ -3,11 +3,13 @@ manager runs here. Its files are checked against the build instead:
 - docker-compose.yml: every FLASHSALE_* variable is a key of the daemon it
   reaches (the daemons ignore unknown ones, so a typo would go unnoticed),
   each service's settings parse, the published ports are the ones the
-  gateway listens on, the topics are the stack's, the broker the tested one;
+  gateway listens on, the topics are the stack's, the broker the tested
+  one, and the state lives on named volumes;
 - Dockerfile: the runtime stage installs every library the binaries link,
   and the library of every -dev package the build stage installs;
-- the systemd unit: `systemd-analyze verify` for each daemon, and the file
-  it reads is where `meson install` puts it."""
+- the systemd unit: `systemd-analyze verify` for each daemon, the files it
+  reads are where `meson install` puts them, its user is created, and the
+  installed configs reach the services it starts after."""
 import os
 import re
 import shutil
