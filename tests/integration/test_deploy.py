@@ -4,7 +4,8 @@ manager runs here. Its files are checked against the build instead:
   reaches (the daemons ignore unknown ones, so a typo would go unnoticed),
   each service's settings parse, the published ports are the ones the
   gateway listens on, the topics are the stack's, the broker the tested
-  one, and the state lives on named volumes;
+  one, each daemon has a health check, and the state lives on named
+  volumes;
 - Dockerfile: the runtime stage installs every library the binaries link,
   and the library of every -dev package the build stage installs;
 - the systemd unit: `systemd-analyze verify` for each daemon, the files it
@@ -101,6 +102,22 @@ def test_compose_topics_and_broker_are_the_tested_ones():
     for name in ('kafka', 'kafka-topics'):
         image = c['services'][name]['image']
         assert image == 'apache/kafka:' + stackmod.KAFKA_VERSION, (name, image)
+
+
+def test_compose_health_checks_ask_each_daemon():
+    """Every long-running daemon has a health check on its own /healthz
+    port, with a client the image installs."""
+    c = compose()
+    _, runtime = dockerfile_packages()
+    for name, (daemon, args, env) in daemon_services(c).items():
+        svc = c['services'][name]
+        if svc.get('restart') == 'no':
+            continue                # the one-shot init
+        test = (svc.get('healthcheck') or {}).get('test') or []
+        assert test[:2] == ['CMD', 'curl'] and 'curl' in runtime, (name, test)
+        m = re.match(r'^http://127\.0\.0\.1:(\d+)/healthz$', test[-1])
+        port = print_config(daemon, env, args)['http.port']
+        assert m and m.group(1) == port, (name, test, port)
 
 
 def test_compose_state_outlives_the_containers():
