@@ -446,14 +446,20 @@ static void gw_loop_free(struct gateway *g)
 	evhttp_free(g->http);
 	if (g->admin_http != NULL)
 		evhttp_free(g->admin_http);
-	gw_conns_free(&g->conns);
 	auth_free(&g->auth);
 	promo_free(g);
 	waiters_free(&g->waiters);
 	event_free(g->wake_drain);
 	event_free(g->wake_reload);
 	event_free(g->wake_refresh);
+	/*
+	 * evhttp_free leaves the guarded bufferevents of open connections to
+	 * the base's finalizers: their conn_free runs in event_base_free and
+	 * still needs the guard's maps (a map freed before it was grown again
+	 * and leaked: LeakSanitizer on a stop with idle connections open).
+	 */
 	event_base_free(g->base);
+	gw_conns_free(&g->conns);
 }
 
 static void *gw_loop_thread(void *arg)
