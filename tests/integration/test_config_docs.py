@@ -6,13 +6,11 @@ import subprocess
 
 import pytest
 
-from stack import build_dir, source_root
-
-DAEMONS = ['gateway', 'deductor', 'order-writer', 'reconciler']
+from stack import BINARIES, DAEMONS, build_dir, source_root
 
 
-def binary(name):
-    return os.path.join(build_dir(), name, 'flashsale-' + name)
+def binary(daemon):
+    return os.path.join(build_dir(), BINARIES[daemon])
 
 
 def documented_keys(path):

@@ -19,14 +19,23 @@ import subprocess
 import yaml
 
 import stack as stackmod
-from stack import build_dir, source_root
+from stack import BINARIES, DAEMONS, build_dir, source_root
 
-DAEMONS = ['gateway', 'deductor', 'order-writer', 'reconciler']
 DEPLOY = os.path.join(source_root(), 'deploy')
 
 
-def binary(name):
-    return os.path.join(build_dir(), name, 'flashsale-' + name)
+def binary(daemon):
+    return os.path.join(build_dir(), BINARIES[daemon])
+
+
+def built_unit():
+    return open(os.path.join(build_dir(), 'deploy', 'flashsale@.service')).read()
+
+
+def installed():
+    """meson's install list of the build, as JSON text (source or built path: installed path)."""
+    return subprocess.run(['meson', 'introspect', '--installed', build_dir()],
+                          capture_output=True, text=True, check=True).stdout
 
 
 def env_name(key):
@@ -168,11 +177,11 @@ def test_dockerfile_runtime_has_what_the_binaries_link():
     for daemon in DAEMONS:
         out = subprocess.run(['objdump', '-p', binary(daemon)], capture_output=True,
                              text=True, check=True).stdout
+        path = subprocess.run(['ldd', binary(daemon)], capture_output=True, text=True,
+                              check=True).stdout
         for lib in re.findall(r'NEEDED\s+(\S+)', out):
             if re.match(r'lib(asan|ubsan)\.', lib):
                 continue        # a sanitized build; the image's is a release build
-            path = subprocess.run(['ldd', binary(daemon)], capture_output=True, text=True,
-                                  check=True).stdout
             m = re.search(re.escape(lib) + r' => (\S+)', path)
             where = m.group(1) if m else lib
             q = dpkg('-S', os.path.realpath(where))
@@ -187,16 +196,15 @@ def test_dockerfile_runtime_has_what_the_binaries_link():
 
 def test_systemd_unit_verifies_for_each_daemon(tmp_path):
     assert shutil.which('systemd-analyze'), 'no systemd-analyze: deploy/stack setup installs systemd'
-    unit = open(os.path.join(build_dir(), 'deploy', 'flashsale@.service')).read()
+    unit = built_unit()
     m = re.search(r'^ExecStart=(\S+)/flashsale-%i -c (\S+)/%i\.ini$', unit, re.M)
     assert m, unit
     bindir, confdir = m.groups()
-    installed = subprocess.run(['meson', 'introspect', '--installed', build_dir()],
-                               capture_output=True, text=True, check=True).stdout
+    files = installed()
+    assert re.search(r'Documentation=file://(\S+)', unit).group(1) + '"' in files
     for daemon in DAEMONS:
-        assert '"%s/flashsale-%s"' % (bindir, daemon) in installed, (bindir, installed)
-        assert '"%s/%s.ini"' % (confdir, daemon) in installed, (confdir, installed)
-        assert re.search(r'Documentation=file://(\S+)', unit).group(1) + '"' in installed
+        assert '"%s/flashsale-%s"' % (bindir, daemon) in files, (bindir, files)
+        assert '"%s/%s.ini"' % (confdir, daemon) in files, (confdir, files)
         # The verifier checks the command exists: point it at the build.
         path = tmp_path / ('flashsale@%s.service' % daemon)
         path.write_text(unit.replace(bindir + '/flashsale-%i',
@@ -250,13 +258,12 @@ def test_systemd_unit_user_is_created(tmp_path):
     """The unit's User= and Group= come from the sysusers.d file meson
     installs (no package creates them otherwise: systemd fails the start
     with status 217/USER)."""
-    unit = open(os.path.join(build_dir(), 'deploy', 'flashsale@.service')).read()
+    unit = built_unit()
     user = re.search(r'^User=(\S+)$', unit, re.M).group(1)
     group = re.search(r'^Group=(\S+)$', unit, re.M).group(1)
-    installed = subprocess.run(['meson', 'introspect', '--installed', build_dir()],
-                               capture_output=True, text=True, check=True).stdout
     conf = os.path.join(DEPLOY, 'systemd', 'flashsale.sysusers')
-    assert re.search(r'"/(usr/lib|etc|run)/sysusers\.d/flashsale\.conf"', installed), installed
+    files = installed()
+    assert re.search(r'"/(usr/lib|etc|run)/sysusers\.d/flashsale\.conf"', files), files
     root = tmp_path / 'root'
     (root / 'etc').mkdir(parents=True)
     subprocess.run(['systemd-sysusers', '--root', str(root), conf], check=True,
