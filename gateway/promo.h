@@ -1,7 +1,8 @@
 /*
  * The promotion cache: every refresh_ms the gateway reads Redis TIME, the
- * set of SKUs and each promotion hash (pipelined) and swaps in a new sorted
- * table, plus the offset between its clock and the Redis clock. Filters read
+ * set of SKUs and the promotion hashes of a slice of them (pipelined), and
+ * updates its sorted table in place (a new table when the set changed),
+ * plus the offset between its clock and the Redis clock. Filters read
  * the table without any I/O. Counters may be up to one refresh stale: the
  * cache only turns away what is certainly hopeless, the deductor decides.
  * If Redis is away the table keeps its last content and ages; past
@@ -53,6 +54,7 @@ struct promo_cache {
 	struct event *timer;
 	struct event *catchup_ev;   /* the next slice of a catch-up, at once */
 	struct promo_refresh *cur;  /* the refresh under way, if any */
+	uint64_t skus_sum;          /* promo_sku_hash summed over items: the set's digest */
 	long long refresh_ms;
 	long long max_age_ms;
 	uint64_t slice;             /* refreshes begun: which slice of a large catalogue is read */
@@ -91,6 +93,9 @@ void promo_free(struct gateway *gw);
  */
 void promo_clock_sample(struct promo_cache *c, int64_t rtt_us, int64_t recv_us,
 			int64_t redis_us);
+
+/* A refresh item whose promotion hash did not parse: the SKU is dropped. */
+#define PROMO_HASH_BAD (-2)
 
 /* Binary search; NULL when the SKU is unknown. */
 const struct promo *promo_find(const struct promo_cache *c, const char *sku);
@@ -148,11 +153,34 @@ void promo_refresh_now(struct gateway *gw);
 bool promo_slice_reads(const struct promo_cache *c, const char *sku, size_t members,
 		       uint64_t slice, bool full);
 
+/* FNV-1a of a SKU: its slice, and its part of the set's digest. */
+uint64_t promo_sku_hash(const char *sku);
+
+/*
+ * Whether n SKUs whose promo_sku_hash values add up to sum (mod 2^64) are
+ * the table's own SKUs. A digest: a set that changed but kept its size and
+ * its sum is a 2^-64 accident, and SKUs are only ever added to the set.
+ */
+bool promo_same_set(const struct promo_cache *c, size_t n, uint64_t sum);
+
+/*
+ * A sliced refresh of the table's own set (promo_same_set), read at
+ * redis_ms, applied in place: the table a rebuild would make, without
+ * building one. Per item: read counters replace the cached ones unless a
+ * push newer than redis_ms set them (noted_ms); a missing hash (initial
+ * -1) keeps the cached entry; a bad one (PROMO_HASH_BAD) drops the SKU; a
+ * SKU the table does not have is inserted. -1 when an insert failed for
+ * memory (that SKU is read again at its next refresh).
+ */
+int promo_apply_slice(struct promo_cache *c, const struct promo *items, size_t n,
+		      int64_t redis_ms) FS_MUSTCHECK;
+
 /*
  * A refresh's items, compacted in place: an item whose hash was missing
  * (initial == -1: not loaded yet, or Redis lost its state between the
  * refresh's SMEMBERS and its HMGET, as a FLUSHALL does) keeps the cached
- * entry of its SKU if c has one, else is dropped. Returns the items kept.
+ * entry of its SKU if c has one, else is dropped; one whose hash was bad
+ * (PROMO_HASH_BAD) is dropped. Returns the items kept.
  */
 size_t promo_keep_known(const struct promo_cache *c, struct promo *items, size_t n);
 /* The other event loops refresh theirs now (an admin change on this one). */

@@ -251,6 +251,108 @@ static void test_refresh_slices(void **state)
 	free(c.items);
 }
 
+/* The set's digest follows every insert, not a replace; any other set differs. */
+static void test_same_set_digest(void **state)
+{
+	struct promo_cache c;
+	struct promo a = make("a-sku", 1), b = make("b-sku", 2);
+	uint64_t ha = promo_sku_hash("a-sku"), hb = promo_sku_hash("b-sku");
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	assert_true(promo_same_set(&c, 0, 0));
+	assert_int_equal(promo_put(&c, &a), 0);
+	assert_int_equal(promo_put(&c, &b), 0);
+	assert_true(promo_same_set(&c, 2, ha + hb));
+	b.remaining = 0;
+	assert_int_equal(promo_put(&c, &b), 0);
+	assert_true(promo_same_set(&c, 2, hb + ha));
+	assert_false(promo_same_set(&c, 2, ha + promo_sku_hash("x-sku")));
+	assert_false(promo_same_set(&c, 1, ha));
+	assert_false(promo_same_set(&c, 3, ha + hb + promo_sku_hash("x-sku")));
+	free(c.items);
+}
+
+/*
+ * A slice applied in place leaves what a rebuild would: read counters and
+ * limits replace the cached ones, but a push newer than the read keeps its
+ * counters; a missing hash keeps the cached entry, a bad one drops the SKU,
+ * an unknown SKU is inserted; SKUs outside the slice are untouched; the
+ * digest follows.
+ */
+static void test_apply_slice_in_place(void **state)
+{
+	struct promo_cache c;
+	struct promo base[5], items[5];
+	const char *skus[5] = { "s-0", "s-1", "s-2", "s-3", "s-4" };
+	uint64_t sum = 0;
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	for (int i = 0; i < 5; i++) {
+		base[i] = make(skus[i], 10 + i);
+		assert_int_equal(promo_put(&c, &base[i]), 0);
+	}
+	/* s-1 was pushed at 5,000 (Redis clock), after the read at 4,000. */
+	promo_note_counts(&c, "s-1", 0, 7, 9000, "push");
+	c.items[1].noted_ms = 5000;
+	items[0] = make("s-0", 3);            /* read: replaces */
+	items[0].k_pct = 300;
+	items[1] = make("s-1", 6);            /* read before the push */
+	items[1].limit = 4;
+	items[2] = make("s-2", 0);
+	items[2].initial = -1;                /* its hash was gone */
+	items[3] = make("s-3", 0);
+	items[3].initial = PROMO_HASH_BAD;
+	items[4] = make("new-1", 8);          /* added since the set was read */
+	assert_int_equal(promo_apply_slice(&c, items, 5, 4000), 0);
+
+	assert_int_equal(c.n, 5);
+	assert_int_equal(promo_find(&c, "s-0")->remaining, 3);
+	assert_int_equal(promo_find(&c, "s-0")->k_pct, 300);
+	assert_int_equal(promo_find(&c, "s-1")->remaining, 0);
+	assert_int_equal(promo_find(&c, "s-1")->held, 7);
+	assert_int_equal(promo_find(&c, "s-1")->earliest_ms, 9000);
+	assert_int_equal(promo_find(&c, "s-1")->noted_ms, 5000);
+	assert_int_equal(promo_find(&c, "s-1")->limit, 4);
+	assert_int_equal(promo_find(&c, "s-2")->remaining, 12);
+	assert_null(promo_find(&c, "s-3"));
+	assert_int_equal(promo_find(&c, "s-4")->remaining, 14);
+	assert_int_equal(promo_find(&c, "new-1")->remaining, 8);
+	for (size_t i = 1; i < c.n; i++)
+		assert_true(strcmp(c.items[i - 1].sku, c.items[i].sku) < 0);
+	for (size_t i = 0; i < c.n; i++)
+		sum += promo_sku_hash(c.items[i].sku);
+	assert_true(promo_same_set(&c, c.n, sum));
+
+	/* A push older than the read loses: the read counters are newer. */
+	promo_note_counts(&c, "s-4", 0, 1, 0, "push");
+	c.items[4].noted_ms = 3000;
+	assert_string_equal(c.items[4].sku, "s-4");
+	items[0] = make("s-4", 5);
+	assert_int_equal(promo_apply_slice(&c, items, 1, 4000), 0);
+	assert_int_equal(promo_find(&c, "s-4")->remaining, 5);
+	assert_int_equal(promo_find(&c, "s-4")->noted_ms, 0);
+	free(c.items);
+}
+
+/* A bad hash drops the SKU from a rebuild too (it used to blank its name). */
+static void test_keep_known_drops_bad_hash(void **state)
+{
+	struct promo_cache c;
+	struct promo live = make("live-1", 42), items[2];
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(promo_put(&c, &live), 0);
+	items[0] = make("live-1", 0);
+	items[0].initial = PROMO_HASH_BAD;
+	items[1] = make("fresh-1", 9);
+	assert_int_equal(promo_keep_known(&c, items, 2), 1);
+	assert_string_equal(items[0].sku, "fresh-1");
+	free(c.items);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -263,6 +365,9 @@ int main(void)
 		cmocka_unit_test(test_clock_sample_follows_a_step),
 		cmocka_unit_test(test_refresh_keeps_known_skus),
 		cmocka_unit_test(test_refresh_slices),
+		cmocka_unit_test(test_same_set_digest),
+		cmocka_unit_test(test_apply_slice_in_place),
+		cmocka_unit_test(test_keep_known_drops_bad_hash),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
