@@ -480,7 +480,7 @@ static void promo_ready_cb(redisAsyncContext *ac, void *reply, void *privdata)
  * table already holds (promo_same_set) is the common case of a large
  * catalogue: then only the slice's items are made, and the table is updated
  * in place at the end. Building a new table of 10,000 SKUs (a lookup, three
- * key strings and a copy per SKU, then a sort) took 15-20 ms of a loop's
+ * key strings and a copy per SKU, then a sort) took 17-20 ms of a loop's
  * time twice a second, and a push that came meanwhile waited for it.
  */
 static void promo_members_cb(redisAsyncContext *ac, void *reply, void *privdata)
