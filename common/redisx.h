@@ -5,6 +5,8 @@
  * Key layout (one Redis instance; every key of a SKU carries the SKU):
  *   fs:ready          string  epoch of the loaded state; absent = state lost:
  *                             the deductor must not sell (it waits)
+ *   fs:rebuilds       string  bumped by every rebuild or repair that wrote state
+ *                             (the reconciler's release loop reads all SKUs again)
  *   fs:promos         set     SKUs that have a promotion loaded
  *   fs:promo:<sku>    hash    initial remaining held sold limit start_ms
  *                             end_ms hold_ms

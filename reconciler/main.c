@@ -33,6 +33,10 @@ static struct cf_key keys[] = {
 	  "A hold is released this long after its deadline, so that every PAY the gateways "
 	  "accepted before the deadline is ahead of the RELEASE on the partition; must exceed "
 	  "the gateways' kafka.produce_timeout_ms" },
+	{ "reconciler.release_full_scan_ms", CF_INT, &cfg.release_full_scan_ms, "10000", 0, 3600000,
+	  "Every SKU is read at least this often; in between, a round skips a SKU until its "
+	  "earliest hold (or the earliest a new hold can be) is due. Below "
+	  "reconciler.release_interval_ms: every SKU every round" },
 	{ "reconciler.rebuild_quiesce_ms", CF_INT, &cfg.rebuild_quiesce_ms, "12000", 0, 600000,
 	  "rebuild, repair: wait after the state is fenced for in-flight deductor batches; must "
 	  "exceed twice the deductors' kafka.produce_timeout_ms plus 1 s" },

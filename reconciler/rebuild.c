@@ -977,6 +977,8 @@ static int rebuild_write(struct rebuild *b, const struct fold_sku *skus)
 	struct rpipe p;
 	char ttl[VAL_LEN];
 	const char *del_promos[] = { "DEL", "fs:promos" };
+	/* Restored holds keep their old deadlines: the release loop reads every SKU again. */
+	const char *bump_rebuilds[] = { "INCR", "fs:rebuilds" };
 	redisReply *r;
 	size_t dropped;
 
@@ -995,7 +997,8 @@ static int rebuild_write(struct rebuild *b, const struct fold_sku *skus)
 			goto fail;
 	if (rebuild_write_reqs(b, &p, ttl) < 0)
 		goto fail;
-	if (rebuild_write_wm(b, &p) < 0 || rpipe_flush(&p) < 0)
+	if (rebuild_write_wm(b, &p) < 0 || pipe_argv(&p, 2, bump_rebuilds) < 0 ||
+	    rpipe_flush(&p) < 0)
 		goto fail;
 	if (!b->full)
 		return rebuild_unfence(b, false);

@@ -20,6 +20,7 @@ struct rc_config {
 	long long release_batch;
 	long long release_resend_ms;
 	long long release_grace_ms;
+	long long release_full_scan_ms;
 	bool repair;
 	long long record_ttl_s;
 	long long rebuild_quiesce_ms;
@@ -30,6 +31,7 @@ struct rc_config {
 
 #include "fold.h"
 #include "pipe.h"
+#include "scan.h"
 #include "release.h"
 #include "rebuild.h"
 #include "audit.h"

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "array.h"
 #include "intent.h"
 #include "log.h"
 #include "metrics.h"
@@ -62,6 +63,11 @@ static struct metric m_held = { "reconciler_stock_units",
 	"Units over all promotions by state (Redis)", "state=\"held\"", METRIC_GAUGE };
 static struct metric m_sold = { "reconciler_stock_units",
 	"Units over all promotions by state (Redis)", "state=\"sold\"", METRIC_GAUGE };
+static struct metric m_read = { "reconciler_skus_read",
+	"SKUs the last round read (the others can have no due hold yet)", NULL, METRIC_GAUGE };
+static struct metric m_forgot = { "reconciler_scan_resets_total",
+	"Times the release loop forgot when each SKU can next have a due hold and read them all "
+	"(new connection, epoch, rebuild, fence, lock)", NULL, METRIC_COUNTER };
 static struct metric m_round_time = { "reconciler_round_duration_seconds",
 	"Duration of a release round", NULL, METRIC_HISTOGRAM };
 static struct metric m_fenced = { "reconciler_fenced_partitions",
@@ -90,6 +96,8 @@ void release_metrics_register(void)
 	metrics_register(&m_held);
 	metrics_register(&m_sold);
 	metrics_register(&m_round_time);
+	metrics_register(&m_read);
+	metrics_register(&m_forgot);
 	metrics_register(&m_fenced);
 	metrics_register(&m_repairs_ok);
 	metrics_register(&m_healed);
@@ -113,6 +121,10 @@ struct release {
 	pthread_mutex_t mu;        /* repair_err, for /healthz */
 	char repair_err[512];      /* last repair's failure, "" when it worked */
 	int fenced;                /* atomic: fs:fence entries seen last round */
+	struct scan scan;          /* which SKUs a round reads */
+	struct { size_t idx; bool read; } *ent;   /* per member of fs:promos this round */
+	size_t capent;
+	char state[64];            /* "fs:ready/fs:rebuilds" as last seen */
 };
 
 /*
@@ -149,6 +161,16 @@ static void release_redis_drop(struct release *r, const char *why)
 	/* We cannot know whether the lock survived; take it again later. */
 	__atomic_store_n(&r->locked, 0, __ATOMIC_RELAXED);
 	metric_set(&m_lock, 0);
+}
+
+/* The next round reads every SKU: what bounded the skips may no longer hold. */
+static void release_forget(struct release *r, const char *why)
+{
+	if (r->scan.n == 0)
+		return;
+	scan_reset(&r->scan);
+	metric_add(&m_forgot, 1);
+	log_debug("scan_reset", "why=%s", why);
 }
 
 /* Run one command; NULL (connection dropped) on a transport or error reply. */
@@ -238,8 +260,10 @@ static long long reply_ll(const redisReply *e)
 }
 
 /*
- * Per promotion: the counters (for the gauges) and the due holds, in one
- * pipeline. -1 on a Redis error (connection dropped).
+ * The SKUs this round reads (scan.h): the counters (for the gauges), the due
+ * holds and the earliest deadline still pending, in one pipeline. The gauges
+ * sum what each SKU showed when last read. -1 on a Redis error (connection
+ * dropped).
  */
 static int release_collect(struct release *r, long long now)
 {
@@ -248,10 +272,19 @@ static int release_collect(struct release *r, long long now)
 	redisReply *skus = release_cmd(r, 2, argv);
 	long long remaining = 0, held = 0, sold = 0;
 	char nows[32], limit[32];
+	size_t nread = 0;
 	int rc = -1;
 
 	if (skus == NULL)
 		return -1;
+	/* SKUs taken out of fs:promos would stay in the map for ever. */
+	if (r->scan.n > 2 * skus->elements + 64)
+		scan_reset(&r->scan);
+	scan_round(&r->scan);
+	if (ARRAY_GROW(r->ent, r->capent, skus->elements + 1) < 0) {
+		log_error("out_of_memory", "msg=\"scan entries\"");
+		goto out;
+	}
 	/*
 	 * Due only after the grace: a PAY the gateway accepted before the
 	 * deadline may take up to its produce timeout to reach the partition,
@@ -261,48 +294,85 @@ static int release_collect(struct release *r, long long now)
 	snprintf(limit, sizeof(limit), "%lld", cfg->release_batch);
 	for (size_t i = 0; i < skus->elements; i++) {
 		const char *sku = skus->element[i]->str;
+		bool want;
 
-		if (redisAppendCommand(r->rc, "HMGET fs:promo:%s remaining held sold", sku) != REDIS_OK ||
+		if (scan_want(&r->scan, sku, now, &r->ent[i].idx, &want) < 0) {
+			log_error("out_of_memory", "msg=\"scan entries\"");
+			scan_reset(&r->scan);
+			goto out;
+		}
+		r->ent[i].read = want;
+		if (!want)
+			continue;
+		nread++;
+		if (redisAppendCommand(r->rc, "HMGET fs:promo:%s remaining held sold hold_ms",
+				       sku) != REDIS_OK ||
 		    redisAppendCommand(r->rc, "ZRANGEBYSCORE fs:holds:%s -inf %s LIMIT 0 %s",
-				       sku, nows, limit) != REDIS_OK) {
+				       sku, nows, limit) != REDIS_OK ||
+		    redisAppendCommand(r->rc, "ZRANGEBYSCORE fs:holds:%s (%s +inf WITHSCORES "
+				       "LIMIT 0 1", sku, nows) != REDIS_OK) {
 			release_redis_drop(r, "append failed");
 			goto out;
 		}
 	}
 	for (size_t i = 0; i < skus->elements; i++) {
-		redisReply *p = NULL, *h = NULL;
+		struct scan_entry *e = &r->scan.e[r->ent[i].idx];
+		redisReply *p = NULL, *h = NULL, *nx = NULL;
+		long long hold_ms = 0, earliest = -1;
+		size_t ndue = r->ndue;
 
+		if (!r->ent[i].read)
+			continue;
 		if (redisGetReply(r->rc, (void **)&p) != REDIS_OK ||
-		    redisGetReply(r->rc, (void **)&h) != REDIS_OK) {
+		    redisGetReply(r->rc, (void **)&h) != REDIS_OK ||
+		    redisGetReply(r->rc, (void **)&nx) != REDIS_OK) {
 			if (p != NULL)
 				freeReplyObject(p);
+			if (h != NULL)
+				freeReplyObject(h);
 			release_redis_drop(r, r->rc->errstr[0] ? r->rc->errstr : "no reply");
 			goto out;
 		}
-		if (p->type == REDIS_REPLY_ARRAY && p->elements == 3) {
-			remaining += reply_ll(p->element[0]);
-			held += reply_ll(p->element[1]);
-			sold += reply_ll(p->element[2]);
+		if (p->type == REDIS_REPLY_ARRAY && p->elements == 4) {
+			e->remaining = reply_ll(p->element[0]);
+			e->held = reply_ll(p->element[1]);
+			e->sold = reply_ll(p->element[2]);
+			hold_ms = reply_ll(p->element[3]);
 		}
 		if (h->type == REDIS_REPLY_ARRAY) {
 			for (size_t j = 0; j < h->elements; j++) {
-				const redisReply *e = h->element[j];
+				const redisReply *m = h->element[j];
 
-				if (e->type == REDIS_REPLY_STRING &&
-				    due_push(r, e->str, e->len, skus->element[i]->str) < 0) {
+				if (m->type == REDIS_REPLY_STRING &&
+				    due_push(r, m->str, m->len, skus->element[i]->str) < 0) {
 					log_error("out_of_memory", "msg=\"due holds\"");
 					break;
 				}
 			}
 		}
+		if (nx->type == REDIS_REPLY_ARRAY && nx->elements == 2)
+			earliest = reply_ll(nx->element[1]);
+		/* A reply that is not what we asked for bounds nothing. */
+		if (h->type != REDIS_REPLY_ARRAY || nx->type != REDIS_REPLY_ARRAY)
+			hold_ms = 0;
+		scan_note(e, now, r->ndue - ndue, earliest, hold_ms, cfg->release_grace_ms);
 		freeReplyObject(p);
 		freeReplyObject(h);
+		freeReplyObject(nx);
+	}
+	for (size_t i = 0; i < skus->elements; i++) {
+		const struct scan_entry *e = &r->scan.e[r->ent[i].idx];
+
+		remaining += e->remaining;
+		held += e->held;
+		sold += e->sold;
 	}
 	metric_set(&m_promos, (int64_t)skus->elements);
 	metric_set(&m_remaining, remaining);
 	metric_set(&m_held, held);
 	metric_set(&m_sold, sold);
 	metric_set(&m_due, (int64_t)r->ndue);
+	metric_set(&m_read, (int64_t)nread);
 	rc = 0;
 out:
 	freeReplyObject(skus);
@@ -487,6 +557,9 @@ static void release_repair(struct release *r)
 		return;
 	fenced = n->type == REDIS_REPLY_INTEGER ? (int)n->integer : 0;
 	freeReplyObject(n);
+	/* A repair restores holds with old deadlines: read every SKU until it is over. */
+	if (fenced > 0 || __atomic_load_n(&r->fenced, __ATOMIC_RELAXED) > 0)
+		release_forget(r, "fenced");
 	__atomic_store_n(&r->fenced, fenced, __ATOMIC_RELAXED);
 	metric_set(&m_fenced, fenced);
 	if (fenced == 0 || !r->cfg->repair || mono_us() < r->next_repair_us) {
@@ -571,11 +644,13 @@ static void release_heal(struct release *r, long long now)
 static void release_round(struct release *r)
 {
 	const struct rc_config *cfg = r->cfg;
-	const char *exists[] = { "EXISTS", "fs:ready" };
+	const char *ready[] = { "MGET", "fs:ready", "fs:rebuilds" };
 	redisReply *rep;
 	char err[256];
 	long long now;
 	size_t sent;
+	bool was_locked;
+	char state[sizeof(r->state)];
 
 	if (r->rc == NULL) {
 		r->rc = redisx_connect(cfg->redis_address, REDIS_TIMEOUT_MS, err, sizeof(err));
@@ -589,17 +664,23 @@ static void release_round(struct release *r)
 		}
 		r->warned_connect = false;
 		log_info("redis_connected", "address=%s", cfg->redis_address);
+		release_forget(r, "connected");   /* another Redis, or this one restarted */
 	}
+	was_locked = __atomic_load_n(&r->locked, __ATOMIC_RELAXED) != 0;
 	if (!release_lock(r)) {
 		if (r->rc != NULL)
 			__atomic_store_n(&r->redis_ok, 1, __ATOMIC_RELAXED);
 		return;
 	}
 	__atomic_store_n(&r->redis_ok, 1, __ATOMIC_RELAXED);
-	rep = release_cmd(r, 2, exists);
+	/* Another reconciler released meanwhile: start from what Redis shows. */
+	if (!was_locked)
+		release_forget(r, "lock_taken");
+	rep = release_cmd(r, 3, ready);
 	if (rep == NULL)
 		return;
-	if (rep->type != REDIS_REPLY_INTEGER || rep->integer == 0) {
+	if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+	    rep->element[0]->type != REDIS_REPLY_STRING) {
 		/* State lost: releasing against it could return units twice. */
 		freeReplyObject(rep);
 		metric_add(&m_not_ready, 1);
@@ -607,6 +688,13 @@ static void release_round(struct release *r)
 			log_warn("state_missing", "msg=\"fs:ready absent: not releasing until rebuild\"");
 		r->warned_not_ready = true;
 		return;
+	}
+	/* A new epoch, or a rebuild of some partitions: holds with old deadlines. */
+	snprintf(state, sizeof(state), "%s/%s", rep->element[0]->str,
+		 rep->element[1]->type == REDIS_REPLY_STRING ? rep->element[1]->str : "0");
+	if (strcmp(r->state, state) != 0) {
+		release_forget(r, "rebuilt");
+		memcpy(r->state, state, sizeof(state));
 	}
 	freeReplyObject(rep);
 	if (r->warned_not_ready)
@@ -687,6 +775,7 @@ struct release *release_start(const struct rc_config *cfg, char *err, size_t err
 	}
 	r->cfg = cfg;
 	pthread_mutex_init(&r->mu, NULL);
+	scan_init(&r->scan, (uint32_t)(cfg->release_full_scan_ms / cfg->release_interval_ms));
 	/* Unique per process: request_id_new is random and time-ordered. */
 	request_id_new(rid);
 	snprintf(r->token, sizeof(r->token), "%s-%d", rid, (int)getpid() % 10000);
@@ -720,6 +809,8 @@ void release_free(struct release *r)
 	if (r->rc != NULL)
 		redisFree(r->rc);
 	free(r->due);
+	free(r->ent);
+	scan_free(&r->scan);
 	pthread_mutex_destroy(&r->mu);
 	free(r);
 }

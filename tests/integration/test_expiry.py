@@ -1,6 +1,8 @@
 """Holds left unpaid past their deadline come back and are sold again."""
 import time
 
+import pytest
+
 from sale import assert_audit_clean, assert_invariants, buyers, finish, orders_by_state
 from stack import scoped_id, wait_for
 
@@ -66,3 +68,45 @@ def test_unpaid_holds_expire_and_resell(stack):
     p, st = assert_invariants(stack, 'exp-1', 20)
     assert p['sold'] == 20 and p['remaining'] == 0 and p['held'] == 0, p
     assert st['expired'] == (20, 20) and st['paid'] == (20, 20), st
+
+
+@pytest.mark.stack_env(FLASHSALE_RECONCILER_RELEASE_FULL_SCAN_MS="3600000")
+def test_idle_skus_are_skipped_and_a_new_hold_is_released_on_time(stack):
+    """The reconciler reads a SKU only once a hold of it can be due
+    (reconciler/scan.h). With the hourly backstop out of the way, a hold made
+    while its SKU is being skipped must still be released hold + grace after
+    it was made, not at the next full scan."""
+    skus = ['idle-%d' % i for i in range(12)]
+    for sku in skus:
+        stack.create_promotion(sku, stock=2, per_user_limit=1, hold_seconds=2)
+
+    def gauge(name):
+        return stack.metrics('reconciler').get('flashsale_reconciler_' + name)
+
+    wait_for(lambda: gauge('promotions') == 12, timeout=20, what='12 promotions seen')
+    # Idle SKUs are bounded 9 s ahead; the backstop reads at most one a round.
+    wait_for(lambda: gauge('skus_read') is not None and gauge('skus_read') <= 1, timeout=10,
+             what='rounds that skip idle SKUs')
+    code, body = stack.http('POST', '/v1/purchases',
+                            {'sku': 'idle-5', 'qty': 1, 'request_id': 'late-hold'}, user='u1')
+    assert code == 202, body
+    rid = scoped_id('u1', 'late-hold')
+
+    def expired():
+        return stack.psql("SELECT e.at_ms - r.deadline_ms FROM ledger_events e "
+                          "JOIN ledger_events r ON r.request_id = e.request_id "
+                          "AND r.kind = 'reserved' WHERE e.request_id = '%s' "
+                          "AND e.kind = 'expired'" % rid)
+    wait_for(lambda: expired(), timeout=40, what='the hold released')
+    late_ms = int(expired()[0][0])
+    # Released after the 7 s grace, within a few rounds of it.
+    assert 7000 <= late_ms <= 7000 + 2500, late_ms
+    assert_invariants(stack, 'idle-5', 2)
+
+    # A rebuild restores holds with old deadlines: it bumps fs:rebuilds
+    # (reconciler/rebuild.c), and the next round reads every SKU again.
+    def resets():
+        return gauge('scan_resets_total') or 0
+    before = resets()
+    stack.redis('INCR', 'fs:rebuilds')
+    wait_for(lambda: resets() > before, timeout=10, what='every SKU read after a rebuild')

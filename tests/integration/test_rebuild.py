@@ -35,6 +35,7 @@ def test_flushall_mid_sale_then_rebuild(stack):
     out = ''
     try:
         wait_for(lambda: listeners() > gateways, timeout=10, what='our listener on fs:st')
+        rebuilds = int(stack.redis('GET', 'fs:rebuilds') or 0)
         r = rebuild(stack, '--force')
         # Redis may still be delivering the rebuild's last messages when it
         # returns (a CI run lost some): read until a message published
@@ -50,6 +51,8 @@ def test_flushall_mid_sale_then_rebuild(stack):
         listen.terminate()
     out += listen.communicate(timeout=10)[0]
     assert r.returncode == 0, r.stdout + r.stderr
+    # The release loop learns that holds were restored (reconciler/scan.h).
+    assert int(stack.redis('GET', 'fs:rebuilds') or 0) == rebuilds + 1
     # Every record written was told, "+ rid rid ..." (gateway/known.h): a
     # gateway never refuses a retry of it without asking Redis.
     told_ids = set()
