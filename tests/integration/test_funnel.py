@@ -699,6 +699,48 @@ def test_admin_calls_never_stop_the_other_loops_refreshing(stack):
         g.stop()
 
 
+def test_large_catalogue_reads_its_set_only_when_it_moves(stack):
+    """A catalogue of several slices (gateway/promo.h: PROMO_SLICE_SKUS):
+    between two full reads of fs:promos a refresh asks only SCARD, and
+    reads its slice from the table's own SKUs (gateway/promo.c,
+    promo_count_cb). A SKU added behind the gateway's back moves the count,
+    so the next refresh reads the set and knows it; a hash changed behind
+    its back is read within a round of the slices."""
+    stack.redis('EVAL', "for i = 1, tonumber(ARGV[1]) do "
+                "local s = 'bulk-' .. i "
+                "redis.call('HSET', 'fs:promo:' .. s, 'initial', 10, 'remaining', 10, "
+                "'held', 0, 'sold', 0, 'limit', 1, 'start_ms', 0, "
+                "'end_ms', 99999999999999, 'hold_ms', 600000) "
+                "redis.call('SADD', 'fs:promos', s) end", 0, 2500)
+    wait_for(lambda: stack.http('GET', '/v1/promotions/bulk-2500')[0] == 200, timeout=20,
+             what='the catalogue at the gateway')
+
+    def calls():
+        out = {}
+        for line in stack.redis('INFO', 'commandstats').splitlines():
+            for cmd in ('smembers', 'scard'):
+                if line.startswith('cmdstat_%s:' % cmd):
+                    out[cmd] = int(line.split('calls=')[1].split(',')[0])
+        return out
+    before = calls()
+    time.sleep(4)
+    after = calls()
+    smembers = after.get('smembers', 0) - before.get('smembers', 0)
+    scard = after.get('scard', 0) - before.get('scard', 0)
+    # Three slices: two refreshes of three ask only the count.
+    assert scard > 0 and smembers < scard, (smembers, scard)
+
+    stack.redis('HSET', 'fs:promo:bulk-new', 'initial', 4, 'remaining', 4, 'held', 0,
+                'sold', 0, 'limit', 1, 'start_ms', 0, 'end_ms', 99999999999999,
+                'hold_ms', 600000)
+    stack.redis('SADD', 'fs:promos', 'bulk-new')
+    wait_for(lambda: stack.http('GET', '/v1/promotions/bulk-new')[0] == 200, timeout=10,
+             what='the SKU added behind the gateway known')
+    stack.redis('HSET', 'fs:promo:bulk-77', 'remaining', 3, 'held', 7)
+    wait_for(lambda: stack.http('GET', '/v1/promotions/bulk-77')[1].get('remaining') == 3,
+             timeout=10, what='the hash changed behind the gateway read')
+
+
 def test_get_after_202_with_no_record_is_queued_where_it_was_accepted(stack):
     """A purchase produced under a lease gets its 202 from Kafka's ack even
     when its marker call failed (or Redis lost the marker): it is in Kafka
