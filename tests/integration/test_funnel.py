@@ -647,6 +647,17 @@ def test_a_silent_subscriber_is_dropped_and_replaced(stack):
         proxy.stop()
 
 
+def bulk_catalogue(stack, n):
+    """n promotions bulk-1..bulk-n written straight into Redis, as a
+    rebuild would: no admin call, so no gateway is told."""
+    stack.redis('EVAL', "for i = 1, tonumber(ARGV[1]) do "
+                "local s = 'bulk-' .. i "
+                "redis.call('HSET', 'fs:promo:' .. s, 'initial', 10, 'remaining', 10, "
+                "'held', 0, 'sold', 0, 'limit', 1, 'start_ms', 0, "
+                "'end_ms', 99999999999999, 'hold_ms', 600000) "
+                "redis.call('SADD', 'fs:promos', s) end", 0, n)
+
+
 @pytest.mark.stack_env(FLASHSALE_KAFKA_PRODUCE_TIMEOUT_MS='3000')
 def test_admin_calls_never_stop_the_other_loops_refreshing(stack):
     """Every admin call on loop 0 asks the other loops to read their
@@ -658,12 +669,7 @@ def test_admin_calls_never_stop_the_other_loops_refreshing(stack):
     122,489 stale-cache refusals)."""
     # A catalogue of three slices (gateway/promo.h: PROMO_SLICE_SKUS), so
     # that each catch-up reads several slices back to back.
-    stack.redis('EVAL', "for i = 1, tonumber(ARGV[1]) do "
-                "local s = 'bulk-' .. i "
-                "redis.call('HSET', 'fs:promo:' .. s, 'initial', 10, 'remaining', 10, "
-                "'held', 0, 'sold', 0, 'limit', 1, 'start_ms', 0, "
-                "'end_ms', 99999999999999, 'hold_ms', 600000) "
-                "redis.call('SADD', 'fs:promos', s) end", 0, 2500)
+    bulk_catalogue(stack, 2500)
     admin_port = free_port()
     g = Gateway(stack, name='gateway-loops', settings=[
         'gateway.loops=2', 'gateway.admin_port=%d' % admin_port,
@@ -706,12 +712,7 @@ def test_large_catalogue_reads_its_set_only_when_it_moves(stack):
     promo_count_cb). A SKU added behind the gateway's back moves the count,
     so the next refresh reads the set and knows it; a hash changed behind
     its back is read within a round of the slices."""
-    stack.redis('EVAL', "for i = 1, tonumber(ARGV[1]) do "
-                "local s = 'bulk-' .. i "
-                "redis.call('HSET', 'fs:promo:' .. s, 'initial', 10, 'remaining', 10, "
-                "'held', 0, 'sold', 0, 'limit', 1, 'start_ms', 0, "
-                "'end_ms', 99999999999999, 'hold_ms', 600000) "
-                "redis.call('SADD', 'fs:promos', s) end", 0, 2500)
+    bulk_catalogue(stack, 2500)
     wait_for(lambda: stack.http('GET', '/v1/promotions/bulk-2500')[0] == 200, timeout=20,
              what='the catalogue at the gateway')
 

@@ -36,6 +36,17 @@ static int rounds_until_read(struct scan *s, const char *sku, long long now, int
 	return -1;
 }
 
+/* A scan of `slots` whose first round has just read "sku" at now: its index. */
+static size_t begin(struct scan *s, uint32_t slots, long long now)
+{
+	size_t i;
+
+	scan_init(s, slots);
+	scan_round(s);
+	assert_true(wants(s, "sku", now, &i));
+	return i;
+}
+
 static void test_first_sight_is_read(void **state)
 {
 	struct scan s;
@@ -58,9 +69,7 @@ static void test_skip_until_earliest_deadline(void **state)
 	size_t i;
 
 	(void)state;
-	scan_init(&s, 1000);
-	scan_round(&s);
-	assert_true(wants(&s, "sku", 1000, &i));
+	i = begin(&s, 1000, 1000);
 	scan_note(&s.e[i], 1000, 0, 5000, 60000, GRACE);
 	assert_int_equal(s.e[i].next_ms, 5000 + GRACE);
 	scan_round(&s);
@@ -77,9 +86,7 @@ static void test_skip_until_new_hold_can_be_due(void **state)
 	size_t i;
 
 	(void)state;
-	scan_init(&s, 1000);
-	scan_round(&s);
-	assert_true(wants(&s, "sku", 1000, &i));
+	i = begin(&s, 1000, 1000);
 	scan_note(&s.e[i], 1000, 0, -1, 3000, GRACE);
 	assert_int_equal(s.e[i].next_ms, 1000 + 3000 + GRACE);
 	/* A pending deadline later than the next new hold's does not extend it. */
@@ -97,9 +104,7 @@ static void test_due_or_unknown_reads_every_round(void **state)
 	size_t i;
 
 	(void)state;
-	scan_init(&s, 1000);
-	scan_round(&s);
-	assert_true(wants(&s, "sku", 1000, &i));
+	i = begin(&s, 1000, 1000);
 	scan_note(&s.e[i], 1000, 3, 90000, 60000, GRACE);
 	assert_int_equal(rounds_until_read(&s, "sku", 1001, 1), 1);
 	scan_note(&s.e[i], 1000, 0, -1, 0, GRACE);
@@ -139,16 +144,12 @@ static void test_no_slots_and_reset(void **state)
 	size_t i;
 
 	(void)state;
-	scan_init(&s, 0);
-	scan_round(&s);
-	assert_true(wants(&s, "sku", 0, &i));
+	i = begin(&s, 0, 0);
 	scan_note(&s.e[i], 0, 0, -1, 3600000, GRACE);
 	assert_int_equal(rounds_until_read(&s, "sku", 1, 1), 1);
 	scan_free(&s);
 
-	scan_init(&s, 1000);
-	scan_round(&s);
-	assert_true(wants(&s, "sku", 0, &i));
+	i = begin(&s, 1000, 0);
 	scan_note(&s.e[i], 0, 0, -1, 3600000, GRACE);
 	scan_round(&s);
 	assert_false(wants(&s, "sku", 1, &i));
