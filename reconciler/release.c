@@ -338,6 +338,8 @@ static int release_collect(struct release *r, long long now)
 		if (scan_want(&r->scan, sku, now, &r->ent[i].idx, &want) < 0) {
 			log_error("out_of_memory", "msg=\"scan entries\"");
 			scan_reset(&r->scan);
+			/* Commands already appended would answer the next round's. */
+			release_redis_drop(r, "out of memory");
 			goto out;
 		}
 		r->ent[i].read = want;
