@@ -52,7 +52,9 @@ def test_flushall_mid_sale_then_rebuild(stack):
     out += listen.communicate(timeout=10)[0]
     assert r.returncode == 0, r.stdout + r.stderr
     # The release loop learns that holds were restored (reconciler/scan.h).
-    assert int(stack.redis('GET', 'fs:rebuilds') or 0) == rebuilds + 1
+    # The running reconciler may repair the fenced partitions too: each
+    # write bumps it.
+    assert int(stack.redis('GET', 'fs:rebuilds') or 0) > rebuilds
     # Every record written was told, "+ rid rid ..." (gateway/known.h): a
     # gateway never refuses a retry of it without asking Redis.
     told_ids = set()
