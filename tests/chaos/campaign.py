@@ -54,14 +54,22 @@ def replay_command(a):
     cmd = ["tests/chaos/campaign.py", "run", "--seed", str(a.seed)]
     if a.kafka:
         cmd += ["--kafka", a.kafka]
+    if a.faults:
+        cmd += ["--faults", a.faults]
     cmd += ["--netns" if a.netns else "--no-netns", "--pg-tmpfs" if a.pg_tmpfs else "--no-pg-tmpfs"]
     return " ".join(cmd)
 
 
-def schedule(rng, ctx, seconds):
-    """The seed's faults: 2 to 4 of those available here, at random times
-    within the load, each run to its end before the next."""
-    avail = ctx.available()
+def schedule(rng, ctx, seconds, only=None):
+    """The seed's faults: 2 to 4 of those available here (of only, a
+    comma-separated list of names, when given), at random times within the
+    load, each run to its end before the next."""
+    unknown = set(only.split(",")) - set(faults.NAMES) if only else set()
+    if unknown:
+        raise SystemExit("unknown faults: %s (faults.NAMES)" % ", ".join(sorted(unknown)))
+    avail = [f for f in ctx.available() if not only or f.name in only.split(",")]
+    if not avail:
+        raise SystemExit("no fault of %s is available here" % only)
     picks = [rng.choice(avail) for _ in range(rng.randint(2, 4))]
     starts = sorted(rng.uniform(1.0, seconds - 1.0) for _ in picks)
     return list(zip(starts, picks))
@@ -103,7 +111,7 @@ def run_seed(a):
         seconds = rng.uniform(10.0, 16.0)
         wl = Workload(st, a.seed, skus, buyers=rng.randint(120, 260), seconds=seconds)
         ctx = faults.Context(st, rng, say, netns=a.netns, pg_tmpfs=mounted, workload=wl)
-        plan = schedule(rng, ctx, seconds)
+        plan = schedule(rng, ctx, seconds, a.faults)
         say("seed %d: skus %s, %d buyers over %.0fs, faults %s" % (
             a.seed, skus, wl.buyers, seconds,
             ", ".join("%s@%.1fs" % (f.name, at) for at, f in plan)))
@@ -198,6 +206,8 @@ def cmd_batch(a):
     base = [sys.executable, os.path.abspath(__file__), "run"]
     if a.kafka:
         base += ["--kafka", a.kafka]
+    if a.faults:
+        base += ["--faults", a.faults]
     base += ["--netns" if a.netns else "--no-netns",
              "--pg-tmpfs" if a.pg_tmpfs else "--no-pg-tmpfs"]
 
@@ -274,6 +284,8 @@ def main():
     for name in ("run", "batch"):
         s = sub.add_parser(name)
         s.add_argument("--kafka", help="Kafka kind (deploy/stack.py KAFKA_KINDS)")
+        s.add_argument("--faults", help="draw only from these faults, e.g. "
+                       "redis_power_loss,kill_daemon (faults.NAMES)")
         s.add_argument("--netns", dest="netns", action="store_true", default=None)
         s.add_argument("--no-netns", dest="netns", action="store_false")
         s.add_argument("--pg-tmpfs", dest="pg_tmpfs", action="store_true", default=None)

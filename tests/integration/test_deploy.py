@@ -143,7 +143,11 @@ def test_compose_state_outlives_the_containers():
         assert path in mounts, '%s: nothing mounted at %s' % (name, path)
         assert mounts[path] in (c.get('volumes') or {}), '%s: %s is no named volume' % (
             name, mounts[path])
-    assert '--appendonly' in c['services']['redis']['command']
+    cmd = c['services']['redis']['command']
+    assert cmd[cmd.index('--appendonly') + 1] == 'yes', cmd
+    # The stack's default, which the tests and the fault campaign run.
+    assert cmd[cmd.index('--appendfsync') + 1] == stackmod.REDIS_FSYNC_MODES[0], cmd
+    assert cmd[cmd.index('--maxmemory-policy') + 1] == 'noeviction', cmd
 
 
 def dockerfile_packages():
