@@ -116,13 +116,15 @@ end
 -- Tell the gateways (Redis pub/sub, channel fs:chg) when a SKU runs out or
 -- has units again, so that every one of them refuses or reopens within
 -- milliseconds instead of at its next cache refresh: "sku remaining held
--- earliest_hold_deadline_ms changed_at_ms" (the last, Redis time, lets each
--- gateway measure how late it learned).
+-- earliest_hold_deadline_ms changed_at_ms seq" (changed_at_ms, Redis time,
+-- lets each gateway measure how late it learned; seq, the change's number
+-- (bump, called first), lets it tell a newer push from an older one read
+-- late, gateway/board.h).
 local function announce(before)
     if (before > 0) ~= (remaining > 0) then
         local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-        redis.call('PUBLISH', 'fs:chg', string.format('%s %d %d %s %d', sku, remaining, held,
-                                                      first[2] or '0', now))
+        redis.call('PUBLISH', 'fs:chg', string.format('%s %d %d %s %d %d', sku, remaining, held,
+                                                      first[2] or '0', now, seq))
     end
 end
 
@@ -161,8 +163,9 @@ local function give_back(to)
         redis.call('HDEL', KEYS[3], ruser)
     end
     redis.call('ZREM', KEYS[4], rid)
+    bump()
     announce(before)
-    redis.call('HSET', KEYS[5], 'st', to, 'ts', now, 'q', bump())
+    redis.call('HSET', KEYS[5], 'st', to, 'ts', now, 'q', seq)
     tell(to)
     return seq
 end

@@ -22,6 +22,7 @@
  *   admit      the shared admission budget per SKU, one Redis call per loop turn
  *   push       the deductor's pushes (Redis pub/sub): counters into the cache,
  *              purchases that moved to their long polls
+ *   board      the latest pushes, shared: every loop knows what the first read
  *   waiters    the long polls of a loop, by request id
  *   hotkey     purchase attempts per SKU per second: the hottest in /metrics
  *   adminpg    the PostgreSQL connection of the admin API
@@ -43,6 +44,7 @@
 #include "request.h"
 #include "ratelimit.h"
 #include "store.h"
+#include "board.h"
 #include "promo.h"
 #include "producer.h"
 #include "admit.h"
@@ -99,6 +101,7 @@ struct gw_shared {
 	struct ratelimit ip_rl;     /* per client address */
 	struct gw_conn_counts counts;
 	struct hotkeys hot;         /* ticked by loop 0 */
+	struct board board;         /* the latest pushes, posted by the loop that read them first */
 	pthread_mutex_t recent_mu;
 	struct strmap recent;       /* purchases accepted lately (routes_recent_*) */
 	struct producer prod;       /* one Kafka producer; each loop has a port */
@@ -122,6 +125,7 @@ struct gateway {
 	struct producer_port *port; /* its end of the shared producer */
 	struct admission adm;
 	struct gw_push push;
+	uint64_t board_cursor;      /* the board's posts this loop caught up with */
 	struct waiters waiters;     /* long polls, woken by push */
 	struct known known;         /* request ids Redis has records of (push.c) */
 	struct hotkeys *hot;        /* shared */

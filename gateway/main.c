@@ -513,7 +513,7 @@ int main(int argc, char **argv)
 	if (ratelimit_init(&shared.rl, RL_SLOTS, (double)gw.cfg.user_rate_per_s,
 			   (double)gw.cfg.user_burst) < 0 ||
 	    ratelimit_init(&shared.ip_rl, RL_SLOTS, 1, 1) < 0 ||
-	    gw_conn_counts_init(&shared.counts) < 0 ||
+	    gw_conn_counts_init(&shared.counts) < 0 || board_init(&shared.board) < 0 ||
 	    pthread_mutex_init(&shared.recent_mu, NULL) != 0)
 		die("startup_failed", "what=ratelimit msg=\"out of memory\"");
 	strmap_init(&shared.recent);
@@ -567,6 +567,7 @@ int main(int argc, char **argv)
 	producer_free(&shared.prod, 1000);
 	free(others);
 	gw_conn_counts_free(&shared.counts);
+	board_free(&shared.board);
 	strmap_free(&shared.recent);
 	pthread_mutex_destroy(&shared.recent_mu);
 	ratelimit_free(&shared.rl);

@@ -215,6 +215,35 @@ void promo_note_counts(struct promo_cache *c, const char *sku, int64_t remaining
 	p->noted_ms = now_ms() + c->clock_offset_ms;
 }
 
+bool promo_note_push(struct promo_cache *c, const struct board_item *it, const char *via)
+{
+	struct promo *p = (struct promo *)promo_find(c, it->sku);
+
+	if (p == NULL || (it->seq > 0 && it->seq <= p->push_seq))
+		return false;
+	promo_note_counts(c, it->sku, it->remaining, it->held, it->earliest_ms, via);
+	if (it->seq > p->push_seq)
+		p->push_seq = it->seq;
+	return true;
+}
+
+struct metric gw_m_board_applied = { "gateway_push_board_applied_total",
+	"Pushes a loop applied from the board, before its own subscriber read them", NULL,
+	METRIC_COUNTER };
+
+static void promo_apply_posted(void *arg, const struct board_item *it)
+{
+	struct gateway *gw = arg;
+
+	if (promo_note_push(&gw->promo, it, "board"))
+		metric_add(&gw_m_board_applied, 1);
+}
+
+void promo_catch_up(struct gateway *gw)
+{
+	board_catch_up(&gw->sh->board, &gw->board_cursor, promo_apply_posted, gw);
+}
+
 bool promo_from_replies(struct promo *p, redisReply **e)
 {
 	bool ok = true;
@@ -237,10 +266,17 @@ bool promo_from_replies(struct promo *p, redisReply **e)
 static void promo_merge_read(const struct promo_cache *c, struct promo *p,
 			     const struct promo *old, int64_t redis_ms)
 {
-	if (old->noted_ms <= redis_ms) {
+	/*
+	 * The read's change number is the truth at redis_ms: a push at or
+	 * below it is older, however late it was read, and must not undo the
+	 * read. Without numbers, or when the read's went down (a state wiped
+	 * and loaded again), time decides.
+	 */
+	if ((p->push_seq > 0 && p->push_seq >= old->push_seq) || old->noted_ms <= redis_ms) {
 		promo_learned(c, p->sku, old->remaining, p->remaining, "refresh");
 		return;
 	}
+	p->push_seq = old->push_seq;
 	p->remaining = old->remaining;
 	p->held = old->held;
 	p->earliest_ms = old->earliest_ms;
@@ -453,14 +489,20 @@ static void promo_hmget_cb(redisAsyncContext *ac, void *reply, void *privdata)
 	struct promo_refresh *r = privdata;
 	redisReply *rep = reply;
 	struct promo *p = promo_next_read(r, &r->next);
+	bool ok = true;
 
-	if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 8) {
+	if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 9) {
 		r->failed = true;
 	} else if (rep->element[0]->type == REDIS_REPLY_NIL) {
 		p->initial = -1;      /* in the set but no hash (see promo_refresh_done) */
 	} else if (!promo_from_replies(p, rep->element)) {
 		log_warn("promo_bad_hash", "sku=%s", p->sku);
 		p->initial = PROMO_HASH_BAD;
+	} else if (rep->element[8]->type != REDIS_REPLY_NIL) {
+		/* seq is absent until the SKU's first change: 0 then. */
+		p->push_seq = gw_store_reply_int(rep->element[8], &ok);
+		if (!ok)
+			p->push_seq = 0;
 	}
 	promo_reply_done(r);
 }
@@ -486,8 +528,8 @@ static bool promo_read_sku(struct promo_refresh *r, const char *sku)
 {
 	struct gateway *gw = r->gw;
 	char key[FS_ID_MAX + 16], cfg[FS_ID_MAX + 16], holds[FS_ID_MAX + 16];
-	const char *argv[10] = { "HMGET", key, "initial", "remaining", "held", "sold",
-				 "limit", "start_ms", "end_ms", "hold_ms" };
+	const char *argv[11] = { "HMGET", key, "initial", "remaining", "held", "sold",
+				 "limit", "start_ms", "end_ms", "hold_ms", "seq" };
 	const char *cfg_argv[6] = { "HMGET", cfg, "k_pct", "ip_rate_per_s", "user_rate_per_s",
 				    "sku_rate_per_s" };
 	const char *holds_argv[5] = { "ZRANGE", holds, "0", "0", "WITHSCORES" };
@@ -495,7 +537,7 @@ static bool promo_read_sku(struct promo_refresh *r, const char *sku)
 	snprintf(key, sizeof(key), "fs:promo:%s", sku);
 	snprintf(cfg, sizeof(cfg), "fs:cfg:%s", sku);
 	snprintf(holds, sizeof(holds), "fs:holds:%s", sku);
-	if (gw_store_command_argv(&gw->store, promo_hmget_cb, r, 10, argv, NULL) < 0)
+	if (gw_store_command_argv(&gw->store, promo_hmget_cb, r, 11, argv, NULL) < 0)
 		goto fail;
 	r->pending++;
 	if (gw_store_command_argv(&gw->store, promo_cfg_cb, r, 6, cfg_argv, NULL) < 0)

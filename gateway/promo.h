@@ -22,12 +22,14 @@ struct gateway;
 struct event;
 struct promo_refresh;
 struct redisReply;
+struct board_item;
 
 struct promo {
 	char sku[FS_ID_MAX + 1];
 	int64_t initial, remaining, held, sold, limit, start_ms, end_ms, hold_ms;
 	int64_t earliest_ms;        /* the earliest hold's deadline (Redis clock), 0: none */
 	int64_t noted_ms;           /* Redis time counters were pushed (promo_note_counts) */
+	int64_t push_seq;           /* the highest change number (fs:promo seq) read or pushed */
 	/* Its limits (fs:cfg:<sku>, the admin API); 0: the gateway's defaults. */
 	int64_t k_pct, ip_rate_per_s, user_rate_per_s, sku_rate_per_s;
 	int64_t added_us;           /* mono time an admin call added it locally, else 0 */
@@ -136,6 +138,23 @@ void promo_note_sold_out(struct promo_cache *c, const char *sku, int64_t at_ms);
  */
 void promo_note_counts(struct promo_cache *c, const char *sku, int64_t remaining, int64_t held,
 		       int64_t earliest_ms, const char *via);
+
+/*
+ * A push (fs:chg) this loop read, or caught up from the board (board.h):
+ * applied as promo_note_counts when its change number is above the
+ * highest its SKU has (read by a refresh or pushed before); a push
+ * without one always is. false when it was old news or the SKU unknown.
+ */
+bool promo_note_push(struct promo_cache *c, const struct board_item *it, const char *via) FS_MUSTCHECK;
+
+/*
+ * Apply what other loops of the process read first (board.h) to this
+ * loop's cache: before a purchase is filtered. Event loop thread.
+ */
+void promo_catch_up(struct gateway *gw);
+
+/* Pushes applied from the board (promo_catch_up); push.c registers it. */
+extern struct metric gw_m_board_applied;
 
 /*
  * Read every SKU again now, a slice after another (a reconnect may have

@@ -23,6 +23,9 @@ static struct metric m_stalls = { "gateway_push_stalls_total",
 static struct metric m_delay = { "gateway_push_delay_seconds",
 	"From a SKU running out (or getting units back) in Redis to this gateway knowing it",
 	NULL, METRIC_HISTOGRAM };
+static struct metric m_stale = { "gateway_push_stale_total",
+	"Pushes a loop read that it knew already (from the board) or that were older", NULL,
+	METRIC_COUNTER };
 
 void push_metrics_register(void)
 {
@@ -30,26 +33,34 @@ void push_metrics_register(void)
 	metrics_register(&m_bad);
 	metrics_register(&m_stalls);
 	metrics_register(&m_delay);
+	metrics_register(&gw_m_board_applied);
+	metrics_register(&m_stale);
 }
 
-bool push_parse(const char *msg, char *sku, size_t skulen, int64_t *remaining, int64_t *held,
-		int64_t *earliest_ms, int64_t *changed_ms)
+bool push_parse(const char *msg, struct board_item *it)
 {
 	char s[FS_ID_MAX + 2];
-	long long r, h, e, c = 0;
-	int used = 0, more = 0;
+	long long r, h, e, opt[2] = { 0, 0 };
+	int used = 0;
 
 	if (sscanf(msg, "%65s %lld %lld %lld%n", s, &r, &h, &e, &used) != 4)
 		return false;
-	if (msg[used] == ' ' && (sscanf(msg + used, " %lld%n", &c, &more) != 1 || c < 0))
+	/* Optional, in order: changed_ms, then seq (older deductors send fewer). */
+	for (int i = 0; i < 2 && msg[used] == ' '; i++) {
+		int more = 0;
+
+		if (sscanf(msg + used, " %lld%n", &opt[i], &more) != 1 || opt[i] < 0)
+			return false;
+		used += more;
+	}
+	if (msg[used] != '\0' || !valid_sku(s) || strlen(s) >= sizeof(it->sku) || h < 0 || e < 0)
 		return false;
-	if (msg[used + more] != '\0' || !valid_sku(s) || strlen(s) >= skulen || h < 0 || e < 0)
-		return false;
-	snprintf(sku, skulen, "%s", s);
-	*remaining = r;
-	*held = h;
-	*earliest_ms = e;
-	*changed_ms = c;
+	snprintf(it->sku, sizeof(it->sku), "%s", s);
+	it->remaining = r;
+	it->held = h;
+	it->earliest_ms = e;
+	it->changed_ms = opt[0];
+	it->seq = opt[1];
 	return true;
 }
 
@@ -98,9 +109,10 @@ static void push_message_cb(redisAsyncContext *ac, void *reply, void *privdata)
 {
 	struct gw_push *p = privdata;
 	redisReply *r = reply;
-	char sku[FS_ID_MAX + 1];
+	struct board_item it;
 	const char *what, *channel;
-	int64_t remaining, held, earliest, changed, delay = -1;
+	int64_t delay = -1;
+	bool first;
 
 	(void)ac;
 	if (r == NULL) {
@@ -140,23 +152,27 @@ static void push_message_cb(redisAsyncContext *ac, void *reply, void *privdata)
 		push_moved(p, r->element[2]->str);
 		return;
 	}
-	if (!push_parse(r->element[2]->str, sku, sizeof(sku), &remaining, &held, &earliest,
-			&changed)) {
+	if (!push_parse(r->element[2]->str, &it)) {
 		metric_add(&m_bad, 1);
 		return;
 	}
 	metric_add(&m_pushes, 1);
-	if (changed > 0) {
+	/* A push without a change number (an older deductor) is each loop's own. */
+	first = board_post(&p->gw->sh->board, &it) || it.seq == 0;
+	if (it.changed_ms > 0) {
 		/* Both ends on the Redis clock; a skewed host shows as 0, not as a negative. */
-		delay = gateway_now_ms(p->gw) - changed;
+		delay = gateway_now_ms(p->gw) - it.changed_ms;
 		if (delay < 0)
 			delay = 0;
-		metric_observe_us(&m_delay, (uint64_t)delay * 1000);
+		/* How late the process knew: the loop that read it first (board.h). */
+		if (first)
+			metric_observe_us(&m_delay, (uint64_t)delay * 1000);
 	}
-	promo_note_counts(&p->gw->promo, sku, remaining, held, earliest, "push");
+	if (!promo_note_push(&p->gw->promo, &it, "push"))
+		metric_add(&m_stale, 1);
 	/* One line per crossing of zero (the deductor pushes nothing else). */
-	log_info("pushed", "sku=%s remaining=%" PRId64 " held=%" PRId64 " delay_ms=%" PRId64, sku,
-		 remaining, held, delay);
+	log_info("pushed", "sku=%s remaining=%" PRId64 " held=%" PRId64 " delay_ms=%" PRId64
+		 " first=%d", it.sku, it.remaining, it.held, delay, first);
 }
 
 static void push_on_connect(void *arg)

@@ -26,6 +26,7 @@
 #include "util.h"
 
 struct gateway;
+struct board_item;
 
 #define PUSH_ECHO_MS 100
 #define PUSH_STALL_MS 3000
@@ -47,12 +48,13 @@ void push_close(struct gw_push *p);
 void push_free(struct gw_push *p);
 
 /*
- * Parse one fs:chg payload, "sku remaining held earliest_ms [changed_ms]"
- * (changed_ms, the Redis time of the change, is 0 when absent: a deductor
- * of the previous version). false when malformed. Exposed for the unit test.
+ * Parse one fs:chg payload, "sku remaining held earliest_ms [changed_ms
+ * [seq]]" (changed_ms, the Redis time of the change, and seq, the SKU's
+ * change number, are 0 when absent: deductors of earlier versions). false
+ * when malformed. Exposed for the unit test.
  */
-bool push_parse(const char *msg, char *sku, size_t skulen, int64_t *remaining, int64_t *held,
-		int64_t *earliest_ms, int64_t *changed_ms) FS_MUSTCHECK;
+bool push_parse(const char *msg, struct board_item *it) FS_MUSTCHECK;
+
 
 /* Pushes received, by outcome (start-up). */
 void push_metrics_register(void);

@@ -431,6 +431,7 @@ static void route_purchase(struct gateway *gw, struct evhttp_request *req)
 	 * (created a moment ago through another loop or gateway): admission
 	 * reads Redis and answers 404 unknown_sku if it does not exist.
 	 */
+	promo_catch_up(gw);
 	p = promo_find(&gw->promo, pr.sku);
 	if (p != NULL && !purchase_filters(gw, req, &pr, p, rid))
 		return;
@@ -1162,12 +1163,14 @@ static void promo_get_cb(redisAsyncContext *ac, void *reply, void *privdata)
 
 static void route_promo_get(struct gateway *gw, struct evhttp_request *req, const char *sku)
 {
-	const struct promo *p = valid_sku(sku) ? promo_find(&gw->promo, sku) : NULL;
+	const struct promo *p;
 	const char *argv[] = { "HMGET", NULL, "initial", "remaining", "held", "sold", "limit",
 			       "start_ms", "end_ms", "hold_ms" };
 	char key[FS_ID_MAX + 16];
 	struct pending *pd;
 
+	promo_catch_up(gw);
+	p = valid_sku(sku) ? promo_find(&gw->promo, sku) : NULL;
 	if (p != NULL) {
 		promo_answer(gw, req, p);
 		return;

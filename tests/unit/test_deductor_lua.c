@@ -446,6 +446,57 @@ static void test_moves_are_told(void **state)
 	redisFree(sub);
 }
 
+/* The next fs:chg message: sku, remaining and held as given, and the SKU's change number. */
+static void assert_pushed(redisContext *sub, const char *sku, long long remaining, long long held)
+{
+	redisReply *r = NULL, *q;
+	char s[80];
+	long long rem, h, earliest, at, seq;
+
+	assert_int_equal(redisGetReply(sub, (void **)&r), REDIS_OK);
+	assert_non_null(r);
+	assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+	assert_int_equal(r->elements, 3);
+	assert_string_equal(r->element[1]->str, "fs:chg");
+	assert_int_equal(sscanf(r->element[2]->str, "%79s %lld %lld %lld %lld %lld", s, &rem, &h,
+				&earliest, &at, &seq), 6);
+	assert_string_equal(s, sku);
+	assert_int_equal(rem, remaining);
+	assert_int_equal(h, held);
+	assert_true(at > 0);
+	q = redisCommand(rc, "HGET fs:promo:%s seq", sku);
+	assert_non_null(q);
+	assert_int_equal(q->type, REDIS_REPLY_STRING);
+	assert_int_equal(seq, atoll(q->str));
+	freeReplyObject(q);
+	freeReplyObject(r);
+}
+
+/*
+ * A SKU running out, and getting units back, is pushed on fs:chg with the
+ * number of that change: the gateways tell a newer push from an older one
+ * read late by it (gateway/board.h). A release announced before its
+ * change was numbered carried the number before.
+ */
+static void test_run_out_and_back_are_pushed(void **state)
+{
+	redisContext *sub = test_redis_subscribe("fs:chg");
+	struct step_result res;
+
+	(void)state;
+	assert_non_null(sub);
+	promo("sku-c", 1, 1, -60000, 3600000, 60000);
+	res = apply(K_PURCHASE, "c-1", "sku-c", "alice", 1);
+	assert_event(&res, E_RESERVED, "reserved", "", true);
+	assert_pushed(sub, "sku-c", 0, 1);
+	res = apply(K_CANCEL, "c-1", "sku-c", NULL, 0);
+	assert_event(&res, E_CANCELLED, "cancelled", "", true);
+	assert_pushed(sub, "sku-c", 1, 0);
+	res = apply(K_PURCHASE, "c-2", "sku-c", "bob", 1);
+	assert_pushed(sub, "sku-c", 0, 1);
+	redisFree(sub);
+}
+
 static void test_cancel(void **state)
 {
 	struct step_result r;
@@ -941,6 +992,7 @@ int main(void)
 		cmocka_unit_test_setup(test_limit_reached, setup),
 		cmocka_unit_test_setup(test_pay_and_replay, setup),
 		cmocka_unit_test_setup(test_moves_are_told, setup),
+		cmocka_unit_test_setup(test_run_out_and_back_are_pushed, setup),
 		cmocka_unit_test_setup(test_cancel, setup),
 		cmocka_unit_test_setup(test_release_not_due, setup),
 		cmocka_unit_test_setup(test_release_after_deadline, setup),

@@ -86,30 +86,131 @@ static void test_note_sold_out(void **state)
 	free(c.items);
 }
 
-/* The deductor's fs:chg payloads, with and without the change's time. */
+/* The deductor's fs:chg payloads, with and without the change's time and number. */
 static void test_push_parse(void **state)
 {
-	char sku[FS_ID_MAX + 1];
-	int64_t r = -9, h = -9, e = -9, c = -9;
+	struct board_item it;
 	static const char *const bad[] = {
 		"", "sku-1", "sku-1 0 3", "sku-1 0 -1 5", "sku-1 0 3 -5", "sku-1 0 3 5 -7",
-		"sku-1 0 3 5 7 8", "sku-1 0 3 5 ", "sku-1 0 3 5 x", "bad/sku 0 0 0",
-		"sku-1 0 3 5 7x",
+		"sku-1 0 3 5 7 -8", "sku-1 0 3 5 7 8 9", "sku-1 0 3 5 ", "sku-1 0 3 5 7 ",
+		"sku-1 0 3 5 x", "bad/sku 0 0 0", "sku-1 0 3 5 7x", "sku-1 0 3 5 7 8x",
 	};
 	size_t i;
 
 	(void)state;
-	assert_true(push_parse("sku-1 0 3 1700000000123", sku, sizeof(sku), &r, &h, &e, &c));
-	assert_string_equal(sku, "sku-1");
-	assert_int_equal(r, 0);
-	assert_int_equal(h, 3);
-	assert_int_equal(e, 1700000000123);
-	assert_int_equal(c, 0);
-	assert_true(push_parse("sku-1 -2 0 0 1700000000456", sku, sizeof(sku), &r, &h, &e, &c));
-	assert_int_equal(r, -2);
-	assert_int_equal(c, 1700000000456);
+	assert_true(push_parse("sku-1 0 3 1700000000123", &it));
+	assert_string_equal(it.sku, "sku-1");
+	assert_int_equal(it.remaining, 0);
+	assert_int_equal(it.held, 3);
+	assert_int_equal(it.earliest_ms, 1700000000123);
+	assert_int_equal(it.changed_ms, 0);
+	assert_int_equal(it.seq, 0);
+	assert_true(push_parse("sku-1 -2 0 0 1700000000456", &it));
+	assert_int_equal(it.remaining, -2);
+	assert_int_equal(it.changed_ms, 1700000000456);
+	assert_int_equal(it.seq, 0);
+	assert_true(push_parse("sku-1 1 0 0 1700000000789 42", &it));
+	assert_int_equal(it.remaining, 1);
+	assert_int_equal(it.changed_ms, 1700000000789);
+	assert_int_equal(it.seq, 42);
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		assert_false(push_parse(bad[i], sku, sizeof(sku), &r, &h, &e, &c));
+		assert_false(push_parse(bad[i], &it));
+}
+
+static struct board_item pushed(const char *sku, int64_t remaining, int64_t held, int64_t seq)
+{
+	struct board_item it;
+
+	memset(&it, 0, sizeof(it));
+	snprintf(it.sku, sizeof(it.sku), "%s", sku);
+	it.remaining = remaining;
+	it.held = held;
+	it.changed_ms = 1000;
+	it.seq = seq;
+	return it;
+}
+
+/*
+ * A push is applied only when its change number is above the SKU's (read
+ * or pushed): the same push from the board and then from the loop's own
+ * subscriber, or an older one read late, changes nothing. Pushes without
+ * a number (older deductors) are always applied.
+ */
+static void test_note_push_newer_only(void **state)
+{
+	struct promo_cache c;
+	struct promo p = make("hot", 5);
+	struct board_item it;
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	p.push_seq = 3;                     /* as read by a refresh */
+	assert_int_equal(promo_put(&c, &p), 0);
+	it = pushed("hot", 0, 5, 3);
+	assert_false(promo_note_push(&c, &it, "push"));
+	assert_int_equal(promo_find(&c, "hot")->remaining, 5);
+	it = pushed("hot", 0, 5, 4);        /* ran out: from the board */
+	assert_true(promo_note_push(&c, &it, "board"));
+	assert_int_equal(promo_find(&c, "hot")->remaining, 0);
+	assert_int_equal(promo_find(&c, "hot")->push_seq, 4);
+	assert_false(promo_note_push(&c, &it, "push"));   /* the loop's own, later */
+	it = pushed("hot", 1, 4, 6);        /* a unit back */
+	assert_true(promo_note_push(&c, &it, "board"));
+	it = pushed("hot", 0, 5, 5);        /* an older one, read late */
+	assert_false(promo_note_push(&c, &it, "push"));
+	assert_int_equal(promo_find(&c, "hot")->remaining, 1);
+	it = pushed("hot", 0, 5, 0);        /* no number: applied */
+	assert_true(promo_note_push(&c, &it, "push"));
+	assert_int_equal(promo_find(&c, "hot")->remaining, 0);
+	assert_int_equal(promo_find(&c, "hot")->push_seq, 6);
+	it = pushed("unknown", 0, 1, 9);
+	assert_false(promo_note_push(&c, &it, "push"));
+	free(c.items);
+}
+
+/*
+ * A refresh whose read has a change number at or above the last push's
+ * wins even when the push was applied after the read was made (it was
+ * read late); a lower number loses to a push applied after the read, and
+ * wins over one applied before it (a state loaded again numbers anew).
+ */
+static void test_read_seq_beats_late_push(void **state)
+{
+	struct promo_cache c;
+	struct promo items[1];
+	struct board_item it;
+	(void)state;
+
+	memset(&c, 0, sizeof(c));
+	items[0] = make("s-1", 10);
+	assert_int_equal(promo_put(&c, &items[0]), 0);
+	it = pushed("s-1", 0, 10, 5);       /* change 5, applied at 5,000 */
+	assert_true(promo_note_push(&c, &it, "push"));
+	c.items[0].noted_ms = 5000;
+	items[0] = make("s-1", 1);          /* read at 4,000, already at change 6 */
+	items[0].push_seq = 6;
+	assert_int_equal(promo_apply_slice(&c, items, 1, 4000), 0);
+	assert_int_equal(promo_find(&c, "s-1")->remaining, 1);
+	assert_int_equal(promo_find(&c, "s-1")->push_seq, 6);
+	assert_false(promo_note_push(&c, &it, "push"));
+
+	it = pushed("s-1", 0, 10, 7);       /* change 7 at 5,000, after a read at 4,000 of 6 */
+	assert_true(promo_note_push(&c, &it, "push"));
+	c.items[0].noted_ms = 5000;
+	items[0] = make("s-1", 1);
+	items[0].push_seq = 6;
+	assert_int_equal(promo_apply_slice(&c, items, 1, 4000), 0);
+	assert_int_equal(promo_find(&c, "s-1")->remaining, 0);
+	assert_int_equal(promo_find(&c, "s-1")->push_seq, 7);
+
+	items[0] = make("s-1", 9);          /* read at 6,000: numbered anew from 2 */
+	items[0].push_seq = 2;
+	assert_int_equal(promo_apply_slice(&c, items, 1, 6000), 0);
+	assert_int_equal(promo_find(&c, "s-1")->remaining, 9);
+	assert_int_equal(promo_find(&c, "s-1")->push_seq, 2);
+	it = pushed("s-1", 0, 9, 3);
+	assert_true(promo_note_push(&c, &it, "push"));
+	free(c.items);
 }
 
 /* The Redis clock's offset comes from the TIME round trip least delayed. */
@@ -360,6 +461,8 @@ int main(void)
 		cmocka_unit_test(test_status),
 		cmocka_unit_test(test_note_sold_out),
 		cmocka_unit_test(test_push_parse),
+		cmocka_unit_test(test_note_push_newer_only),
+		cmocka_unit_test(test_read_seq_beats_late_push),
 		cmocka_unit_test(test_clock_sample_shortest_round_trip_wins),
 		cmocka_unit_test(test_clock_sample_next_best_when_the_best_goes),
 		cmocka_unit_test(test_clock_sample_follows_a_step),
