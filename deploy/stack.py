@@ -1303,6 +1303,17 @@ class Stack:
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
+    def redis_aof_increment(self):
+        """(path, size) of the AOF file Redis appends to (its newest
+        increment), or (None, 0) before it has one: for faults that cut it."""
+        d = self.path("redis", "appendonlydir")
+        incr = sorted((f for f in os.listdir(d) if f.endswith(".incr.aof")),
+                      key=lambda f: int(f.split(".")[-3]))
+        if not incr:
+            return None, 0
+        path = os.path.join(d, incr[-1])
+        return path, os.path.getsize(path)
+
     def choose_kafka_kind(self, explicit):
         """(kind, why): the kind of broker this stack runs and why that one."""
         for kind, why in ((explicit, "asked for"),

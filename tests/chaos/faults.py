@@ -119,17 +119,6 @@ def redis_rollback(ctx):
     ctx.redis_copy = None
 
 
-def _newest_incr_aof(ctx):
-    """(path, size) of Redis' newest AOF increment, the file it appends to."""
-    aofdir = ctx.stack.path("redis", "appendonlydir")
-    incr = sorted((f for f in os.listdir(aofdir) if f.endswith(".incr.aof")),
-                  key=lambda f: int(f.split(".")[-3]))
-    if not incr:
-        return None, 0
-    path = os.path.join(aofdir, incr[-1])
-    return path, os.path.getsize(path)
-
-
 def redis_power_loss(ctx):
     """The machine under Redis loses power: with appendfsync everysec, up
     to the last second or two of writes it acknowledged never reached the
@@ -138,10 +127,10 @@ def redis_power_loss(ctx):
     before the cut and drops a MULTI it cut through). What Redis lost is
     behind the ledger: fenced and repaired like a rollback, never an
     oversell."""
-    before, size0 = _newest_incr_aof(ctx)
+    before, size0 = ctx.stack.redis_aof_increment()
     sleep(ctx, 0.5, 2.0)
     ctx.stack.daemon("kill", "redis")
-    path, size = _newest_incr_aof(ctx)
+    path, size = ctx.stack.redis_aof_increment()
     cut = 0
     if path is not None:
         # A rewrite meanwhile started a new file: all of it is recent.

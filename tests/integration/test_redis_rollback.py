@@ -23,15 +23,6 @@ def reconciler(stack, *args, timeout=180):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def newest_incr_aof(redis_dir):
-    """(path, size) of the AOF increment Redis appends to."""
-    d = os.path.join(redis_dir, 'appendonlydir')
-    incr = sorted((f for f in os.listdir(d) if f.endswith('.incr.aof')),
-                  key=lambda f: int(f.split('.')[-3]))
-    path = os.path.join(d, incr[-1])
-    return path, os.path.getsize(path)
-
-
 @pytest.mark.parametrize('how', ['older_copy', 'unsynced_tail'])
 def test_redis_that_comes_back_older_is_fenced_and_repaired(stack, how):
     """older_copy: a lagging replica promoted, a snapshot restored.
@@ -54,7 +45,7 @@ def test_redis_that_comes_back_older_is_fenced_and_repaired(stack, how):
     wait_for(sold_at_least(stock // 4), timeout=60, interval=0.05, what='a quarter sold')
     shutil.rmtree(copy)
     shutil.copytree(redis_dir, copy)
-    aof, synced = newest_incr_aof(redis_dir)
+    aof, synced = stack.redis_aof_increment()
     old = promo(stack, sku)
     wait_for(sold_at_least(stock * 3 // 4), timeout=60, interval=0.05, what='three quarters sold')
     newer = promo(stack, sku)
@@ -63,7 +54,7 @@ def test_redis_that_comes_back_older_is_fenced_and_repaired(stack, how):
         shutil.rmtree(redis_dir)
         shutil.copytree(copy, redis_dir)
     else:
-        now, size = newest_incr_aof(redis_dir)
+        now, size = stack.redis_aof_increment()
         assert now == aof, 'an AOF rewrite began meanwhile: %s, %s' % (aof, now)
         os.truncate(aof, synced + (size - synced) // 3 + 7)
     stack.daemon('start', 'redis')
