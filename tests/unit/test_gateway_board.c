@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -101,11 +102,59 @@ static void test_catch_up(void **state)
 	board_free(&b);
 }
 
+static void put(struct gateway *gw, const char *sku, int64_t remaining)
+{
+	struct promo p;
+
+	memset(&p, 0, sizeof(p));
+	snprintf(p.sku, sizeof(p.sku), "%s", sku);
+	p.initial = 10;
+	p.remaining = remaining;
+	p.limit = 1;
+	assert_int_equal(promo_put(&gw->promo, &p), 0);
+}
+
+/*
+ * Two loops of one process: what the first read is in the second's cache
+ * once it catches up (as it does before it filters a purchase), without
+ * its own subscriber; and that push, read later by the second loop
+ * itself, is old news.
+ */
+static void test_second_loop_knows_from_the_board(void **state)
+{
+	static struct gw_shared sh;
+	static struct gateway first, second;
+	struct board_item it = item("hot", 0, 7);
+	(void)state;
+
+	assert_int_equal(board_init(&sh.board), 0);
+	first.sh = second.sh = &sh;
+	put(&first, "hot", 3);
+	put(&second, "hot", 3);
+	put(&second, "cold", 5);
+
+	assert_true(board_post(&sh.board, &it));
+	assert_true(promo_note_push(&first.promo, &it, "push"));
+	assert_int_equal(promo_find(&second.promo, "hot")->remaining, 3);
+	promo_catch_up(&second);
+	assert_int_equal(promo_find(&second.promo, "hot")->remaining, 0);
+	assert_int_equal(promo_find(&second.promo, "hot")->push_seq, 7);
+	assert_int_equal(promo_find(&second.promo, "cold")->remaining, 5);
+	assert_false(board_post(&sh.board, &it));
+	assert_false(promo_note_push(&second.promo, &it, "push"));
+	promo_catch_up(&first);             /* its own post: already applied */
+	assert_int_equal(promo_find(&first.promo, "hot")->remaining, 0);
+	free(first.promo.items);
+	free(second.promo.items);
+	board_free(&sh.board);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_post_first_only),
 		cmocka_unit_test(test_catch_up),
+		cmocka_unit_test(test_second_loop_knows_from_the_board),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
