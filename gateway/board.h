@@ -16,7 +16,10 @@
  * (promo_note_push), so the same push read twice, or an older one read
  * late, changes nothing. The board keeps the last BOARD_RING posts; a loop
  * further behind than that skips to them, and its own subscriber brings
- * the rest, in order.
+ * the rest, in order. A SKU whose numbers start again lower (its state
+ * wiped and loaded anew without the ledger) is not posted until they pass
+ * the old ones: its loops learn from their own subscribers and refreshes
+ * meanwhile, as before the board.
  *
  * board_post takes a mutex (a push is rare next to requests); board_catch_up
  * is one atomic load when nothing was posted since the loop's cursor.
