@@ -284,11 +284,17 @@ def markdown(res, made):
         if acc.get("warmup_s"):
             curve = ", ".join("%s" % w.get("cpu_us_per_request", {}).get("kafka", "-")
                               for w in acc.get("warmup_runs", []))
+            settled = acc.get("warmup_settled")
             L += ["", "The accept run follows %s s of untimed accept-path load that warms "
-                  "the broker up (a JVM compiles its produce path in the first seconds)%s."
+                  "the broker up (a JVM compiles its produce path over the first minute "
+                  "of load)%s%s."
                   % (acc["warmup_s"],
                      "; the broker's CPU per intent over its runs: %s us" % curve
-                     if curve else "")]
+                     if curve else "",
+                     "" if settled is None else
+                     ", settled (the last two runs within 20%)" if settled else
+                     ", **not settled** after the %s s allowed (--accept-warmup-max-s)"
+                     % acc.get("warmup_max_s"))]
         op = s.get("accept_open")
         if op:
             L += ["", "Open loop (flashsale-loadgen, buyers arriving at %s/s = %sx the "
