@@ -494,6 +494,9 @@ static void test_lease_bounds(void **state)
 	/* The leases never hold what buyers need: every unit left is admitted. */
 	admit_call("b", 0, 64, 16, 200, 0, false, "", 0, NULL, 0, v, NULL);
 	assert_int_equal(count(v, 64, "admitted"), 62);        /* 62 x 16 = 992 of 1000 */
+	/* Each marker holds its qty, and its entry the time it was admitted. */
+	assert_int_equal(redis_int("HGET fs:req:rid-0 %s", "adm"), 16);
+	assert_true(redis_int("ZSCORE fs:adm:all %s", "b rid-0") > 1700000000000LL);
 	/* A rate across gateways is counted per purchase: no leases. */
 	freeReplyObject(redisCommand(test_rc, "HSET fs:promo:r remaining 100000 held 0 adm 0"));
 	freeReplyObject(redisCommand(test_rc, "HSET fs:cfg:r sku_rate_per_s 1000"));
