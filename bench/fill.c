@@ -17,6 +17,9 @@
  * before the deductor reads them (the consumer logs "offset reset ...
  * Offset out of range"), which bench/run's held == filled check reports.
  *
+ * --topic sends them elsewhere: bench/run warms a fresh broker up with this
+ * producer's requests on a scratch topic, which no daemon reads.
+ *
  * Exit status: 0 every message acknowledged, 1 some failed or the flush timed
  * out (or the producer could not be created), 2 usage error.
  */
@@ -49,6 +52,7 @@ struct fill_opts {
 	unsigned long long skus;
 	const char *sku_prefix;
 	const char *run_id;
+	const char *topic;
 	unsigned long qty;
 	bool json;
 };
@@ -76,6 +80,7 @@ static void usage(FILE *out)
 "                           SKU n %% K (default \"bench-sku-\")\n"
 "      --run-id R           request id R-<n>, user id R-u<n> (default \"fill\")\n"
 "      --qty N              units per purchase (default 1)\n"
+"      --topic T            produce to T instead (default " FS_TOPIC_INTENTS ")\n"
 "      --json               print {\"produced\":..,\"failed\":..,\"seconds\":..,\n"
 "                           \"rate_per_s\":..} on stdout instead of a line on stderr\n"
 "  -h, --help               this help\n"
@@ -160,7 +165,8 @@ static int fill_intent(const struct fill_opts *o, unsigned long long n, struct f
  * Produce intent n, waiting (serving delivery reports) while the local queue
  * is full. 0 enqueued, -1 refused for good with the reason in err.
  */
-static int fill_produce(rd_kafka_t *rk, const fs_intent *in, char *err, size_t errlen)
+static int fill_produce(rd_kafka_t *rk, const char *topic, const fs_intent *in, char *err,
+			size_t errlen)
 {
 	uint8_t buf[1024];
 	size_t len, keylen;
@@ -176,7 +182,7 @@ static int fill_produce(rd_kafka_t *rk, const fs_intent *in, char *err, size_t e
 	keylen = strlen(in->sku);
 	for (;;) {
 		e = rd_kafka_producev(rk,
-				      RD_KAFKA_V_TOPIC(FS_TOPIC_INTENTS),
+				      RD_KAFKA_V_TOPIC(topic),
 				      RD_KAFKA_V_KEY(in->sku, keylen),
 				      RD_KAFKA_V_VALUE(buf, len),
 				      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -193,7 +199,7 @@ static int fill_produce(rd_kafka_t *rk, const fs_intent *in, char *err, size_t e
 	return 0;
 }
 
-enum { OPT_BOOTSTRAP = 256, OPT_SKUS, OPT_SKU_PREFIX, OPT_RUN_ID, OPT_QTY, OPT_JSON };
+enum { OPT_BOOTSTRAP = 256, OPT_SKUS, OPT_SKU_PREFIX, OPT_RUN_ID, OPT_QTY, OPT_JSON, OPT_TOPIC };
 
 static const struct option long_opts[] = {
 	{ "bootstrap", required_argument, NULL, OPT_BOOTSTRAP },
@@ -203,6 +209,7 @@ static const struct option long_opts[] = {
 	{ "run-id", required_argument, NULL, OPT_RUN_ID },
 	{ "qty", required_argument, NULL, OPT_QTY },
 	{ "json", no_argument, NULL, OPT_JSON },
+	{ "topic", required_argument, NULL, OPT_TOPIC },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, 'V' },
 	{ NULL, 0, NULL, 0 },
@@ -236,6 +243,7 @@ static int fill_parse(struct fill_opts *o, int argc, char **argv)
 	o->skus = 1;
 	o->sku_prefix = "bench-sku-";
 	o->run_id = "fill";
+	o->topic = FS_TOPIC_INTENTS;
 	o->qty = 1;
 	o->kafka.bootstrap = getenv("FLASHSALE_KAFKA_BOOTSTRAP");
 	o->kafka.settings = getenv("FLASHSALE_KAFKA_SETTINGS");
@@ -274,6 +282,11 @@ static int fill_parse(struct fill_opts *o, int argc, char **argv)
 			break;
 		case OPT_JSON:
 			o->json = true;
+			break;
+		case OPT_TOPIC:
+			if (optarg[0] == '\0')
+				return usage_error("--topic: empty");
+			o->topic = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -321,7 +334,7 @@ int main(int argc, char **argv)
 		return usage_error("the intents would be invalid: %s", err);
 
 	memset(&st, 0, sizeof(st));
-	rk = kafka_producer_new(&o.kafka, "flashsale-bench-fill", FS_TOPIC_INTENTS,
+	rk = kafka_producer_new(&o.kafka, "flashsale-bench-fill", o.topic,
 				fill_dr_cb, NULL, &st,
 				err, sizeof(err));
 	if (rk == NULL) {
@@ -332,7 +345,7 @@ int main(int argc, char **argv)
 	t0 = mono_us();
 	for (n = 0; n < o.count; n++) {
 		if (fill_intent(&o, n, &ids, &in, err, sizeof(err)) < 0 ||
-		    fill_produce(rk, &in, err, sizeof(err)) < 0) {
+		    fill_produce(rk, o.topic, &in, err, sizeof(err)) < 0) {
 			/* Fatal producer state (or a contract break): the rest would fail too. */
 			log_error("produce_failed", "n=%llu msg=\"%s\"", n, err);
 			refused = o.count - n;
@@ -360,6 +373,6 @@ int main(int argc, char **argv)
 	else
 		fprintf(stderr, "flashsale-bench-fill: produced %llu, failed %llu in %.3f s "
 			"(%.0f intents/s) to %s\n", st.delivered, failed, secs, rate,
-			FS_TOPIC_INTENTS);
+			o.topic);
 	return failed == 0 && flushed ? 0 : 1;
 }

@@ -204,6 +204,18 @@ unset multiplot
     return made
 
 
+def broker_warmup_lines(res):
+    """How each stack's broker was warmed up before it was measured."""
+    w = res.get("broker_warmups") or {}
+    if not w:
+        return []
+    return ["- A fresh broker compiles its produce path under its first load; every stack's "
+            "broker first took small produce requests on a scratch topic (chunks of 40,000 "
+            "messages). Its CPU per message, chunk by chunk: " + "; ".join(
+                "%s %s us (%s s)" % (tag, ", ".join("%s" % c for c in v["kafka_us_per_message"]),
+                                     v["seconds"]) for tag, v in sorted(w.items())) + "."]
+
+
 def markdown(res, made):
     m = res.get("machine", {})
     s = res.get("stages", {})
@@ -284,17 +296,11 @@ def markdown(res, made):
         if acc.get("warmup_s"):
             curve = ", ".join("%s" % w.get("cpu_us_per_request", {}).get("kafka", "-")
                               for w in acc.get("warmup_runs", []))
-            settled = acc.get("warmup_settled")
             L += ["", "The accept run follows %s s of untimed accept-path load that warms "
-                  "the broker up (a JVM compiles its produce path over the first minute "
-                  "of load)%s%s."
+                  "the gateway up, and the broker to the gateway's requests%s."
                   % (acc["warmup_s"],
                      "; the broker's CPU per intent over its runs: %s us" % curve
-                     if curve else "",
-                     "" if settled is None else
-                     ", settled (the last two runs within 20%)" if settled else
-                     ", **not settled** after the %s s allowed (--accept-warmup-max-s)"
-                     % acc.get("warmup_max_s"))]
+                     if curve else "")]
         op = s.get("accept_open")
         if op:
             L += ["", "Open loop (flashsale-loadgen, buyers arriving at %s/s = %sx the "
@@ -413,6 +419,7 @@ def markdown(res, made):
           "it, so a slow server cannot hide queueing (coordinated omission). wrk's own "
           "latencies in stages 1-2 are closed-loop and are not reported as latency.",
           "- The load tools run on the same cores as the servers; so do the baselines.",
+          ] + broker_warmup_lines(res) + [
           "- Raw outputs: wrk-*.txt, loadgen-*.json, timeseries-sale.csv, pgbench.txt, "
           "audit-*.txt and every daemon's log under logs/.", ""]
     return "\n".join(L)

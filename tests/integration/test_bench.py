@@ -4,8 +4,6 @@ held. Figures are never compared with thresholds here (benchmarks are not
 timed tests); they must only exist and be positive.
 """
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import subprocess
@@ -48,37 +46,23 @@ def test_accept_warmup_runs_each_on_a_sku_of_their_own(smoke):
     one SKU met the per-user limit, and the deductor refused what the
     gateway had answered 202 (the accept stage's held == 202s check)."""
     _, res, _ = smoke
-    acc = res["stages"]["accept"]
-    runs = acc["warmup_runs"]
+    runs = res["stages"]["accept"]["warmup_runs"]
     assert len(runs) >= 2, runs
-    assert acc["warmup_min_s"] <= acc["warmup_s"] <= acc["warmup_max_s"], acc
     assert len({r["sku"] for r in runs}) == len(runs), runs
 
 
-def bench_module():
-    path = os.path.join(source_root(), "bench", "run")
-    loader = importlib.machinery.SourceFileLoader("bench_run", path)
-    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader("bench_run", loader))
-    loader.exec_module(mod)
-    return mod
-
-
-def test_warmup_goes_on_until_the_broker_settles():
-    """The accept stage's warm-up stopped after 20 s while the broker's CPU
-    per intent was still falling (164, 120, 76, 45 us): the accept figure
-    measured a JVM compiling its produce path. Curves seen on this machine
-    decide here: falling or jumping is not settled, two runs within 20% are,
-    and a stack without a broker process (the mock) never waits."""
-    settled = bench_module().broker_settled
-    assert not settled([])
-    assert not settled([164.0])
-    assert not settled([164.0, 120.0, 76.0, 45.0])
-    assert not settled([94.5, 19.6])
-    assert not settled([55.9, 98.8])
-    assert settled([164.0, 120.0, 76.0, 45.0, 20.4, 18.1])
-    assert settled([18.2, 15.8])
-    assert settled([None])
-    assert not settled([None, 20.0])
+def test_every_broker_is_warmed_up_before_it_is_measured(smoke):
+    """A fresh JVM broker spent 110-130 us of CPU per message until it had
+    compiled its produce path, 10-20 us after: the accept stage measured
+    the compiler (0.22x of the ceiling where a warm broker gave 0.33-0.48x).
+    Every stack with a broker process of its own is warmed up first."""
+    _, res, _ = smoke
+    if res["machine"]["kafka"].startswith("mock"):
+        pytest.skip("the Kafka mock has no JVM to warm up")
+    warm = res.get("broker_warmups", {})
+    assert "stages" in warm and any(t.startswith("sale") for t in warm), warm
+    for tag, w in warm.items():
+        assert w["kafka_us_per_message"] and all(positive(c) for c in w["kafka_us_per_message"]), w
 
 
 def test_every_stage_produced_a_figure(smoke):
