@@ -209,9 +209,9 @@ def broker_warmup_lines(res):
     w = res.get("broker_warmups") or {}
     if not w:
         return []
-    return ["- A fresh broker compiles its produce path under its first load; every stack's "
-            "broker first took small produce requests on a scratch topic (chunks of 40,000 "
-            "messages). Its CPU per message, chunk by chunk: " + "; ".join(
+    return ["- A fresh broker compiles its produce path under its first load; the broker "
+            "of the stages' stack first took small produce requests on a scratch topic "
+            "(chunks of 40,000 messages). Its CPU per message, chunk by chunk: " + "; ".join(
                 "%s %s us (%s s)" % (tag, ", ".join("%s" % c for c in v["kafka_us_per_message"]),
                                      v["seconds"]) for tag, v in sorted(w.items())) + "."]
 

@@ -55,12 +55,13 @@ def test_every_broker_is_warmed_up_before_it_is_measured(smoke):
     """A fresh JVM broker spent 110-130 us of CPU per message until it had
     compiled its produce path, 10-20 us after: the accept stage measured
     the compiler (0.22x of the ceiling where a warm broker gave 0.33-0.48x).
-    Every stack with a broker process of its own is warmed up first."""
+    The stages' stack, when its broker is a process of its own, is warmed
+    up first."""
     _, res, _ = smoke
     if res["machine"]["kafka"].startswith("mock"):
         pytest.skip("the Kafka mock has no JVM to warm up")
     warm = res.get("broker_warmups", {})
-    assert "stages" in warm and any(t.startswith("sale") for t in warm), warm
+    assert "stages" in warm, warm
     for tag, w in warm.items():
         assert w["kafka_us_per_message"] and all(positive(c) for c in w["kafka_us_per_message"]), w
 
