@@ -85,6 +85,19 @@ static void test_hs256(void **state)
 	/* The cache answers the same token again, and only it. */
 	assert_int_equal(verify(&a, t, user), 0);
 	assert_int_equal(a.hits, 1);
+	{
+		/* Its signature on another payload: the same cache slot (the
+		 * slot hashes the token's tail), never the cached verdict. */
+		char *forged = strdup(t);
+		char *p = strchr(forged, '.') + 2;
+
+		*p = *p == 'A' ? 'B' : 'A';
+		assert_int_equal(verify(&a, forged, user), -1);
+		assert_int_equal(a.hits, 1);
+		forged[strlen(forged) - 1] = '\0';     /* a prefix of it */
+		assert_int_equal(verify(&a, forged, user), -1);
+		free(forged);
+	}
 	free(t);
 
 	t = hs(SECRET2, NULL, "alice", NOW + 60);       /* wrong secret */
