@@ -121,6 +121,24 @@ static void random_bytes(unsigned char *buf, size_t len)
  * ULID layout: 48-bit ms timestamp (10 chars) then 80 random bits (16 chars),
  * Crockford base32, so ids sort by creation time.
  */
+size_t fmt_i64(char out[21], int64_t v)
+{
+	char tmp[20];
+	uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+	size_t n = 0, len = 0;
+
+	do {
+		tmp[n++] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u != 0);
+	if (v < 0)
+		out[len++] = '-';
+	while (n > 0)
+		out[len++] = tmp[--n];
+	out[len] = '\0';
+	return len;
+}
+
 void request_id_new(char out[27])
 {
 	static const char alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";

@@ -25,6 +25,13 @@ bool valid_sku(const char *s);
 /* 1..64 chars of [A-Za-z0-9._:@-] */
 bool valid_user_id(const char *s);
 
+/*
+ * v in decimal at out, NUL-terminated (at most 20 characters and the NUL);
+ * returns its length. For the per-request hot paths, where snprintf's
+ * format parsing cost more than the number.
+ */
+size_t fmt_i64(char out[21], int64_t v);
+
 /* Write a new random request id (26 chars, Crockford base32, time-ordered) + NUL. */
 void request_id_new(char out[27]);
 

@@ -152,16 +152,24 @@ size_t call_json_object(char *out, size_t n, const char *const *kv, size_t pairs
 	return len;
 }
 
+/* n bytes of s at out + at; the new length. */
+static size_t put(char *out, size_t at, const char *s, size_t n)
+{
+	memcpy(out + at, s, n);
+	return at + n;
+}
+
 void call_refusal_now(struct evhttp_request *req, enum gw_route route, int code,
 		      const char *error, const char *reason, int64_t retry_ms, int may_return,
 		      bool close)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	char e[128], r[512], body[768], secs[24];
-	int len;
+	size_t el = call_json_string(e, sizeof(e), error);
+	size_t rl = el > 0 ? call_json_string(r, sizeof(r), reason) : 0;
+	size_t len;
 
-	if (call_json_string(e, sizeof(e), error) == 0 ||
-	    call_json_string(r, sizeof(r), reason) == 0) {
+	if (el == 0 || rl == 0) {
 		/* Longer than any refusal of ours: the general path copes. */
 		cJSON *o = call_error_body(error, reason);
 
@@ -176,18 +184,23 @@ void call_refusal_now(struct evhttp_request *req, enum gw_route route, int code,
 		call_reply_now(req, route, code, o, close);
 		return;
 	}
-	len = snprintf(body, sizeof(body), "{\"error\":%s,\"reason\":%s", e, r);
+	/* Parts of known length, copied: printf's parsing was most of this. */
+	len = 0;
+	len = put(body, len, "{\"error\":", 9);
+	len = put(body, len, e, el);
+	len = put(body, len, ",\"reason\":", 10);
+	len = put(body, len, r, rl);
 	if (retry_ms >= 0) {
-		len += snprintf(body + len, sizeof(body) - (size_t)len, ",\"retry_after_ms\":%lld",
-				(long long)retry_ms);
-		snprintf(secs, sizeof(secs), "%lld", (long long)((retry_ms + 999) / 1000));
+		len = put(body, len, ",\"retry_after_ms\":", 18);
+		len += fmt_i64(body + len, retry_ms);
+		(void)fmt_i64(secs, (retry_ms + 999) / 1000);
 		evhttp_add_header(h, "Retry-After", secs);
 	}
 	if (may_return >= 0)
-		len += snprintf(body + len, sizeof(body) - (size_t)len, ",\"may_return\":%s",
-				may_return ? "true" : "false");
-	len += snprintf(body + len, sizeof(body) - (size_t)len, "}\n");
-	call_send_json(req, route, code, body, (size_t)len, close);
+		len = may_return ? put(body, len, ",\"may_return\":true", 18) :
+		      put(body, len, ",\"may_return\":false", 19);
+	len = put(body, len, "}\n", 2);
+	call_send_json(req, route, code, body, len, close);
 }
 
 void call_error_now(struct evhttp_request *req, enum gw_route route, int code,

@@ -32,7 +32,7 @@ struct gw_conn {
 	struct event *deadline;         /* the current head's */
 	struct event *kick;             /* pushes an answer evhttp queued (below) */
 	char ip[GW_IP_MAX];             /* the client: peer, or the PROXY line's */
-	char key[32];                   /* "%p" of bev, in cs->by_bev */
+	char key[32];                   /* bev's address (conn_key), in cs->by_bev */
 	bool started, counted_ip, refused, in_head, proxy_done, peer_trusted, via_proxy;
 	size_t head_bytes, head_lines;
 	int content_lengths;
@@ -164,6 +164,20 @@ void gw_conns_free(struct gw_conns *cs)
 }
 
 /* ---- one connection ---- */
+
+/* A bufferevent's address in hex, its key in by_bev (looked up per request). */
+static void conn_key(char out[32], const struct bufferevent *bev)
+{
+	static const char hex[] = "0123456789abcdef";
+	uintptr_t v = (uintptr_t)bev;
+	size_t n = 0;
+
+	do {
+		out[n++] = hex[v & 15];
+		v >>= 4;
+	} while (v != 0);
+	out[n] = '\0';
+}
 
 /* Count c's client address in or out; the count after, -1 out of memory. */
 static int64_t conn_count_ip(struct gw_conn *c, int64_t delta)
@@ -509,7 +523,7 @@ struct bufferevent *gw_conns_bevcb(struct event_base *base, void *arg)
 	if (c->bev == NULL)
 		goto fail;
 	under = NULL;   /* the filter owns it now, and c: conn_free undoes what follows */
-	snprintf(c->key, sizeof(c->key), "%p", (void *)c->bev);
+	conn_key(c->key, c->bev);
 	if (strmap_add(&cs->by_bev, c->key, (int64_t)(intptr_t)c, &one) < 0)
 		log_error("out_of_memory", "what=by_bev");
 	__atomic_add_fetch(&cs->counts->open, 1, __ATOMIC_RELAXED);
@@ -567,7 +581,7 @@ bool gw_conns_client_ip(struct gw_conns *cs, struct evhttp_request *req, char ou
 
 	if (bev == NULL)
 		return false;
-	snprintf(key, sizeof(key), "%p", (void *)bev);
+	conn_key(key, bev);
 	c = (const struct gw_conn *)(intptr_t)strmap_get(&cs->by_bev, key, 0);
 	if (c == NULL || !c->started)
 		return false;

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,26 @@ static void test_id_charsets(void **state)
 static int cmp_str(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* fmt_i64 agrees with printf over the edges and a spread of values. */
+static void test_fmt_i64(void **state)
+{
+	const int64_t edge[] = { 0, 1, -1, 9, 10, -10, 99, 100, 1234567890, INT64_MAX, INT64_MIN,
+				 INT64_MAX - 1, INT64_MIN + 1 };
+	char got[21], want[32];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(edge) / sizeof(edge[0]); i++) {
+		snprintf(want, sizeof(want), "%" PRId64, edge[i]);
+		assert_int_equal(fmt_i64(got, edge[i]), strlen(want));
+		assert_string_equal(got, want);
+	}
+	for (int64_t v = 1; v < INT64_MAX / 7; v = v * 7 + 3) {
+		snprintf(want, sizeof(want), "%" PRId64, -v);
+		assert_int_equal(fmt_i64(got, -v), strlen(want));
+		assert_string_equal(got, want);
+	}
 }
 
 static void test_request_id_new(void **state)
@@ -209,6 +230,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_id_lengths),
 		cmocka_unit_test(test_id_charsets),
+		cmocka_unit_test(test_fmt_i64),
 		cmocka_unit_test(test_request_id_new),
 		cmocka_unit_test(test_request_id_time),
 		cmocka_unit_test(test_clocks),
