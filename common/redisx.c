@@ -9,6 +9,8 @@
 #include <event2/event.h>
 #include <hiredis/async.h>
 
+#include "array.h"
+
 /*
  * Split "unix:/path" or "host:port". Returns 1 for a Unix socket (path in
  * host), 0 for TCP, -1 when malformed.
@@ -295,4 +297,72 @@ redisReply *redisx_must(redisContext *c, redisReply *r, const char *what, char *
 		return NULL;
 	}
 	return r;
+}
+
+/* Room for n more bytes; false (oom set) when there is none. */
+static bool resp_room(struct resp *r, size_t n)
+{
+	if (r->oom)
+		return false;
+	if (r->len + n > r->cap && ARRAY_GROW(r->buf, r->cap, r->len + n) < 0) {
+		r->oom = true;
+		return false;
+	}
+	return true;
+}
+
+/* "<c><n>\r\n": an array's or a bulk string's header. */
+static void resp_head(struct resp *r, char c, size_t n)
+{
+	if (!resp_room(r, 24))
+		return;
+	r->buf[r->len++] = c;
+	r->len += fmt_i64(r->buf + r->len, (int64_t)n);
+	r->buf[r->len++] = '\r';
+	r->buf[r->len++] = '\n';
+}
+
+void resp_begin(struct resp *r, size_t argc)
+{
+	r->len = 0;
+	r->oom = false;
+	resp_head(r, '*', argc);
+}
+
+void resp_arg(struct resp *r, const char *s, size_t n)
+{
+	resp_head(r, '$', n);
+	if (!resp_room(r, n + 2))
+		return;
+	memcpy(r->buf + r->len, s, n);
+	r->len += n;
+	r->buf[r->len++] = '\r';
+	r->buf[r->len++] = '\n';
+}
+
+void resp_arg2(struct resp *r, const char *prefix, const char *s)
+{
+	size_t pn = strlen(prefix), sn = strlen(s);
+
+	resp_head(r, '$', pn + sn);
+	if (!resp_room(r, pn + sn + 2))
+		return;
+	memcpy(r->buf + r->len, prefix, pn);
+	memcpy(r->buf + r->len + pn, s, sn);
+	r->len += pn + sn;
+	r->buf[r->len++] = '\r';
+	r->buf[r->len++] = '\n';
+}
+
+void resp_int(struct resp *r, long long v)
+{
+	char d[21];
+
+	resp_arg(r, d, fmt_i64(d, v));
+}
+
+void resp_free(struct resp *r)
+{
+	free(r->buf);
+	memset(r, 0, sizeof(*r));
 }

@@ -73,4 +73,28 @@ redisReply *redisx_must(redisContext *c, redisReply *r, const char *what, char *
 
 long long redisx_time_ms(redisContext *c, char *err, size_t errlen) FS_MUSTCHECK;
 
+/*
+ * A command built in RESP in one buffer, for redisAsyncFormattedCommand or
+ * redisAppendFormattedCommand: resp_begin with the argument count, then
+ * each argument. hiredis' argv formatting spends a strlen, an sdscatfmt and
+ * two appends per argument, a tenth of the gateway's work per admitted
+ * purchase (admit.lua takes seven arguments per purchase). A failed
+ * allocation sets oom and makes every later call a no-op; the buffer is
+ * kept for the next command (resp_begin empties it), freed by resp_free.
+ */
+struct resp {
+	char *buf;
+	size_t len, cap;
+	bool oom;
+};
+
+void resp_begin(struct resp *r, size_t argc);
+/* One argument: n bytes at s. */
+void resp_arg(struct resp *r, const char *s, size_t n);
+/* One argument: prefix and s joined ("fs:promo:" and a SKU), both NUL-terminated. */
+void resp_arg2(struct resp *r, const char *prefix, const char *s);
+/* One argument: v in decimal. */
+void resp_int(struct resp *r, long long v);
+void resp_free(struct resp *r);
+
 #endif

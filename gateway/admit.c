@@ -406,85 +406,45 @@ static void admit_reply_cb(redisAsyncContext *ac, void *reply, void *privdata)
  */
 static int admit_send(struct admit_batch *b, bool eval)
 {
+	static const char *const prefix[KEYS_PER_ITEM] = { "fs:promo:", "fs:cfg:", "fs:req:" };
 	struct admission *a = b->a;
+	struct resp *r = &a->cmd;
 	size_t nkeys = 3 + KEYS_PER_ITEM * b->n;
-	size_t argc = 3 + nkeys + 6 + ARGS_PER_ITEM * b->n + ARGS_PER_OP * b->nops;
-	const char **argv = calloc(argc, sizeof(*argv));
-	char *keys = malloc(b->n * KEYS_PER_ITEM * (FS_ID_MAX + 16));
-	/* numkeys, ttl, k, count, cap, min free, qtys, op count, op units */
-	char *nums = malloc((b->n + b->nops + 7) * 24);
-	char *kp, *np;
-	size_t k = 0;
-	int rc = -1;
+	const char *script = eval ? gw_admit_lua : a->sha;
 
-	if (argv == NULL || keys == NULL || nums == NULL)
-		goto out;
-	kp = keys;
-	np = nums;
-	argv[k++] = eval ? "EVAL" : "EVALSHA";
-	argv[k++] = eval ? gw_admit_lua : a->sha;
-	snprintf(np, 24, "%zu", nkeys);
-	argv[k++] = np;
-	np += 24;
-	argv[k++] = "fs:ready";
-	argv[k++] = "fs:adm:all";
-	argv[k++] = "fs:adm:total";
+	resp_begin(r, 3 + nkeys + 6 + ARGS_PER_ITEM * b->n + ARGS_PER_OP * b->nops);
+	resp_arg(r, eval ? "EVAL" : "EVALSHA", eval ? 4 : 7);
+	resp_arg(r, script, strlen(script));
+	resp_int(r, (long long)nkeys);
+	resp_arg(r, "fs:ready", 8);
+	resp_arg(r, "fs:adm:all", 10);
+	resp_arg(r, "fs:adm:total", 12);
+	for (size_t i = 0; i < b->n; i++)
+		for (int j = 0; j < KEYS_PER_ITEM; j++)
+			resp_arg2(r, prefix[j], j == 2 ? b->items[i].rid : b->items[i].sku);
+	resp_int(r, a->record_ttl_s);
+	resp_int(r, a->default_k_pct);
+	resp_int(r, (long long)b->n);
+	resp_int(r, a->global_cap);
+	resp_int(r, a->lease_min_free);
 	for (size_t i = 0; i < b->n; i++) {
-		static const char *const prefix[KEYS_PER_ITEM] = {
-			"fs:promo:", "fs:cfg:", "fs:req:",
-		};
-
-		for (int j = 0; j < KEYS_PER_ITEM; j++) {
-			snprintf(kp, FS_ID_MAX + 16, "%s%s", prefix[j],
-				 j == 2 ? b->items[i].rid : b->items[i].sku);
-			argv[k++] = kp;
-			kp += FS_ID_MAX + 16;
-		}
+		resp_arg(r, b->items[i].sku, strlen(b->items[i].sku));
+		resp_arg(r, b->items[i].rid, strlen(b->items[i].rid));
+		resp_int(r, (long long)b->items[i].qty);
+		resp_arg(r, b->items[i].lease, strlen(b->items[i].lease));
 	}
-	snprintf(np, 24, "%lld", a->record_ttl_s);
-	argv[k++] = np;
-	np += 24;
-	snprintf(np, 24, "%lld", a->default_k_pct);
-	argv[k++] = np;
-	np += 24;
-	snprintf(np, 24, "%zu", b->n);
-	argv[k++] = np;
-	np += 24;
-	snprintf(np, 24, "%lld", a->global_cap);
-	argv[k++] = np;
-	np += 24;
-	snprintf(np, 24, "%lld", a->lease_min_free);
-	argv[k++] = np;
-	np += 24;
-	for (size_t i = 0; i < b->n; i++) {
-		argv[k++] = b->items[i].sku;
-		argv[k++] = b->items[i].rid;
-		snprintf(np, 24, "%lld", (long long)b->items[i].qty);
-		argv[k++] = np;
-		np += 24;
-		argv[k++] = b->items[i].lease;
-	}
-	snprintf(np, 24, "%zu", b->nops);
-	argv[k++] = np;
-	np += 24;
+	resp_int(r, (long long)b->nops);
 	for (size_t j = 0; j < b->nops; j++) {
-		argv[k++] = b->ops[j].grant ? "grant" : "return";
-		argv[k++] = b->ops[j].sku;
-		argv[k++] = b->ops[j].id;
-		snprintf(np, 24, "%lld", (long long)b->ops[j].units);
-		argv[k++] = np;
-		np += 24;
+		resp_arg(r, b->ops[j].grant ? "grant" : "return", b->ops[j].grant ? 5 : 6);
+		resp_arg(r, b->ops[j].sku, strlen(b->ops[j].sku));
+		resp_arg(r, b->ops[j].id, strlen(b->ops[j].id));
+		resp_int(r, (long long)b->ops[j].units);
 	}
 	b->sent_us = mono_us();
-	if (gw_store_command_argv(a->store, admit_reply_cb, b, (int)k, argv, NULL) == 0) {
-		a->batches_in_flight++;
-		rc = 0;
-	}
-out:
-	free(argv);
-	free(keys);
-	free(nums);
-	return rc;
+	if (r->oom || gw_store_command_resp(a->store, admit_reply_cb, b, r->buf, r->len) < 0)
+		return -1;
+	a->batches_in_flight++;
+	return 0;
 }
 
 static void admit_flush(struct admission *a)
@@ -594,7 +554,17 @@ void admit_free(struct admission *a)
 	free(a->spare);
 	free(a->ops);
 	free(a->again);
+	resp_free(&a->cmd);
 	memset(a, 0, sizeof(*a));   /* done = NULL: late replies are dropped */
+}
+
+/* s into out (n bytes), cut to fit: snprintf's "%s" without its parsing. */
+static void copy_id(char *out, size_t n, const char *s)
+{
+	size_t len = strnlen(s, n - 1);
+
+	memcpy(out, s, len);
+	out[len] = '\0';
 }
 
 static struct admit_item item_make(const char *sku, const char *rid, int64_t qty,
@@ -602,9 +572,9 @@ static struct admit_item item_make(const char *sku, const char *rid, int64_t qty
 {
 	struct admit_item it = { .qty = qty, .opaque = opaque, .again_until_us = again_until_us };
 
-	snprintf(it.sku, sizeof(it.sku), "%s", sku);
-	snprintf(it.rid, sizeof(it.rid), "%s", rid);
-	snprintf(it.lease, sizeof(it.lease), "%s", lease);
+	copy_id(it.sku, sizeof(it.sku), sku);
+	copy_id(it.rid, sizeof(it.rid), rid);
+	copy_id(it.lease, sizeof(it.lease), lease);
 	return it;
 }
 

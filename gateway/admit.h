@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "redisx.h"
 #include "util.h"
 
 struct event_base;
@@ -104,6 +105,7 @@ struct admission {
 	admit_done_cb done;
 	void *arg;
 	char sha[41];               /* of admit.lua: EVALSHA, EVAL after NOSCRIPT */
+	struct resp cmd;            /* the call being sent, its buffer kept for the next */
 	long long batches_in_flight;
 	/* leases: lease_units 0 turns them off */
 	long long lease_units;      /* asked per grant */

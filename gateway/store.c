@@ -113,6 +113,16 @@ int gw_store_command_argv(struct gw_store *s, redisCallbackFn *fn, void *privdat
 	return 0;
 }
 
+int gw_store_command_resp(struct gw_store *s, redisCallbackFn *fn, void *privdata,
+			  const char *cmd, size_t len)
+{
+	if (!gw_store_ready(s))
+		return -1;
+	if (redisAsyncFormattedCommand(s->ac, fn, privdata, cmd, len) != REDIS_OK)
+		return -1;
+	return 0;
+}
+
 int64_t gw_store_reply_int(const redisReply *r, bool *ok)
 {
 	char *end;

@@ -49,6 +49,9 @@ static inline bool gw_store_ready(const struct gw_store *s)
  */
 int gw_store_command_argv(struct gw_store *s, redisCallbackFn *fn, void *privdata,
 			  int argc, const char **argv, const size_t *argvlen) FS_MUSTCHECK;
+/* The same with a command already in RESP (struct resp, redisx.h): len bytes at cmd. */
+int gw_store_command_resp(struct gw_store *s, redisCallbackFn *fn, void *privdata,
+			  const char *cmd, size_t len) FS_MUSTCHECK;
 
 /*
  * A reply as an integer: an integer reply, or a string holding only a

@@ -98,10 +98,65 @@ static void test_a_burst_is_read_in_one_turn(void **state)
 	event_base_free(base);
 }
 
+/*
+ * struct resp writes what hiredis' own formatting writes, byte for byte,
+ * over empty, long, binary and numeric arguments and a buffer that grows
+ * and is reused; and Redis runs it.
+ */
+static void test_resp_is_hiredis_format(void **state)
+{
+	static const char bin[] = { 'a', '\0', '\r', '\n', 'b' };
+	char longarg[300], n1[32];
+	struct resp r = { 0 };
+	char *want = NULL;
+	redisReply *rep;
+	int wl;
+
+	(void)state;
+	memset(longarg, 'x', sizeof(longarg) - 1);
+	longarg[sizeof(longarg) - 1] = '\0';
+	snprintf(n1, sizeof(n1), "%lld", -9223372036854775807LL - 1);
+	for (int round = 0; round < 2; round++) {
+		const char *argv[] = { "EVAL", "return {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]}",
+				       "0", "", longarg, bin, n1, "fs:promo:sku-1" };
+		size_t argvlen[] = { 4, strlen(argv[1]), 1, 0, strlen(longarg), sizeof(bin),
+				     strlen(n1), 14 };
+
+		resp_begin(&r, 8);
+		resp_arg(&r, "EVAL", 4);
+		resp_arg(&r, argv[1], strlen(argv[1]));
+		resp_int(&r, 0);
+		resp_arg(&r, "", 0);
+		resp_arg(&r, longarg, strlen(longarg));
+		resp_arg(&r, bin, sizeof(bin));
+		resp_int(&r, -9223372036854775807LL - 1);
+		resp_arg2(&r, "fs:promo:", "sku-1");
+		assert_false(r.oom);
+		wl = redisFormatCommandArgv(&want, 8, argv, argvlen);
+		assert_true(wl > 0);
+		assert_int_equal(r.len, (size_t)wl);
+		assert_memory_equal(r.buf, want, r.len);
+		redisFreeCommand(want);
+	}
+	assert_int_equal(redisAppendFormattedCommand(test_rc, r.buf, r.len), REDIS_OK);
+	assert_int_equal(redisGetReply(test_rc, (void **)&rep), REDIS_OK);
+	assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+	assert_int_equal(rep->elements, 5);
+	assert_int_equal(rep->element[0]->len, 0);
+	assert_int_equal(rep->element[1]->len, strlen(longarg));
+	assert_int_equal(rep->element[2]->len, sizeof(bin));
+	assert_memory_equal(rep->element[2]->str, bin, sizeof(bin));
+	assert_string_equal(rep->element[3]->str, n1);
+	assert_string_equal(rep->element[4]->str, "fs:promo:sku-1");
+	freeReplyObject(rep);
+	resp_free(&r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_a_burst_is_read_in_one_turn),
+		cmocka_unit_test(test_resp_is_hiredis_format),
 	};
 
 	return cmocka_run_group_tests(tests, test_redis_group_setup, test_redis_group_teardown);
