@@ -99,6 +99,23 @@ static void test_hs256(void **state)
 		free(forged);
 	}
 	free(t);
+	{
+		/* A token longer than the cache keeps is verified every time. */
+		char iss[1800];
+		uint64_t misses = a.misses;
+
+		memset(iss, 'i', sizeof(iss) - 1);
+		iss[sizeof(iss) - 1] = '\0';
+		t = make_token(JWT_ALG_HS256, (const unsigned char *)SECRET, (int)strlen(SECRET),
+			       NULL, "bob", NOW + 60, 0, iss, NULL);
+		assert_true(strlen(t) > 2048);
+		assert_int_equal(verify(&a, t, user), 0);
+		assert_int_equal(verify(&a, t, user), 0);
+		assert_string_equal(user, "bob");
+		assert_int_equal(a.hits, 1);
+		assert_int_equal(a.misses, misses + 2);
+		free(t);
+	}
 
 	t = hs(SECRET2, NULL, "alice", NOW + 60);       /* wrong secret */
 	assert_int_equal(verify(&a, t, user), -1);
