@@ -287,6 +287,14 @@ def markdown(res, made):
                   "on a shared machine)." % (
                       " and ".join(fmt(c) for c in sold_cpu),
                       fmt(res.get("ratios", {}).get("soldout_cpu_vs_ceiling")))]
+        rounds = (s.get("soldout") or {}).get("rounds") or []
+        if len(rounds) > 1:
+            L += ["", "Sold-out rounds (each a sold-out run and the ceiling after it, against "
+                  "the ceilings on either side), rate ratio and CPU ratio: %s. The table has "
+                  "the round of median rate ratio; the CPU ratio above is the rounds' "
+                  "median." % "; ".join(
+                      "%s req/s, %sx, %sx" % (fmt(r.get("rps")), fmt(r.get("ratio")),
+                                              fmt(r.get("cpu_ratio"))) for r in rounds)]
         if all(ceil_cpu) and ceil_cpu and res.get("ratios", {}).get("accept_cpu_vs_ceiling"):
             L += ["", "The ceiling's CPU per request around the accept run (%s us) over the "
                   "gateway's per accepted purchase: %sx (what the gateway alone would reach "
