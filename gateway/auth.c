@@ -18,8 +18,6 @@
 #define AUTH_CACHE_SLOTS 16384
 #define AUTH_MAX_KEYS 64
 #define AUTH_MAX_TOKEN 4096
-/* Longer tokens are verified every time: the cache stays under 32 MB a loop. */
-#define AUTH_CACHE_TOKEN_MAX 2048
 #define JWKS_MAX_BYTES (1 << 20)
 
 struct auth_key {
@@ -31,11 +29,10 @@ struct auth_key {
 };
 
 struct auth_cache_entry {
-	char *token;            /* a verified token, byte for byte (NULL: empty) */
-	size_t len, cap;        /* its length; the allocation, reused by the next */
-	uint64_t tail;          /* its last 8 bytes: most misses end here, token unread */
+	uint8_t digest[32];     /* SHA-256 of the token: the same bytes, the same verdict */
 	char user[FS_ID_MAX + 1];
 	int64_t exp;
+	bool used;
 };
 
 /* ---- keys ---- */
@@ -338,8 +335,6 @@ void auth_free(struct auth *a)
 	EVP_MD_CTX_free(a->md);
 	EVP_MD_free(a->sha256);
 	free(a->keys);
-	for (size_t i = 0; a->cache != NULL && i <= a->cache_mask; i++)
-		free(a->cache[i].token);
 	free(a->cache);
 	free(a->issuer);
 	free(a->audience);
@@ -551,54 +546,31 @@ static cJSON *auth_check_signature(struct auth *a, const char *token, char *err,
 	return claims;
 }
 
-/*
- * The cache slot of a token of n bytes: a hash of its last bytes, which in
- * a well-formed token are its signature's, a MAC or a signature and so as
- * good as random. Only which slot is used depends on it: a hit needs the
- * whole token equal to one verified before (auth_verify), so a token made
- * to land on another's slot is verified like any other. A digest of the
- * whole token cost as much as a cache hit saved on a miss.
- */
-static size_t auth_cache_slot(const struct auth *a, const char *token, size_t n)
-{
-	uint64_t h = 0x9e3779b97f4a7c15ULL ^ n;
-	size_t from = n > 32 ? n - 32 : 0;
-
-	for (size_t i = from; i < n; i++)
-		h = (h ^ (unsigned char)token[i]) * 0x100000001b3ULL;
-	h ^= h >> 29;
-	return (size_t)(h & a->cache_mask);
-}
-
-/* The last 8 bytes of a token of n (> 0) bytes, fewer when it is shorter. */
-static uint64_t auth_tail(const char *token, size_t n)
-{
-	uint64_t t = 0;
-	size_t k = n < 8 ? n : 8;
-
-	memcpy(&t, token + n - k, k);
-	return t;
-}
-
 int auth_verify(struct auth *a, const char *token, int64_t now_s, char user[FS_ID_MAX + 1],
 		char *err, size_t errlen)
 {
+	uint8_t digest[32];
 	struct auth_cache_entry *c;
-	size_t n = token != NULL ? strnlen(token, AUTH_MAX_TOKEN + 1) : 0;
-	uint64_t tail;
+	unsigned int dl = sizeof(digest);
+	uint64_t slot;
 	int64_t exp;
 	cJSON *claims;
 	int rc;
 
-	if (n == 0 || n > AUTH_MAX_TOKEN) {
+	if (token == NULL || token[0] == '\0' || strlen(token) > AUTH_MAX_TOKEN) {
 		snprintf(err, errlen, "no token or one longer than %d bytes", AUTH_MAX_TOKEN);
 		return -1;
 	}
-	c = &a->cache[auth_cache_slot(a, token, n)];
-	tail = auth_tail(token, n);
-	/* Constant time over the length: the slot's token is another buyer's. */
-	if (c->token != NULL && c->len == n && c->tail == tail &&
-	    CRYPTO_memcmp(c->token, token, n) == 0 && now_s <= c->exp + a->leeway_s) {
+	if (EVP_DigestInit_ex2(a->md, a->sha256, NULL) != 1 ||
+	    EVP_DigestUpdate(a->md, token, strlen(token)) != 1 ||
+	    EVP_DigestFinal_ex(a->md, digest, &dl) != 1) {
+		snprintf(err, errlen, "sha256 failed");
+		return -1;
+	}
+	memcpy(&slot, digest, sizeof(slot));
+	c = &a->cache[slot & a->cache_mask];
+	if (c->used && memcmp(c->digest, digest, sizeof(digest)) == 0 &&
+	    now_s <= c->exp + a->leeway_s) {
 		a->hits++;
 		memcpy(user, c->user, FS_ID_MAX + 1);
 		return 0;
@@ -611,22 +583,10 @@ int auth_verify(struct auth *a, const char *token, int64_t now_s, char user[FS_I
 	cJSON_Delete(claims);
 	if (rc < 0)
 		return -1;
-	if (n > AUTH_CACHE_TOKEN_MAX)
-		return 0;
-	if (c->cap < n) {
-		char *t = malloc(n);
-
-		if (t == NULL)
-			return 0;       /* verified all the same, only not remembered */
-		free(c->token);
-		c->token = t;
-		c->cap = n;
-	}
-	memcpy(c->token, token, n);
-	c->len = n;
-	c->tail = tail;
+	memcpy(c->digest, digest, sizeof(digest));
 	memcpy(c->user, user, FS_ID_MAX + 1);
 	c->exp = exp;
+	c->used = true;
 	return 0;
 }
 

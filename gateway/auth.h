@@ -12,7 +12,7 @@
  * `none` is never accepted. `exp` is required, `nbf` honoured, both with a
  * leeway; `iss` and `aud` are checked when configured.
  *
- * A small cache of verified tokens (each kept byte for byte) spares a
+ * A small cache of verified tokens (by SHA-256 of the token) spares a
  * buyer's polls a signature check each; an entry never outlives its `exp`.
  */
 #ifndef FLASHSALE_GATEWAY_AUTH_H
@@ -38,7 +38,7 @@ struct auth {
 	struct auth_cache_entry *cache;  /* direct-mapped, cache_mask + 1 entries */
 	size_t cache_mask;
 	uint64_t hits, misses;
-	struct evp_md_st *sha256;        /* fetched once: scoped ids' digest */
+	struct evp_md_st *sha256;        /* fetched once: the cache's digest */
 	struct evp_md_ctx_st *md;        /* its context, reused token after token */
 	/*
 	 * The last header segment parsed, byte for byte, and what it said: an
