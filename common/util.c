@@ -117,10 +117,6 @@ static void random_bytes(unsigned char *buf, size_t len)
 	}
 }
 
-/*
- * ULID layout: 48-bit ms timestamp (10 chars) then 80 random bits (16 chars),
- * Crockford base32, so ids sort by creation time.
- */
 size_t fmt_i64(char out[21], int64_t v)
 {
 	char tmp[20];
@@ -139,6 +135,10 @@ size_t fmt_i64(char out[21], int64_t v)
 	return len;
 }
 
+/*
+ * ULID layout: 48-bit ms timestamp (10 chars) then 80 random bits (16 chars),
+ * Crockford base32, so ids sort by creation time.
+ */
 void request_id_new(char out[27])
 {
 	static const char alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
